@@ -1,0 +1,235 @@
+"""Validated configuration: one object per concern (data, model, train, transfer), YAML in and out.
+
+A config is checked once, at the edge: a wrong key, type or value raises :class:`ConfigError`
+naming the field, the value given and what is allowed, before any work starts.
+
+>>> cfg = load_config(None, overrides=["train.lr=3e-4"])
+>>> cfg.train.lr
+0.0003
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dataset: Literal["digits", "mnist1d"] = Field("digits", description="Built-in dataset (no network).")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of the train pool held out for validation.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="Share held out for test (digits; mnist1d has its own test set)."
+    )
+    k_per_class: int | None = Field(None, ge=1, description="Keep only k labelled train examples per class.")
+    seed: int = Field(0, description="Seed of the stratified splits and of the k-per-class draw.")
+
+
+class CNNConfig(_Strict):
+    type: Literal["cnn"] = "cnn"
+    channels: list[int] = Field([32, 64], min_length=1, description="Output channels of each conv block.")
+    kernel_size: int = Field(3, ge=1)
+    stride: int = Field(1, ge=1, description="Stride of each convolution.")
+    pool: bool = Field(True, description="Max-pool by 2 after each block while the input is larger than 1.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class RNNConfig(_Strict):
+    type: Literal["rnn"] = "rnn"
+    cell: Literal["rnn", "lstm", "gru"] = Field("gru", description="Plain tanh recurrence, LSTM or GRU.")
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout between stacked layers.")
+
+
+class AttentionConfig(_Strict):
+    type: Literal["attention"] = "attention"
+    d_model: int = Field(64, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_layers: int = Field(2, ge=1)
+    ff_dim: int = Field(128, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pool: Literal["attention", "query", "mean"] = Field(
+        "query", description="Self-attention context averaged, a learned query, or the mean."
+    )
+    max_len: int = Field(512, ge=1, description="Longest sequence the position table covers.")
+
+
+EncoderConfig = Annotated[CNNConfig | RNNConfig | AttentionConfig, Field(discriminator="type")]
+
+
+class ModelConfig(_Strict):
+    encoders: dict[str, EncoderConfig] = Field(
+        default_factory=lambda: {"image": CNNConfig()},
+        description="One encoder per input name of the dataset (digits: image; mnist1d: signal).",
+    )
+    embed_dim: int = Field(64, ge=1, description="D: the size of every encoder's output embedding.")
+    fusion: Literal["concat"] = "concat"
+    head_hidden: int | None = Field(None, ge=1, description="Hidden layer of the head; none = linear head.")
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up before cosine.")
+    patience: int | None = Field(10, ge=1, description="Early stopping on validation loss; none = off.")
+    seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
+    progress: bool = Field(True, description="Show a progress bar.")
+    cpu: bool = Field(False, description="Force the CPU even where a GPU is present.")
+
+
+class DistillConfig(_Strict):
+    epochs: int = Field(40, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class TransferConfig(_Strict):
+    source: str | None = Field(None, description="A run folder or a .safetensors file to transfer from.")
+    distill: DistillConfig | None = Field(
+        None,
+        description="Distil the source run's encoders into ours on unlabelled inputs, then graft the head.",
+    )
+    freeze: list[str] = Field([], description="Name patterns (fnmatch) of parameters kept frozen.")
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, transfer)")
+    if overrides:
+        where += " with --set " + " ".join(overrides)
+        # Overrides apply on top of the complete config (defaults filled in), so `--set model.encoders.image.
+        # channels=[8]` works without a file; where the file itself is invalid they apply to it as written.
+        try:
+            raw = RunConfig.model_validate(raw).model_dump(mode="json")
+        except ValidationError:
+            pass
+        for item in overrides:
+            apply_override(raw, item)
+    return validate(raw, where)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``section.field=value`` in a raw dict; the value is parsed as YAML (``3e-4``, ``[1, 2]``, ``null``).
+
+    Setting an encoder's ``type`` to another type drops the old type's fields.
+    """
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+        node = child
+    parsed = yaml.safe_load(value) if value.strip() else None
+    if parts[-1] == "type" and isinstance(node.get("type"), str) and node["type"] != parsed:
+        node.clear()  # another encoder type: its other fields start from that type's defaults
+    # YAML 1.1 reads 3e-4 as a string; numbers are what people mean.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    node[parts[-1]] = parsed
+
+
+def validate(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe(e) for e in err.errors()]
+        raise ConfigError(f"{where}: {len(lines)} invalid field(s)\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error["loc"]
+    field = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_fields(loc[:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"  {field}: unknown field{hint}"
+    if error["type"] == "union_tag_invalid":
+        return f"  {field}: encoder type {error['input'].get('type')!r} unknown; allowed: cnn, rnn, attention"
+    if error["type"] == "union_tag_not_found":
+        return f"  {field}: an encoder needs a 'type'; allowed: cnn, rnn, attention"
+    return f"  {field}: got {error.get('input')!r}; {error['msg'].lower()}"
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    """Walk the config classes along ``loc`` and list the fields of the class found there."""
+    node: Any = RunConfig
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                return []
+            node = node.model_fields[part].annotation
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        elif isinstance(node, tuple):  # a discriminated union: the part is the tag
+            node = next((m for m in node if m.model_fields["type"].default == part), None)
+            if node is None:
+                return []
+        else:
+            return []
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _unwrap(node: Any) -> Any:
+    """Strip Annotated and Optional; a union of config classes becomes a tuple of them."""
+    while typing.get_origin(node) is Annotated:
+        node = typing.get_args(node)[0]
+    if typing.get_origin(node) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(node) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+        return tuple(members)
+    return node

@@ -1,0 +1,88 @@
+"""Self-attention encoder: a transformer over the sequence, pooled to one embedding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmtransfer.encoders.rnn import as_sequence
+
+
+class AttentionPool(nn.Module):
+    """Pool [B, T, D] to [B, D].
+
+    - ``attention``: a_ij = softmax_j(h_i . h_j / sqrt(D)), c_i = sum_j a_ij h_j, pooled = mean_i c_i;
+    - ``query``: a_j = softmax_j(q . h_j / sqrt(D)) with a learned query q, pooled = sum_j a_j h_j;
+    - ``mean``: the mean over steps.
+    """
+
+    def __init__(self, dim: int, mode: str = "query"):
+        super().__init__()
+        if mode not in ("attention", "query", "mean"):
+            raise ValueError(f"AttentionPool: mode must be attention, query or mean, got {mode!r}")
+        self.mode = mode
+        self.scale = 1.0 / math.sqrt(dim)
+        self.query = nn.Parameter(torch.zeros(dim)) if mode == "query" else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.mode == "mean":
+            return h.mean(1)
+        if self.mode == "attention":
+            weights = torch.softmax(h @ h.transpose(1, 2) * self.scale, dim=-1)  # [B, T, T]
+            return (weights @ h).mean(1)
+        weights = torch.softmax(h @ self.query * self.scale, dim=-1)  # [B, T]
+        return (weights.unsqueeze(-1) * h).sum(1)
+
+
+class AttentionEncoder(nn.Module):
+    """Linear input projection + learned positions, pre-norm transformer layers, attention pooling.
+
+    >>> enc = AttentionEncoder(input_size=8, output_dim=16, d_model=32, num_heads=4)
+    >>> enc(torch.zeros(4, 1, 8, 8)).shape
+    torch.Size([4, 16])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_dim: int,
+        *,
+        d_model: int = 64,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        ff_dim: int = 128,
+        dropout: float = 0.1,
+        pool: str = "query",
+        max_len: int = 512,
+    ):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"AttentionEncoder: d_model={d_model} is not divisible by num_heads={num_heads}")
+        self.input_proj = nn.Linear(input_size, d_model)
+        self.pos = nn.Embedding(max_len, d_model)  # learned positions
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model, num_heads, ff_dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.pool = AttentionPool(d_model, pool)
+        self.proj = nn.Linear(d_model, output_dim)
+        self.output_dim = output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = as_sequence(x)
+        steps = seq.shape[1]
+        if steps > self.pos.num_embeddings:
+            raise ValueError(f"AttentionEncoder: sequence of {steps} steps exceeds max_len={self.pos.num_embeddings}")
+        h = self.input_proj(seq) + self.pos.weight[:steps]
+        for layer in self.layers:
+            h = layer(h)
+        return self.proj(self.pool(self.norm(h)))
+
+    def layer_groups(self) -> list[nn.Module]:
+        return [nn.ModuleList([self.input_proj, self.pos]), *self.layers, nn.ModuleList([self.norm, self.pool, self.proj])]

@@ -1,0 +1,102 @@
+"""A run folder: what ``mmtransfer fit`` writes and ``mmtransfer evaluate`` reads.
+
+RUN_DIR/config.yaml            the validated config that built the model (seeds included)
+RUN_DIR/model.safetensors      the best weights (lowest validation loss)
+RUN_DIR/labels.json            class names in output order
+RUN_DIR/history.json           per-epoch losses, accuracy and learning rate
+RUN_DIR/metrics.json           validation and test metrics
+RUN_DIR/transfer_report.json   when the run started from a source: the graft report (+ distillation)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from mmtransfer.checkpoint import load_into, load_weights
+from mmtransfer.config import RunConfig, dump_config, load_config
+from mmtransfer.data import Dataset, load_dataset
+from mmtransfer.model import Classifier, build_model
+from mmtransfer.train import evaluate, fit
+from mmtransfer.transfer.distill import transfer_across
+from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
+from mmtransfer.transfer.graft import graft
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, Classifier, list[str]]:
+    """Rebuild the model of a run folder from its config and load its weights (strictly)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
+    cfg = load_config(run_dir / "config.yaml")
+    classes = json.loads((run_dir / "labels.json").read_text())
+    model = build_model(cfg.model, load_dataset(cfg.data).input_shapes, len(classes))
+    load_into(model, load_weights(run_dir / "model.safetensors"), where=str(run_dir / "model.safetensors"))
+    return cfg, model, classes
+
+
+def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> dict:
+    """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder."""
+    console = console or Console()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.input_shapes, len(data.classes), seed=cfg.train.seed)
+    dump_config(cfg, out / "config.yaml")
+    (out / "labels.json").write_text(json.dumps(data.classes))
+
+    if cfg.transfer.source:
+        _transfer_in(cfg, model, data, out, console)
+    if cfg.transfer.freeze:
+        freeze(model, cfg.transfer.freeze)
+    trainable, total = count_parameters(model)
+    console.print(
+        f"[bold]{data.name}[/]: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test; "
+        f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)"
+    )
+    result = fit(model, data.train, data.val, cfg.train, checkpoint=out / "model.safetensors")
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "fit_seconds": round(result.seconds, 3),
+        "val": evaluate(model, data.val, cpu=cfg.train.cpu),
+        "test": evaluate(model, data.test, cpu=cfg.train.cpu),
+    }
+    (out / "history.json").write_text(json.dumps(result.history, indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, console: Console) -> None:
+    source = Path(cfg.transfer.source)
+    record: dict = {"source": str(source)}
+    if cfg.transfer.distill is not None:
+        _, source_model, source_classes = load_run(source)
+        if source_classes != data.classes:
+            raise ValueError(f"transfer.source {source}: classes {source_classes} differ from {data.classes}")
+        # Distil on every train input, labelled or not: the labels are never read.
+        unlabelled = load_dataset(cfg.data.model_copy(update={"k_per_class": None})).train
+        report, stats = transfer_across(
+            source_model, model, unlabelled, cfg.transfer.distill, seed=cfg.train.seed, progress=cfg.train.progress
+        )
+        record["distill"] = stats.to_dict()
+        console.print(
+            f"distilled {source} into this model on {stats.examples} unlabelled inputs: "
+            f"feature MSE {stats.mse_before:.4f} -> {stats.mse_after:.4f}, R^2 {stats.r2_after:.3f}"
+        )
+    else:
+        report = graft(source, model)
+    console.print(report.table(f"graft report: {source} -> {out}"))
+    record["graft"] = report.to_dict()
+    (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
+    """Evaluate a run folder's model on a split of the data its config names."""
+    cfg, model, _ = load_run(run_dir)
+    data = load_dataset(cfg.data)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    return evaluate(model, getattr(data, split), cpu=cfg.train.cpu)

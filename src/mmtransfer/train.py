@@ -1,0 +1,167 @@
+"""The training loop, read top to bottom: AdamW, warm-up + cosine, early stopping on validation loss.
+
+Accelerate places the model and batches, so the same code runs on a CPU, a GPU or under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.metrics import confusion_matrix, f1_score
+from torch import nn
+
+from mmtransfer.checkpoint import save_weights
+from mmtransfer.config import TrainConfig
+from mmtransfer.data import Split, make_loader
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear from 0 to 1 over ``warmup`` steps, then cosine down to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    desc: str = "fit",
+) -> FitResult:
+    """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss.
+
+    Only parameters with ``requires_grad`` are optimised. When ``checkpoint`` is given, the best weights are
+    written there (safetensors, atomically) each time the validation loss improves.
+    """
+    set_seed(cfg.seed)
+    start = time.perf_counter()
+    accelerator = Accelerator(cpu=cfg.cpu)
+    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val_loader = make_loader(val, max(cfg.batch_size, 256))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("fit: every parameter is frozen; nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(train_loader)
+    warmup = int(cfg.warmup_fraction * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    loss_fn = nn.CrossEntropyLoss()
+
+    best_loss, best_epoch, best_state, bad_epochs = math.inf, 0, None, 0
+    history: list[dict] = []
+    with progress_bar(cfg.progress and accelerator.is_main_process) as bar:
+        task = bar.add_task(desc, total=cfg.epochs, status="")
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            train_loss, seen = 0.0, 0
+            for inputs, labels in train_loader:
+                loss = loss_fn(model(inputs), labels)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                train_loss += loss.item() * len(labels)
+                seen += len(labels)
+            val_metrics = _evaluate_loader(model, val_loader, accelerator, loss_fn)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss / max(seen, 1),
+                    "val_loss": val_metrics["loss"],
+                    "val_accuracy": val_metrics["accuracy"],
+                    "lr": scheduler.get_last_lr()[0],
+                }
+            )
+            if val_metrics["loss"] < best_loss:
+                best_loss, best_epoch, bad_epochs = val_metrics["loss"], epoch, 0
+                best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+                if checkpoint is not None and accelerator.is_main_process:
+                    save_weights(best_state, checkpoint)
+            else:
+                bad_epochs += 1
+            bar.update(
+                task,
+                advance=1,
+                status=f"val loss {val_metrics['loss']:.3f} acc {val_metrics['accuracy']:.3f} (best ep {best_epoch})",
+            )
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                break
+    model = accelerator.unwrap_model(model)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(
+        best_epoch=best_epoch,
+        best_val_loss=best_loss,
+        epochs_run=len(history),
+        seconds=time.perf_counter() - start,
+        history=history,
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+    )
+
+
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, cpu: bool = False) -> dict:
+    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows: true class, columns: predicted)."""
+    accelerator = Accelerator(cpu=cpu)
+    model, loader = accelerator.prepare(model, make_loader(split, batch_size))
+    return _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
+
+
+@torch.no_grad()
+def _evaluate_loader(model, loader, accelerator, loss_fn, with_confusion: bool = False) -> dict:
+    model.eval()
+    losses, preds, targets = [], [], []
+    for inputs, labels in loader:
+        logits = model(inputs)
+        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        losses.append(loss_fn(logits, labels).item() * len(labels))
+        preds.append(logits.argmax(-1).cpu().numpy())
+        targets.append(labels.cpu().numpy())
+    y_pred, y_true = np.concatenate(preds), np.concatenate(targets)
+    classes = np.arange(logits.shape[-1])
+    out = {
+        "n": int(len(y_true)),
+        "loss": float(sum(losses) / len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+    }
+    if with_confusion:
+        out["confusion"] = confusion_matrix(y_true, y_pred, labels=classes).tolist()
+    return out

@@ -1,0 +1,96 @@
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from mmtransfer.checkpoint import load_weights
+from mmtransfer.cli import app
+
+runner = CliRunner()
+
+CNN_YAML = """
+data: {dataset: digits, k_per_class: 20, seed: 0}
+model:
+  embed_dim: 16
+  encoders:
+    image: {type: cnn, channels: [8, 16]}
+train: {epochs: 3, batch_size: 32, lr: 0.005, progress: false}
+"""
+
+
+def test_fit_then_evaluate(tmp_path):
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text(CNN_YAML)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(out), "--set", "train.epochs=6"])
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "model.safetensors", "labels.json", "history.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 6  # the override is recorded
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 6
+    assert metrics["test"]["accuracy"] > 0.5
+    assert "test metrics" in result.output and "run folder" in result.output
+
+    result = runner.invoke(app, ["evaluate", str(out), "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "e.json").read_text())
+    assert again == metrics["test"]  # the saved weights are the best ones, evaluated again identically
+    assert "confusion matrix" in result.output
+
+
+def test_fit_with_transfer_from_a_run(tmp_path):
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text(CNN_YAML)
+    assert runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "src")]).exit_code == 0
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            str(cfg),
+            "--out",
+            str(tmp_path / "dst"),
+            "--set",
+            "model.encoders.image={type: rnn, cell: gru, hidden_size: 16}",
+            "--set",
+            f"transfer.source={tmp_path / 'src'}",
+            "--set",
+            "transfer.distill={epochs: 2}",
+            "--set",
+            "transfer.freeze=['head.*']",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "dst" / "transfer_report.json").read_text())
+    assert record["graft"]["counts"] == {"copied": 2, "skipped": 6, "new": 0}
+    assert record["distill"]["epochs"] == 2
+    src_head = load_weights(tmp_path / "src")["head.out.weight"]
+    dst_head = load_weights(tmp_path / "dst")["head.out.weight"]
+    assert (src_head == dst_head).all()  # grafted, then kept frozen through fine-tuning
+    assert "graft report" in result.output and "distilled" in result.output
+
+
+def test_bad_config_fails_before_work_with_the_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train: {epochs: -3}\nmodel: {encoders: {img: {type: cnn}}}\n")
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "train.epochs: got -3; input should be greater than or equal to 1" in result.output
+    assert not (tmp_path / "run").exists()
+
+    cfg.write_text("model: {encoders: {img: {type: cnn}}}\n")
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "no encoder for ['image']" in " ".join(result.output.split())
+
+
+def test_evaluate_missing_run(tmp_path):
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not a run folder" in result.output
+
+
+def test_help_says_what_each_command_does():
+    for cmd, phrase in [("fit", "Train a model from a config"), ("evaluate", "Evaluate a run folder"), ("demo", "CNN")]:
+        result = runner.invoke(app, [cmd, "--help"])
+        assert result.exit_code == 0 and phrase in result.output

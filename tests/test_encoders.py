@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from mmtransfer.encoders import ENCODERS, AttentionPool, Encoder, RecurrentEncoder, as_sequence
+
+SHAPES = {"image": (1, 8, 8), "signal": (2, 24)}
+SETTINGS = {
+    "cnn": [{}, {"channels": [4, 8, 8, 8], "kernel_size": 5, "stride": 1}],
+    "rnn": [
+        {"cell": "rnn"},
+        {"cell": "lstm", "num_layers": 2, "dropout": 0.1},
+        {"cell": "gru", "bidirectional": True},
+    ],
+    "attention": [{"pool": "attention"}, {"pool": "query", "d_model": 16, "num_heads": 2}, {"pool": "mean"}],
+}
+
+
+def test_every_registered_encoder_has_settings_here():
+    assert set(SETTINGS) == set(ENCODERS)
+
+
+@pytest.mark.parametrize("input_name", sorted(SHAPES))
+@pytest.mark.parametrize("kind,kwargs", [(k, kw) for k, kws in SETTINGS.items() for kw in kws])
+def test_encoder_conformance(kind, kwargs, input_name):
+    shape = SHAPES[input_name]
+    enc = ENCODERS[kind](shape, 12, **kwargs)
+    assert isinstance(enc, Encoder)
+    assert enc.output_dim == 12
+    x = torch.randn(5, *shape, requires_grad=True)
+    y = enc(x)
+    assert y.shape == (5, 12)
+    assert torch.isfinite(y).all()
+    y.pow(2).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, p in enc.named_parameters():
+        assert p.grad is not None, f"{kind}: no gradient reaches {name}"
+        assert torch.isfinite(p.grad).all(), name
+    groups = enc.layer_groups()
+    grouped = {id(p) for g in groups for p in g.parameters()}
+    assert grouped == {id(p) for p in enc.parameters()}, "layer_groups must cover every parameter"
+
+
+def test_cnn_rejects_wrong_rank():
+    enc = ENCODERS["cnn"]((1, 8, 8), 4)
+    with pytest.raises(ValueError, match="expects"):
+        enc(torch.zeros(2, 1, 8))
+
+
+def test_image_read_row_by_row():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float).reshape(2, 3, 4, 5)  # [B, C, H, W]
+    seq = as_sequence(x)
+    assert seq.shape == (2, 4, 15)  # 4 rows, each C * W = 15 features
+    assert torch.equal(seq[1, 2], torch.cat([x[1, c, 2] for c in range(3)]))
+    signal = torch.randn(2, 3, 7)
+    assert torch.equal(as_sequence(signal)[:, 4], signal[:, :, 4])
+
+
+def test_plain_rnn_matches_its_formula():
+    # h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h), by hand on two steps of two features.
+    enc = RecurrentEncoder(input_size=2, output_dim=2, cell="rnn", hidden_size=2)
+    with torch.no_grad():
+        enc.rnn.weight_ih_l0.copy_(torch.tensor([[1.0, 0.0], [0.5, -1.0]]))
+        enc.rnn.weight_hh_l0.copy_(torch.tensor([[0.5, 0.0], [0.0, 2.0]]))
+        enc.rnn.bias_ih_l0.copy_(torch.tensor([0.1, 0.0]))
+        enc.rnn.bias_hh_l0.copy_(torch.tensor([0.0, -0.2]))  # b_h = bias_ih + bias_hh = [0.1, -0.2]
+        enc.proj.weight.copy_(torch.eye(2))
+        enc.proj.bias.zero_()
+    x = torch.tensor([[[1.0, 0.0], [2.0, -1.0]]])  # [B=1, C=2 features, L=2 steps]: x_1 = [1, 2], x_2 = [0, -1]
+    h1 = [math.tanh(1.0 + 0.1), math.tanh(0.5 - 2.0 - 0.2)]
+    h2 = [math.tanh(0.0 + 0.5 * h1[0] + 0.1), math.tanh(1.0 + 2.0 * h1[1] - 0.2)]
+    torch.testing.assert_close(enc(x), torch.tensor([h2]), rtol=0, atol=1e-6)
+
+
+def test_lstm_uses_hidden_not_cell_state():
+    enc = RecurrentEncoder(input_size=3, output_dim=4, cell="lstm", hidden_size=4)
+    with torch.no_grad():
+        enc.proj.weight.copy_(torch.eye(4))
+        enc.proj.bias.zero_()
+    x = torch.randn(2, 3, 6)
+    out, (h, _) = enc.rnn(as_sequence(x))
+    torch.testing.assert_close(enc(x), out[:, -1])
+    torch.testing.assert_close(enc(x), h[-1])
+
+
+def test_bidirectional_concatenates_both_directions():
+    enc = RecurrentEncoder(input_size=3, output_dim=8, cell="gru", hidden_size=4, bidirectional=True)
+    assert enc.proj.in_features == 8
+    with torch.no_grad():
+        enc.proj.weight.copy_(torch.eye(8))
+        enc.proj.bias.zero_()
+    x = torch.randn(2, 3, 5)
+    out, _ = enc.rnn(as_sequence(x))
+    # forward direction ends at the last step, backward direction at the first
+    torch.testing.assert_close(enc(x), torch.cat([out[:, -1, :4], out[:, 0, 4:]], -1))
+
+
+def test_attention_pool_formulas():
+    h = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])  # [B=1, T=3, D=2]
+    pool = AttentionPool(2, "attention")
+    scores = torch.tensor([[h[0, i] @ h[0, j] / math.sqrt(2) for j in range(3)] for i in range(3)])
+    context = torch.softmax(scores, -1) @ h[0]
+    torch.testing.assert_close(pool(h)[0], context.mean(0))
+
+    qpool = AttentionPool(2, "query")
+    with torch.no_grad():
+        qpool.query.copy_(torch.tensor([1.0, -1.0]))
+    a = torch.softmax(torch.tensor([1.0, -2.0, 0.0]) / math.sqrt(2), 0)
+    torch.testing.assert_close(qpool(h)[0], (a[:, None] * h[0]).sum(0))
+    torch.testing.assert_close(AttentionPool(2, "mean")(h)[0], h[0].mean(0))
+
+
+def test_attention_rejects_too_long_sequence():
+    with pytest.raises(ValueError, match="max_len"):
+        ENCODERS["attention"]((1, 100), 8, max_len=50)

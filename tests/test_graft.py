@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mmtransfer.checkpoint import save_weights
+from mmtransfer.config import CNNConfig, ModelConfig
+from mmtransfer.model import build_model
+from mmtransfer.transfer.graft import graft
+
+SHAPES = {"image": (1, 8, 8)}
+
+
+def test_round_trip_copies_every_tensor_and_outputs_match():
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8)
+    src, dst = build_model(cfg, SHAPES, 10), build_model(cfg, SHAPES, 10)
+    src.eval(), dst.eval()
+    x = {"image": torch.rand(3, 1, 8, 8)}
+    assert not torch.allclose(src(x), dst(x))
+    report = graft(src, dst)
+    assert report.counts() == {"copied": len(src.state_dict()), "skipped": 0, "new": 0}
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    assert report.unused_source == []
+
+
+def test_copied_skipped_and_new_on_models_built_to_differ():
+    # source: CNN [4, 8], D=8, 10 classes; target: CNN [4, 8, 16], D=8, 5 classes
+    src = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8), SHAPES, 10)
+    dst = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[4, 8, 16])}, embed_dim=8), SHAPES, 5)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    report = graft(src.state_dict(), dst)
+    states = {r.target: r for r in report.records}
+    assert set(states) == set(dst.state_dict())  # every target tensor has exactly one record
+
+    assert states["encoders.image.blocks.0.0.weight"].state == "copied"
+    name = "encoders.image.blocks.1.0.weight"
+    assert torch.equal(dst.state_dict()[name], src.state_dict()[name])
+    skipped = states["encoders.image.proj.weight"]
+    assert skipped.state == "skipped" and skipped.reason == "shape [8, 8] vs [8, 16]"
+    assert states["head.out.weight"].reason == "shape [10, 8] vs [5, 8]"
+    assert torch.equal(dst.state_dict()["head.out.weight"], before["head.out.weight"])  # untouched
+    new = states["encoders.image.blocks.2.0.weight"]
+    assert new.state == "new" and new.source is None
+    assert torch.equal(dst.state_dict()["encoders.image.blocks.2.0.weight"], before["encoders.image.blocks.2.0.weight"])
+
+    counts = report.counts()
+    # 6 tensors per block (conv + BN weight, bias, mean, var, count): blocks 0-1 copied, block 2 new. proj.bias
+    # is [8] on both sides, so it is copied although proj.weight is not: the rule is name and shape, tensor by tensor.
+    assert states["encoders.image.proj.bias"].state == "copied"
+    assert counts == {"copied": 13, "skipped": 3, "new": 6}
+    assert report.parameter_counts()["new"] == 16 * 8 * 9 + 4 * 16 + 1
+
+
+def test_select_limits_copying_and_says_why():
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4])}, embed_dim=8)
+    src, dst = build_model(cfg, SHAPES, 3), build_model(cfg, SHAPES, 3)
+    report = graft(src, dst, select=["head.*"], unselected_reason="kept fresh")
+    assert report.by_state("copied") == ["head.out.weight", "head.out.bias"]
+    assert {r.reason for r in report.records if r.state == "skipped"} == {"kept fresh"}
+
+
+def test_report_json_and_table(tmp_path):
+    src, dst = nn.Linear(4, 2), nn.Linear(4, 3)
+    report = graft(src, dst)
+    data = json.loads(report.save(tmp_path / "r.json").read_text())
+    assert data["counts"] == {"copied": 0, "skipped": 2, "new": 0}
+    assert data["records"][0] == {
+        "target": "weight",
+        "state": "skipped",
+        "shape": [3, 4],
+        "source": "weight",
+        "source_shape": [2, 4],
+        "reason": "shape [2, 4] vs [3, 4]",
+    }
+    table = report.table()
+    assert table.row_count == 2
+    assert "skipped: 2 tensors, 15 values (100.0%)" in table.caption
+
+
+def test_graft_from_safetensors_file(tmp_path):
+    src, dst = nn.Linear(4, 2), nn.Linear(4, 2)
+    path = save_weights(src, tmp_path / "w.safetensors")
+    assert graft(path, dst).counts()["copied"] == 2
+    assert torch.equal(dst.weight, src.weight)
+    with pytest.raises(ValueError, match="expected a .safetensors file"):
+        (tmp_path / "w.pt").write_bytes(b"x")
+        graft(tmp_path / "w.pt", dst)

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from mmtransfer.checkpoint import load_weights
+from mmtransfer.data import load_dataset
+from mmtransfer.model import build_model
+from mmtransfer.train import evaluate, fit, warmup_cosine
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(5, 10, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def run_once(cfg, checkpoint=None):
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.input_shapes, len(data.classes), seed=cfg.train.seed)
+    result = fit(model, data.train, data.val, cfg.train, checkpoint=checkpoint)
+    return model, result, evaluate(model, data.test)
+
+
+def test_same_seed_same_metrics(small_run):
+    _, r1, m1 = run_once(small_run)
+    _, r2, m2 = run_once(small_run)
+    assert r1.history == r2.history
+    assert m1 == m2
+    other = small_run.model_copy(update={"train": small_run.train.model_copy(update={"seed": 1})})
+    _, _, m3 = run_once(other)
+    assert m3["loss"] != m1["loss"]
+
+
+def test_learns_and_keeps_the_best_checkpoint(small_run, tmp_path):
+    small_run.train.epochs = 25
+    model, result, metrics = run_once(small_run, checkpoint=tmp_path / "best.safetensors")
+    assert metrics["accuracy"] > 0.8  # 20 digits per class, 25 epochs of a small CNN
+    assert result.history[0]["val_loss"] > result.best_val_loss
+    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+    saved = load_weights(tmp_path / "best.safetensors")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
+
+
+def test_early_stopping(small_run):
+    small_run.train.epochs, small_run.train.patience, small_run.train.lr = 200, 2, 1e-2
+    _, result, _ = run_once(small_run)
+    assert result.epochs_run < 200
+    assert result.epochs_run == result.best_epoch + 2
+
+
+def test_evaluate_metrics_on_a_known_model():
+    data = load_dataset(small_data())
+    model = ConstantModel(3)  # always predicts class 3
+    m = evaluate(model, data.test)
+    labels = data.test.labels
+    assert m["n"] == len(labels)
+    assert m["accuracy"] == pytest.approx(float((labels == 3).float().mean()))
+    assert m["confusion"][3][3] == int((labels == 3).sum())
+    assert sum(row[3] for row in m["confusion"]) == len(labels)
+    p3 = m["accuracy"]
+    assert m["macro_f1"] == pytest.approx(2 * p3 / (p3 + 1) / 10)  # F1 of class 3 only, averaged over 10
+    # cross-entropy of logits (5 at class 3, 0 elsewhere): log(e^5 + 9) - 5 on class 3, log(e^5 + 9) otherwise
+    assert m["loss"] == pytest.approx(math.log(math.exp(5) + 9) - 5 * p3, rel=1e-5)
+
+
+def small_data():
+    from mmtransfer.config import DataConfig
+
+    return DataConfig(dataset="digits")
+
+
+class ConstantModel(torch.nn.Module):
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs):
+        n = len(inputs["image"])
+        logits = torch.zeros(n, 10) + self.dummy
+        logits[:, self.cls] = 5.0
+        return logits
