@@ -224,7 +224,11 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = [("scratch_accuracy", "GRU scratch"), ("transfer_accuracy", "GRU transfer"), ("source_cnn_accuracy", "source CNN")]
+    arms = [
+        ("scratch_accuracy", "GRU scratch"),
+        ("transfer_accuracy", "GRU transfer"),
+        ("source_cnn_accuracy", "source CNN"),
+    ]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (key, _) in enumerate(arms):
         values = np.array([r[key] for r in rows])

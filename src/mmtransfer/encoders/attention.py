@@ -85,4 +85,5 @@ class AttentionEncoder(nn.Module):
         return self.proj(self.pool(self.norm(h)))
 
     def layer_groups(self) -> list[nn.Module]:
-        return [nn.ModuleList([self.input_proj, self.pos]), *self.layers, nn.ModuleList([self.norm, self.pool, self.proj])]
+        head = nn.ModuleList([self.norm, self.pool, self.proj])
+        return [nn.ModuleList([self.input_proj, self.pos]), *self.layers, head]
