@@ -32,9 +32,6 @@ class Split:
         index = torch.as_tensor(index, dtype=torch.long)
         return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
 
-    def unlabelled(self) -> dict[str, torch.Tensor]:
-        return self.inputs
-
 
 @dataclass
 class Dataset:

@@ -95,8 +95,8 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     """Evaluate a run folder's model on a split of the data its config names."""
-    cfg, model, _ = load_run(run_dir)
-    data = load_dataset(cfg.data)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
+    cfg, model, _ = load_run(run_dir)
+    data = load_dataset(cfg.data)
     return evaluate(model, getattr(data, split), cpu=cfg.train.cpu)
