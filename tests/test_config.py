@@ -48,7 +48,7 @@ def test_wrong_value_names_allowed_values():
 
 
 def test_unknown_encoder_type():
-    with pytest.raises(ConfigError, match="encoder type 'mlp' unknown; allowed: cnn, rnn, attention"):
+    with pytest.raises(ConfigError, match="model.encoders.image: type 'mlp' unknown; allowed: cnn, rnn, attention"):
         load_config(None, ["model.encoders.image.type=mlp"])
 
 

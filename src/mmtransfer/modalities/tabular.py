@@ -1,0 +1,73 @@
+"""Table columns of numbers or categories. Each bound column is one feature of the ``tabular`` input [F]."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmtransfer.config import TabularColumn
+from mmtransfer.modalities.base import BadValue, InputSpec
+
+MISSING = object()  # a numeric NaN the config allows, replaced by the train mean in collate
+
+
+class TabularModality:
+    """One column. Numeric: standardised with the train mean and std. Categorical: an integer code per
+    category seen in train, 0 for an unseen one (so the embedding table has ``len(categories) + 1`` rows)."""
+
+    def __init__(self, name: str, cfg: TabularColumn | None = None):
+        self.name = name
+        self.cfg = cfg or TabularColumn()
+        self.mean, self.std = 0.0, 1.0
+        self.categories: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def load(self, value: Any, base: Path) -> Any:
+        if self.cfg.kind == "categorical":
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise BadValue("empty category")
+            return str(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise BadValue(f"not a number: {value!r}") from None
+        if math.isnan(number):
+            if self.cfg.missing == "mean":
+                return MISSING
+            raise BadValue("NaN in a numeric column (set missing: mean to replace it by the train mean)")
+        if math.isinf(number):
+            raise BadValue(f"infinite value {value!r}")
+        return number
+
+    def fit(self, examples: list[Any]) -> None:
+        if self.cfg.kind == "categorical":
+            self.categories = sorted(set(examples))
+            self._codes = {c: i + 1 for i, c in enumerate(self.categories)}
+            return
+        values = torch.tensor([v for v in examples if v is not MISSING], dtype=torch.float64)
+        if len(values):
+            self.mean = float(values.mean())
+            self.std = float(values.std(unbiased=False)) or 1.0
+
+    def placeholder(self) -> Any:
+        return MISSING if self.cfg.kind == "numeric" else None
+
+    def encode(self, example: Any) -> float:
+        if self.cfg.kind == "categorical":
+            return float(self._codes.get(example, 0))
+        if example is MISSING:
+            return 0.0  # the train mean, standardised
+        return (example - self.mean) / self.std
+
+    def collate(self, examples: list[Any]) -> torch.Tensor:
+        return torch.tensor([[self.encode(e)] for e in examples], dtype=torch.float32)
+
+    def spec(self) -> InputSpec:
+        categorical = {0: len(self.categories) + 1} if self.cfg.kind == "categorical" else {}
+        return InputSpec("tabular", (1,), categorical=categorical)
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "categories": self.categories}
