@@ -81,7 +81,8 @@ def test_bad_config_fails_before_work_with_the_field(tmp_path):
     cfg.write_text("model: {encoders: {img: {type: cnn}}}\n")
     result = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
-    assert "no encoder for ['image']" in " ".join(result.output.split())
+    assert "model.encoders has ['img'] but the data provides inputs ['image']" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_missing_run(tmp_path):

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from mmtransfer.encoders import ENCODERS, AttentionPool, Encoder, RecurrentEncoder, as_sequence
+from mmtransfer.modalities.base import InputSpec
 
-SHAPES = {"image": (1, 8, 8), "signal": (2, 24)}
+SPECS = {
+    "image": InputSpec("image", (1, 8, 8)),
+    "signal": InputSpec("signal", (2, 24)),
+    "tokens": InputSpec("tokens", (12,), vocab_size=30, pad_id=0),
+}
 SETTINGS = {
     "cnn": [{}, {"channels": [4, 8, 8, 8], "kernel_size": 5, "stride": 1}],
     "rnn": [
@@ -17,25 +22,47 @@ SETTINGS = {
 }
 
 
-def test_every_registered_encoder_has_settings_here():
-    assert set(SETTINGS) == set(ENCODERS)
+def test_every_registered_encoder_is_tested():
+    # hf needs a saved Hugging Face model: tests/test_hf.py covers it with tiny ones
+    assert set(SETTINGS) | {"mlp", "hf"} == set(ENCODERS)
 
 
-@pytest.mark.parametrize("input_name", sorted(SHAPES))
+def example(spec: InputSpec, n: int = 5) -> torch.Tensor:
+    if spec.kind == "tokens":
+        ids = torch.randint(1, spec.vocab_size, (n, *spec.shape))
+        ids[:, -3:] = spec.pad_id  # some padding
+        return ids
+    return torch.randn(n, *spec.shape, requires_grad=True)
+
+
+@pytest.mark.parametrize("input_name", sorted(SPECS))
 @pytest.mark.parametrize("kind,kwargs", [(k, kw) for k, kws in SETTINGS.items() for kw in kws])
 def test_encoder_conformance(kind, kwargs, input_name):
-    shape = SHAPES[input_name]
-    enc = ENCODERS[kind](shape, 12, **kwargs)
+    spec = SPECS[input_name]
+    enc = ENCODERS[kind](spec, 12, **kwargs)
+    check_encoder(enc, example(spec))
+
+
+def test_mlp_conformance_with_categories():
+    spec = InputSpec("tabular", (4,), categorical={1: 3, 3: 5})
+    x = torch.tensor([[0.5, 2.0, -1.0, 4.0], [1.5, 0.0, 0.0, 1.0]])
+    enc = ENCODERS["mlp"](spec, 12, hidden=[16])
+    check_encoder(enc, x, input_grad=False)
+    with pytest.raises(ValueError, match="mlp encoder expects table columns"):
+        ENCODERS["mlp"](SPECS["image"], 12)
+
+
+def check_encoder(enc, x, input_grad=True):
     assert isinstance(enc, Encoder)
     assert enc.output_dim == 12
-    x = torch.randn(5, *shape, requires_grad=True)
     y = enc(x)
-    assert y.shape == (5, 12)
+    assert y.shape == (len(x), 12)
     assert torch.isfinite(y).all()
     y.pow(2).sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    if x.is_floating_point() and input_grad:
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for name, p in enc.named_parameters():
-        assert p.grad is not None, f"{kind}: no gradient reaches {name}"
+        assert p.grad is not None, f"no gradient reaches {name}"
         assert torch.isfinite(p.grad).all(), name
     groups = enc.layer_groups()
     grouped = {id(p) for g in groups for p in g.parameters()}
@@ -43,7 +70,7 @@ def test_encoder_conformance(kind, kwargs, input_name):
 
 
 def test_cnn_rejects_wrong_rank():
-    enc = ENCODERS["cnn"]((1, 8, 8), 4)
+    enc = ENCODERS["cnn"](SPECS["image"], 4)
     with pytest.raises(ValueError, match="expects"):
         enc(torch.zeros(2, 1, 8))
 
@@ -113,4 +140,4 @@ def test_attention_pool_formulas():
 
 def test_attention_rejects_too_long_sequence():
     with pytest.raises(ValueError, match="max_len"):
-        ENCODERS["attention"]((1, 100), 8, max_len=50)
+        ENCODERS["attention"](InputSpec("signal", (1, 100)), 8, max_len=50)

@@ -52,7 +52,7 @@ class AudioColumn(_Strict):
     sample_rate: int = Field(16000, ge=1000, description="Resample every clip to this rate.")
     seconds: float = Field(1.0, gt=0, description="Pad or crop every clip to this length.")
     features: Literal["logmel", "waveform"] = Field(
-        "logmel", description="Log-mel spectrogram [1, n_mels, frames] or the raw waveform [samples]."
+        "logmel", description="Log-mel spectrogram [1, n_mels, frames] or the raw waveform [1, samples]."
     )
     n_mels: int = Field(64, ge=1)
     n_fft: int = Field(512, ge=16)
@@ -174,6 +174,9 @@ class TrainConfig(_Strict):
     patience: int | None = Field(10, ge=1, description="Early stopping on validation loss; none = off.")
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
     progress: bool = Field(True, description="Show a progress bar.")
+    cache_features: bool = Field(
+        True, description="Run each fully frozen encoder once per split and cache its features on disk."
+    )
     cpu: bool = Field(False, description="Force the CPU even where a GPU is present.")
 
 

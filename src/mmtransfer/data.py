@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from rich.console import Console
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
 from mmtransfer.config import DataConfig
+from mmtransfer.modalities.base import InputSpec
 
 
 @dataclass
@@ -35,28 +37,40 @@ class Split:
 
 @dataclass
 class Dataset:
+    """Splits plus what encoders need to know about each input (``specs``); ``preprocessing`` records how a
+    table was bound and what the modalities learned on train."""
+
     name: str
     classes: list[str]
     train: Split
     val: Split
     test: Split
+    specs: dict[str, InputSpec] = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape[1:]) for k, v in self.train.inputs.items()}
+        return {k: s.shape for k, s in self.specs.items()}
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load a built-in dataset with seeded, stratified train/val/test splits (and k per class if asked)."""
+def load_dataset(cfg: DataConfig, console: Console | None = None) -> Dataset:
+    """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits (and k per class if asked)."""
+    if cfg.table is not None:
+        from mmtransfer.tables import load_table_dataset
+
+        data = load_table_dataset(cfg, console=console)
+        if cfg.k_per_class is not None:
+            data.train = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed)
+        return data
     if cfg.dataset == "digits":
         x, y = _digits()
         x_pool, x_test, y_pool, y_test = train_test_split(
             x, y, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed
         )
-        name, classes = "image", [str(i) for i in range(10)]
+        name, kind, classes = "image", "image", [str(i) for i in range(10)]
     elif cfg.dataset == "mnist1d":
         x_pool, y_pool, x_test, y_test = _mnist1d()
-        name, classes = "signal", [str(i) for i in range(10)]
+        name, kind, classes = "signal", "signal", [str(i) for i in range(10)]
     else:  # the config's Literal makes this unreachable for validated configs
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     x_train, x_val, y_train, y_val = train_test_split(
@@ -69,7 +83,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     train = split(x_train, y_train)
     if cfg.k_per_class is not None:
         train = k_per_class(train, cfg.k_per_class, seed=cfg.seed)
-    return Dataset(cfg.dataset, classes, train, split(x_val, y_val), split(x_test, y_test))
+    spec = InputSpec(kind, tuple(x_pool.shape[1:]))
+    return Dataset(cfg.dataset, classes, train, split(x_val, y_val), split(x_test, y_test), specs={name: spec})
 
 
 @functools.cache

@@ -1,6 +1,8 @@
 """The model: one encoder per input -> fusion -> classification head.
 
 A batch is ``dict[str, Tensor]`` keyed by input name; encoders and fusion iterate it in sorted key order.
+Beside each input ``name`` a batch may hold ``name.present`` (bool [B]: False where the row lacks it) and
+``name.features`` (the input's embedding, precomputed by a frozen encoder, used instead of running it).
 """
 
 from __future__ import annotations
@@ -8,20 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmtransfer.config import ModelConfig
+from mmtransfer.config import CNNConfig, HFConfig, MLPConfig, ModelConfig
 from mmtransfer.encoders import ENCODERS
-
-
-class ConcatFusion(nn.Module):
-    """Late fusion: concatenate the embeddings in sorted key order."""
-
-    def __init__(self, input_dims: dict[str, int]):
-        super().__init__()
-        self.keys = sorted(input_dims)
-        self.output_dim = sum(input_dims.values())
-
-    def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([embeddings[k] for k in self.keys], dim=-1)
+from mmtransfer.fusion import FUSIONS, drop_inputs
+from mmtransfer.modalities.base import InputSpec
 
 
 class ClassificationHead(nn.Module):
@@ -43,23 +35,60 @@ class ClassificationHead(nn.Module):
 class Classifier(nn.Module):
     """encoders (a dict) -> fusion -> head. ``embed`` gives the fused embedding the head reads."""
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module):
+    def __init__(
+        self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module, modality_dropout: float = 0.0
+    ):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.head = head
+        self.modality_dropout = modality_dropout
+
+    def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        cached = inputs.get(f"{name}.features")
+        return cached if cached is not None else self.encoders[name](inputs[name])
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.fusion({name: self.encoders[name](inputs[name]) for name in sorted(self.encoders)})
+        names = sorted(self.encoders)
+        present = {name: inputs.get(f"{name}.present") for name in names}
+        if self.training and self.modality_dropout > 0:
+            first = inputs[names[0]] if names[0] in inputs else inputs[f"{names[0]}.features"]
+            present = drop_inputs(present, names, self.modality_dropout, len(first), first.device)
+        return self.fusion({name: self.encode(name, inputs) for name in names}, present)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.embed(inputs))
 
 
+def as_spec(spec: InputSpec | tuple[int, ...]) -> InputSpec:
+    """A bare shape is read as an image (C, H, W), a signal (C, L) or table columns (F,)."""
+    if isinstance(spec, InputSpec):
+        return spec
+    kind = {3: "image", 2: "signal", 1: "tabular"}.get(len(spec))
+    if kind is None:
+        raise ValueError(f"cannot tell the kind of an input of shape {spec}")
+    return InputSpec(kind, tuple(spec))
+
+
+def default_encoder(spec: InputSpec):
+    """The encoder an input gets when model.encoders does not name one."""
+    if spec.kind == "tabular":
+        return MLPConfig()
+    if spec.kind == "tokens" and spec.tokenizer:
+        return HFConfig(path=spec.tokenizer)  # a pretrained tokenizer comes with its model
+    if spec.kind == "waveform":
+        return CNNConfig(channels=[32, 64, 64, 64], kernel_size=9, stride=2)
+    return CNNConfig()
+
+
 def build_model(
-    cfg: ModelConfig, input_shapes: dict[str, tuple[int, ...]], num_classes: int, *, seed: int | None = None
+    cfg: ModelConfig,
+    specs: dict[str, InputSpec | tuple[int, ...]],
+    num_classes: int,
+    *,
+    seed: int | None = None,
 ) -> Classifier:
-    """Build from a validated config; the encoder names must be the dataset's input names.
+    """Build from a validated config. Encoder names must be input names; inputs without one get the default.
 
     With ``seed``, initialisation draws from its own generator state and leaves the global one untouched,
     so the same seed gives the same weights whatever ran before.
@@ -67,22 +96,23 @@ def build_model(
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_model(cfg, input_shapes, num_classes)
-    missing = sorted(set(input_shapes) - set(cfg.encoders))
-    unknown = sorted(set(cfg.encoders) - set(input_shapes))
-    if missing or unknown:
+            return build_model(cfg, specs, num_classes)
+    specs = {name: as_spec(s) for name, s in specs.items()}
+    unknown = sorted(set(cfg.encoders) - set(specs))
+    if unknown:
         raise ValueError(
-            f"model.encoders has {sorted(cfg.encoders)} but the data provides inputs {sorted(input_shapes)}"
-            + (f"; no encoder for {missing}" if missing else "")
-            + (f"; no input named {unknown}" if unknown else "")
+            f"model.encoders has {sorted(cfg.encoders)} but the data provides inputs {sorted(specs)}; "
+            f"no input named {unknown}"
         )
     encoders = {}
-    for name, enc_cfg in sorted(cfg.encoders.items()):
+    for name, spec in sorted(specs.items()):
+        enc_cfg = cfg.encoders.get(name) or default_encoder(spec)
         kwargs = enc_cfg.model_dump(exclude={"type"})
         try:
-            encoders[name] = ENCODERS[enc_cfg.type](tuple(input_shapes[name]), cfg.embed_dim, **kwargs)
+            encoders[name] = ENCODERS[enc_cfg.type](spec, cfg.embed_dim, **kwargs)
         except ValueError as err:
             raise ValueError(f"model.encoders.{name}: {err}") from None
-    fusion = ConcatFusion({name: enc.output_dim for name, enc in encoders.items()})
+    dims = {name: enc.output_dim for name, enc in encoders.items()}
+    fusion = FUSIONS[cfg.fusion](dims)
     head = ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout)
-    return Classifier(encoders, fusion, head)
+    return Classifier(encoders, fusion, head, modality_dropout=cfg.modality_dropout)

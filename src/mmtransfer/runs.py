@@ -15,9 +15,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mmtransfer.cache import add_cached_features
 from mmtransfer.checkpoint import load_into, load_weights
 from mmtransfer.config import RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, load_dataset
+from mmtransfer.modalities.base import InputSpec
 from mmtransfer.model import Classifier, build_model
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer.distill import transfer_across
@@ -32,25 +34,54 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Classifier, list[str]]:
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
     cfg = load_config(run_dir / "config.yaml")
     classes = json.loads((run_dir / "labels.json").read_text())
-    model = build_model(cfg.model, load_dataset(cfg.data).input_shapes, len(classes))
+    model = build_model(cfg.model, read_specs(run_dir / "inputs.json"), len(classes))
     load_into(model, load_weights(run_dir / "model.safetensors"), where=str(run_dir / "model.safetensors"))
     return cfg, model, classes
+
+
+def write_specs(specs: dict[str, InputSpec], path: Path) -> None:
+    path.write_text(json.dumps({name: spec.to_dict() for name, spec in specs.items()}, indent=1))
+
+
+def read_specs(path: Path) -> dict[str, InputSpec]:
+    raw = json.loads(path.read_text())
+    specs = {}
+    for name, d in raw.items():
+        d["shape"] = tuple(d["shape"])
+        d["categorical"] = {int(k): v for k, v in d["categorical"].items()}  # JSON keys are strings
+        specs[name] = InputSpec(**d)
+    return specs
 
 
 def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> dict:
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder."""
     console = console or Console()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(cfg.data)
-    model = build_model(cfg.model, data.input_shapes, len(data.classes), seed=cfg.train.seed)
+    data = load_dataset(cfg.data, console=console)
+    model = build_model(cfg.model, data.specs, len(data.classes), seed=cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and the model are known to be good
+    console.print(
+        "encoders: "
+        + ", ".join(
+            f"{name} ({spec.kind} {list(spec.shape)}) -> {type(model.encoders[name]).__name__}"
+            + ("" if name in cfg.model.encoders else " [dim](default)[/]")
+            for name, spec in sorted(data.specs.items())
+        )
+        + f"; fusion {cfg.model.fusion}"
+    )
     dump_config(cfg, out / "config.yaml")
     (out / "labels.json").write_text(json.dumps(data.classes))
+    write_specs(data.specs, out / "inputs.json")
+    if data.preprocessing:
+        (out / "preprocessing.json").write_text(json.dumps(data.preprocessing, indent=1))
 
     if cfg.transfer.source:
         _transfer_in(cfg, model, data, out, console)
     if cfg.transfer.freeze:
         freeze(model, cfg.transfer.freeze)
+    if cfg.train.cache_features:
+        splits = add_cached_features(model, {"train": data.train, "val": data.val, "test": data.test}, console=console)
+        data.train, data.val, data.test = splits["train"], splits["val"], splits["test"]
     trainable, total = count_parameters(model)
     console.print(
         f"[bold]{data.name}[/]: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test; "

@@ -42,6 +42,15 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def train_mode(model: nn.Module) -> None:
+    """Training mode, except for encoders that are wholly frozen: their dropout stays off and their
+    BatchNorm statistics stay as they were, so a frozen encoder computes what it computed before training."""
+    model.train()
+    for encoder in getattr(model, "encoders", {}).values():
+        if all(not p.requires_grad for p in encoder.parameters()):
+            encoder.eval()
+
+
 def progress_bar(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -90,7 +99,7 @@ def fit(
     with progress_bar(cfg.progress and accelerator.is_main_process) as bar:
         task = bar.add_task(desc, total=cfg.epochs, status="")
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
+            train_mode(accelerator.unwrap_model(model))
             train_loss, seen = 0.0, 0
             for inputs, labels in train_loader:
                 loss = loss_fn(model(inputs), labels)

@@ -1,8 +1,9 @@
 """Encoders: every one maps its input to [B, output_dim].
 
 The contract is :class:`Encoder`; ``ENCODERS`` is the one registry, keyed by the ``type`` a user writes in YAML.
-Builders are plain functions of the example's input shape (without the batch axis), the embedding size and
-the encoder's own keyword arguments.
+Builders are plain functions of the input's :class:`~mmtransfer.modalities.base.InputSpec` (kind and shape of
+one example), the embedding size and the encoder's own keyword arguments. Token inputs (text) reach the
+from-scratch families through a learned token embedding (:class:`TokenEncoder`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torch import nn
 from mmtransfer.encoders.attention import AttentionEncoder, AttentionPool
 from mmtransfer.encoders.cnn import ConvEncoder
 from mmtransfer.encoders.rnn import RecurrentEncoder, as_sequence, sequence_features
+from mmtransfer.encoders.tabular import TabularMLP, TokenEncoder
+from mmtransfer.modalities.base import InputSpec
 
 
 @runtime_checkable
@@ -30,29 +33,68 @@ class Encoder(Protocol):
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def build_cnn(input_shape: tuple[int, ...], output_dim: int, **kwargs) -> ConvEncoder:
-    """(C, H, W) gives a 2-D CNN, (C, L) a 1-D CNN."""
-    if len(input_shape) not in (2, 3):
-        raise ValueError(f"cnn encoder expects an input of shape (C, L) or (C, H, W), got {input_shape}")
-    return ConvEncoder(input_shape[0], output_dim, dims=len(input_shape) - 1, **kwargs)
+TOKEN_DIM = 64  # width of the learned token embedding in front of a from-scratch text encoder
 
 
-def build_rnn(input_shape: tuple[int, ...], output_dim: int, **kwargs) -> RecurrentEncoder:
-    _, features = sequence_features(input_shape)
+def _with_tokens(spec: InputSpec, build: Callable[..., nn.Module], output_dim: int, **kwargs) -> nn.Module:
+    """Text ids go through a token embedding first; every other input goes straight in."""
+    if spec.kind != "tokens":
+        return build(tuple(spec.shape), output_dim, **kwargs)
+    if spec.vocab_size is None:
+        raise ValueError("a token input needs a vocab_size")
+    inner = build((TOKEN_DIM, spec.shape[0]), output_dim, **kwargs)
+    return TokenEncoder(spec.vocab_size, TOKEN_DIM, inner, pad_id=spec.pad_id)
+
+
+def _cnn(shape: tuple[int, ...], output_dim: int, **kwargs) -> ConvEncoder:
+    if len(shape) not in (2, 3):
+        raise ValueError(f"cnn encoder expects an input of shape (C, L) or (C, H, W), got {shape}")
+    return ConvEncoder(shape[0], output_dim, dims=len(shape) - 1, **kwargs)
+
+
+def _rnn(shape: tuple[int, ...], output_dim: int, **kwargs) -> RecurrentEncoder:
+    _, features = sequence_features(shape)
     return RecurrentEncoder(features, output_dim, **kwargs)
 
 
-def build_attention(input_shape: tuple[int, ...], output_dim: int, **kwargs) -> AttentionEncoder:
-    steps, features = sequence_features(input_shape)
+def _attention(shape: tuple[int, ...], output_dim: int, **kwargs) -> AttentionEncoder:
+    steps, features = sequence_features(shape)
     if steps > kwargs.get("max_len", 512):
         raise ValueError(f"attention encoder: input has {steps} steps, more than max_len={kwargs['max_len']}")
     return AttentionEncoder(features, output_dim, **kwargs)
+
+
+def build_cnn(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
+    """(C, H, W) gives a 2-D CNN, (C, L) a 1-D CNN; text gives a 1-D CNN over token embeddings."""
+    return _with_tokens(spec, _cnn, output_dim, **kwargs)
+
+
+def build_rnn(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
+    return _with_tokens(spec, _rnn, output_dim, **kwargs)
+
+
+def build_attention(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
+    return _with_tokens(spec, _attention, output_dim, **kwargs)
+
+
+def build_mlp(spec: InputSpec, output_dim: int, **kwargs) -> TabularMLP:
+    if spec.kind != "tabular" or len(spec.shape) != 1:
+        raise ValueError(f"mlp encoder expects table columns (tabular [F]), got {spec.kind} {spec.shape}")
+    return TabularMLP(spec.shape[0], output_dim, categorical=spec.categorical, **kwargs)
+
+
+def build_hf(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
+    from mmtransfer.encoders.hf import build_hf as build  # transformers is imported only when asked for
+
+    return build(spec, output_dim, **kwargs)
 
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "rnn": build_rnn,
     "attention": build_attention,
+    "hf": build_hf,
+    "mlp": build_mlp,
 }
 
 __all__ = [
@@ -65,6 +107,10 @@ __all__ = [
     "as_sequence",
     "build_attention",
     "build_cnn",
+    "build_hf",
+    "build_mlp",
     "build_rnn",
     "sequence_features",
+    "TabularMLP",
+    "TokenEncoder",
 ]

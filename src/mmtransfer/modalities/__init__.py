@@ -1,22 +1,6 @@
 """Modalities, one file each: load one cell, learn preprocessing on train, collate a batch.
 
-``MODALITIES`` maps the ``modality`` a user writes in a column config to its class; each class is built as
-``cls(name, column_config)``. The contract is in :mod:`mmtransfer.modalities.base`.
+The contract is in :mod:`mmtransfer.modalities.base`; the registry ``MODALITIES`` (the ``modality`` a user
+writes in a column config -> its class) is in :mod:`mmtransfer.tables`, the one place that builds them, so
+that importing the contract does not import Pillow, soundfile or transformers.
 """
-
-from __future__ import annotations
-
-from mmtransfer.modalities.audio import AudioModality
-from mmtransfer.modalities.base import BadValue, InputSpec, Modality, resolve_path
-from mmtransfer.modalities.image import ImageModality
-from mmtransfer.modalities.tabular import TabularModality
-from mmtransfer.modalities.text import TextModality
-
-MODALITIES = {
-    "image": ImageModality,
-    "text": TextModality,
-    "audio": AudioModality,
-    "tabular": TabularModality,
-}
-
-__all__ = ["MODALITIES", "BadValue", "InputSpec", "Modality", "resolve_path"]

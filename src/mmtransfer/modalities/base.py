@@ -4,14 +4,14 @@ The contract (:class:`Modality`), in the order the table loader calls it:
 
 1. ``load(value, base)``: one present cell -> one example (any Python object: a tensor, a string, a float).
    ``base`` is the table's folder, against which relative paths resolve. A bad value raises
-   :class:`BadValue` with a short reason (``"file not found"``, ``"not a WAV/FLAC/OGG file: ..."``); the loader
+   :class:`BadValue` with a short reason (``"file not found"``, ``"unreadable or corrupt audio: ..."``); the loader
    adds the row, column and file. Nothing is learned here.
 2. ``fit(examples)``: learn preprocessing state from the *train* examples only (a vocabulary, a mean).
 3. ``collate(examples)``: N examples -> one tensor ``[N, ...]`` (stack, pad, tokenise, standardise).
    ``placeholder()`` gives the example used where a cell is missing; the loader then sets the presence mask
    ``{name}.present`` to False, so fusion ignores it.
 4. ``spec()``: what an encoder needs to know about the batch tensor (:class:`InputSpec`).
-5. ``state()`` / ``from_state()``: the learned state as JSON, saved beside a run's weights.
+5. ``state()``: the learned state as JSON, saved beside a run's weights.
 
 """
 
@@ -38,7 +38,7 @@ class InputSpec:
     """What an encoder needs to know about one input.
 
     ``shape`` is one example's tensor shape (no batch axis). ``kind``: ``image`` [C, H, W], ``spectrogram``
-    [1, n_mels, frames], ``waveform`` [samples], ``tokens`` [L] int64 (``vocab_size``, ``pad_id``; ``tokenizer``
+    [1, n_mels, frames], ``waveform`` [1, samples], ``tokens`` [L] int64 (``vocab_size``, ``pad_id``; ``tokenizer``
     names a pretrained tokenizer folder when there is one), ``signal`` [C, L], ``tabular`` [F] float where the
     ``categorical`` entries (index -> number of categories) hold integer codes.
     """

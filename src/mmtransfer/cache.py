@@ -1,0 +1,91 @@
+"""Features of frozen encoders, computed once and cached on disk.
+
+An encoder whose parameters are all frozen maps the same input to the same embedding every epoch, so it is
+run once per split and its output stored beside the input as ``name.features``; the model then reads those
+instead of running the encoder. The cache key is a hash of the encoder's weights, its class and the input
+tensors, so a change to any of them computes anew. Files are safetensors under ``$MMTRANSFER_CACHE``
+(default ``~/.cache/mmtransfer/features``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+from torch import nn
+
+from mmtransfer.checkpoint import save_weights
+from mmtransfer.data import Split
+from mmtransfer.model import Classifier
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MMTRANSFER_CACHE", Path.home() / ".cache" / "mmtransfer" / "features"))
+
+
+def frozen_encoders(model: Classifier) -> list[str]:
+    """Names of encoders none of whose parameters train."""
+    return [name for name, enc in sorted(model.encoders.items()) if all(not p.requires_grad for p in enc.parameters())]
+
+
+def _digest(*tensors: torch.Tensor, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def encoder_key(encoder: nn.Module) -> str:
+    state = encoder.state_dict()
+    return _digest(*[state[k] for k in sorted(state)], extra=type(encoder).__qualname__ + repr(sorted(state)))
+
+
+@torch.no_grad()
+def compute_features(encoder: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    encoder.train(was_training)
+    return out
+
+
+def add_cached_features(
+    model: Classifier,
+    splits: dict[str, Split],
+    *,
+    directory: str | Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Split]:
+    """Return the splits with ``name.features`` added for every frozen encoder (cached on disk)."""
+    names = frozen_encoders(model)
+    if not names:
+        return splits
+    directory = Path(directory) if directory is not None else cache_dir()
+    out = {key: Split(dict(split.inputs), split.labels) for key, split in splits.items()}
+    for name in names:
+        encoder = model.encoders[name]
+        enc_key = encoder_key(encoder)
+        for key, split in out.items():
+            x = split.inputs[name]
+            path = directory / f"{name}-{enc_key}-{_digest(x)}.safetensors"
+            start = time.perf_counter()
+            if path.is_file():
+                features, how = load_file(str(path))["features"], "read from cache"
+            else:
+                features, how = compute_features(encoder, x), "computed"
+                save_weights({"features": features}, path)
+            split.inputs[f"{name}.features"] = features
+            if console is not None:
+                console.print(
+                    f"[dim]frozen encoder {name}: {key} features {list(features.shape)} {how} "
+                    f"in {time.perf_counter() - start:.1f} s ({path.name})[/]"
+                )
+    return out

@@ -1,0 +1,137 @@
+"""Audio cells: a path to a WAV/FLAC/OGG file, read with soundfile, as mono float32 at a fixed rate and length.
+
+``collate`` gives the waveform [N, 1, samples] or a standardised log-mel spectrogram [N, 1, n_mels, frames].
+The mel filter bank is HTK-scale triangles without area normalisation (torchaudio's ``melscale_fbanks`` default).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmtransfer.config import AudioColumn
+from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
+
+LOG_FLOOR = 1e-6  # keeps log() finite on digital silence (padding, placeholders)
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filter_bank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """HTK mel filters from 0 Hz to Nyquist, [n_fft // 2 + 1, n_mels]; ``power_spectrum @ fb`` gives mel energies."""
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2), n_mels + 2))
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (freqs[:, None] - lower) / (centre - lower)
+    falling = (upper - freqs[:, None]) / (upper - centre)
+    return torch.from_numpy(np.maximum(0.0, np.minimum(rising, falling))).float()
+
+
+class AudioModality:
+    """Loads, down-mixes, resamples and pads/crops once; ``collate`` computes features for the whole batch.
+
+    >>> cfg = AudioColumn(sample_rate=8000, seconds=1.0, n_mels=40, n_fft=256, hop_length=80)
+    >>> AudioModality("clip", cfg).spec().shape
+    (1, 40, 101)
+    """
+
+    def __init__(self, name: str, cfg: AudioColumn | None = None):
+        self.name = name
+        self.cfg = cfg or AudioColumn()
+        self.samples = round(self.cfg.seconds * self.cfg.sample_rate)
+        self.frames = 1 + self.samples // self.cfg.hop_length  # torch.stft with center=True
+        self.mean, self.std = 0.0, 1.0
+        self._fb = mel_filter_bank(self.cfg.n_fft, self.cfg.n_mels, self.cfg.sample_rate)
+        self._window = torch.hann_window(self.cfg.n_fft)
+        # AudioColumn checks each field alone; these combinations would fail (or go silently flat) only at collate
+        if self.samples < 1:
+            raise ValueError(f"column {name!r}: seconds * sample_rate = {self.samples} samples; expected at least 1")
+        if self.cfg.features == "logmel":
+            if self.samples <= self.cfg.n_fft // 2:  # torch.stft's reflect padding needs this
+                raise ValueError(
+                    f"column {name!r}: {self.samples} samples is too short for n_fft={self.cfg.n_fft}; "
+                    f"expected more than n_fft / 2 samples"
+                )
+            empty = int((self._fb.sum(0) == 0).sum())
+            if empty:
+                raise ValueError(
+                    f"column {name!r}: n_mels={self.cfg.n_mels} is too many for n_fft={self.cfg.n_fft} at "
+                    f"{self.cfg.sample_rate} Hz ({empty} mel bands get no FFT bin); lower n_mels or raise n_fft"
+                )
+
+    @classmethod
+    def from_state(cls, name: str, cfg: AudioColumn | None, state: dict) -> AudioModality:
+        modality = cls(name, cfg)
+        modality.mean, modality.std = float(state["mean"]), float(state["std"])
+        return modality
+
+    def load(self, value: Any, base: Path) -> torch.Tensor:
+        import soundfile as sf
+        from scipy.signal import resample_poly
+
+        path = resolve_path(value, base)
+        try:
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+        except (sf.SoundFileError, OSError) as err:  # LibsndfileError for bad headers and 0-byte files
+            reason = getattr(err, "error_string", err)  # libsndfile's reason without the path; .file carries it
+            raise BadValue(f"unreadable or corrupt audio: {reason}", file=str(path)) from None
+        if data.shape[0] == 0:
+            raise BadValue("empty audio", file=str(path))
+        wave = data.mean(axis=1)  # down-mix before resampling: one channel to resample instead of several
+        if rate != self.cfg.sample_rate:
+            g = math.gcd(rate, self.cfg.sample_rate)
+            wave = resample_poly(wave, self.cfg.sample_rate // g, rate // g).astype(np.float32)
+        out = np.zeros(self.samples, dtype=np.float32)
+        n = min(len(wave), self.samples)
+        out[:n] = wave[:n]  # crop keeps the start: spoken words and events usually begin near it
+        return torch.from_numpy(out)
+
+    def log_mel(self, waves: torch.Tensor) -> torch.Tensor:
+        """[N, samples] -> unstandardised log-mel [N, n_mels, frames]."""
+        spec = torch.stft(
+            waves, self.cfg.n_fft, self.cfg.hop_length, window=self._window, center=True, return_complex=True
+        )
+        power = spec.real.square() + spec.imag.square()  # [N, freqs, frames]
+        mel = torch.einsum("nft,fm->nmt", power, self._fb)
+        return torch.log(mel + LOG_FLOOR)
+
+    def log_mels(self, examples: list[torch.Tensor], chunk: int = 256) -> torch.Tensor:
+        """Examples -> [N, n_mels, frames], in chunks: the loader collates whole splits, and the complex STFT of
+        all of them at once would need ~(n_fft / n_mels) times the memory of the result (and runs slower)."""
+        out = torch.empty(len(examples), self.cfg.n_mels, self.frames)
+        for i in range(0, len(examples), chunk):
+            out[i : i + chunk] = self.log_mel(torch.stack(examples[i : i + chunk]).float())
+        return out
+
+    def fit(self, examples: list[torch.Tensor]) -> None:
+        if self.cfg.features != "logmel" or not examples:
+            return
+        x = self.log_mels(examples).double()
+        self.mean = float(x.mean())
+        self.std = float(x.std(unbiased=False)) or 1.0
+
+    def placeholder(self) -> torch.Tensor:
+        return torch.zeros(self.samples)
+
+    def collate(self, examples: list[torch.Tensor]) -> torch.Tensor:
+        if self.cfg.features == "waveform":
+            return torch.stack(examples).float()[:, None]
+        return ((self.log_mels(examples) - self.mean) / self.std)[:, None]
+
+    def spec(self) -> InputSpec:
+        if self.cfg.features == "waveform":
+            return InputSpec("waveform", (1, self.samples), sample_rate=self.cfg.sample_rate)
+        return InputSpec("spectrogram", (1, self.cfg.n_mels, self.frames), sample_rate=self.cfg.sample_rate)
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "std": self.std}

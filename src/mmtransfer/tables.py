@@ -1,0 +1,273 @@
+"""Tables in: read a CSV / Parquet file or a DataFrame, bind columns to modalities, check and load every cell.
+
+Every referenced file is opened before training starts. A bad cell (missing or corrupt file, empty text,
+NaN in a number column, unknown label) stops the run with an error naming the row, column and file, or, with
+``on_bad_rows: skip``, its row is dropped and the skips are counted by reason.
+
+Rows are numbered as in the table, from 0; for a file, the message also gives the line (header = line 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+from sklearn.model_selection import train_test_split
+
+from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn, TabularColumn, TextColumn
+from mmtransfer.modalities.audio import AudioModality
+from mmtransfer.modalities.base import BadValue, InputSpec
+from mmtransfer.modalities.image import ImageModality
+from mmtransfer.modalities.tabular import TabularModality
+from mmtransfer.modalities.text import TextModality
+
+MODALITIES = {"image": ImageModality, "text": TextModality, "audio": AudioModality, "tabular": TabularModality}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+TABULAR = "tabular"  # the one input that all number / category columns form together
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the rows, columns and files."""
+
+
+@dataclass
+class BadCell:
+    row: int
+    column: str
+    reason: str
+    file: str | None = None
+
+
+def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, str]:
+    """(table, folder that relative paths resolve against, a name for messages)."""
+    if isinstance(source, pd.DataFrame):
+        return source.reset_index(drop=True), Path.cwd(), "DataFrame"
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"table not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
+        else:
+            raise DataError(f"{path}: expected a .csv, .tsv or .parquet table")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: cannot read the table: {err}") from None
+    return df.reset_index(drop=True), path.parent.resolve(), str(path)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def infer_columns(df: pd.DataFrame, skip: set[str]) -> dict[str, tuple[ColumnConfig, str]]:
+    """Guess each column's modality from its values: (config, why)."""
+    out: dict[str, tuple[ColumnConfig, str]] = {}
+    for col in df.columns:
+        if col in skip:
+            continue
+        values = df[col].dropna()
+        if len(values) == 0:
+            continue
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            out[col] = (TabularColumn(kind="numeric"), "numbers")
+            continue
+        text = values.astype(str).str.strip()
+        suffixes = text.map(lambda v: Path(v).suffix.lower())
+        if suffixes.isin(AUDIO_SUFFIXES).mean() > 0.5:
+            out[col] = (AudioColumn(), "paths to audio files (.wav/.flac/.ogg)")
+        elif suffixes.isin(IMAGE_SUFFIXES).mean() > 0.5:
+            out[col] = (ImageColumn(), "paths to image files")
+        elif text.nunique() <= max(20, len(text) // 20) and text.str.split().str.len().mean() <= 2:
+            out[col] = (TabularColumn(kind="categorical"), f"{text.nunique()} distinct short values")
+        else:
+            out[col] = (TextColumn(), "free text")
+    return out
+
+
+def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str, console: Console | None) -> dict[str, ColumnConfig]:
+    """The columns used as inputs and their modality: configured ones, plus inferred ones; printed."""
+    if cfg.label not in df.columns:
+        raise DataError(f"{name}: no label column {cfg.label!r}; columns are {list(df.columns)}")
+    for col in [*cfg.columns, *cfg.ignore, *([cfg.split_column] if cfg.split_column else [])]:
+        if col not in df.columns:
+            raise DataError(f"{name}: data config names column {col!r}, not in the table; columns: {list(df.columns)}")
+    skip = {cfg.label, *cfg.ignore, *cfg.columns, *([cfg.split_column] if cfg.split_column else [])}
+    inferred = infer_columns(df, skip) if cfg.infer else {}
+    columns = {**{c: v[0] for c, v in inferred.items()}, **cfg.columns}
+    if not columns:
+        raise DataError(f"{name}: no input columns (label {cfg.label!r}; set data.columns or data.infer)")
+    if console is not None:
+        t = Table(title=f"columns of {name}", title_justify="left")
+        for head in ("column", "modality", "how"):
+            t.add_column(head)
+        for col in df.columns:
+            if col in columns:
+                how = "configured" if col in cfg.columns else f"inferred: {inferred[col][1]}"
+                kind = columns[col].modality + (f" ({columns[col].kind})" if columns[col].modality == TABULAR else "")
+                t.add_row(col, kind, how)
+            else:
+                role = "label" if col == cfg.label else "split" if col == cfg.split_column else "ignored"
+                t.add_row(col, f"[dim]{role}[/]", "")
+        console.print(t)
+        if inferred:
+            console.print("[dim]override with data.columns.NAME.modality=image|text|audio|tabular[/]")
+    return columns
+
+
+def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, name: str) -> np.ndarray:
+    """'train' / 'val' / 'test' for every row: from the split column, or stratified and seeded."""
+    n = len(df)
+    if cfg.split_column:
+        raw = df[cfg.split_column].astype(str).str.strip().str.lower().replace({"validation": "val", "valid": "val"})
+        bad = raw[~raw.isin(["train", "val", "test"])]
+        if len(bad):
+            rows = ", ".join(f"row {i}: {df[cfg.split_column][i]!r}" for i in bad.index[:5])
+            raise DataError(f"{name}: column {cfg.split_column!r} must hold train, val or test; {rows}")
+        split = raw.to_numpy(dtype=object)
+        if not (split == "val").any():  # no validation rows given: hold some out of train
+            train_idx = np.flatnonzero(split == "train")
+            _, val_idx = train_test_split(
+                train_idx, test_size=cfg.val_fraction, stratify=labels[train_idx], random_state=cfg.seed
+            )
+            split[val_idx] = "val"
+        return split
+    index = np.arange(n)
+    pool, test = train_test_split(index, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
+    train, val = train_test_split(pool, test_size=cfg.val_fraction, stratify=labels[pool], random_state=cfg.seed)
+    split = np.empty(n, dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split
+
+
+def load_cells(df, columns, base, name, console) -> tuple[dict[str, list], dict[str, list[bool]], list[BadCell], dict]:
+    """Load every cell of every input column; collect bad ones instead of stopping at the first."""
+    modalities = {col: MODALITIES[c.modality](col, c) for col, c in columns.items()}
+    examples: dict[str, list] = {}
+    present: dict[str, list[bool]] = {}
+    bad: list[BadCell] = []
+    files = [col for col, c in columns.items() if c.modality in ("image", "audio")]
+    for col, mod in modalities.items():
+        values = df[col].tolist()
+        rows = range(len(values))
+        if col in files and console is not None:
+            rows = track(rows, description=f"reading {col}", console=console, transient=True)
+        out, here = [], []
+        for i in rows:
+            value = values[i]
+            if _missing(value) and columns[col].modality != TABULAR:
+                out.append(mod.placeholder())
+                here.append(False)
+                continue
+            try:
+                out.append(mod.load(value, base))
+                here.append(True)
+            except BadValue as err:
+                bad.append(BadCell(i, col, err.reason, err.file))
+                out.append(mod.placeholder())
+                here.append(False)
+        examples[col], present[col] = out, here
+    return examples, present, bad, modalities
+
+
+def load_table_dataset(
+    cfg: DataConfig, source: str | Path | pd.DataFrame | None = None, console: Console | None = None
+):
+    """Read, bind, check and load a table into a :class:`~mmtransfer.data.Dataset` (tensors in memory)."""
+    from mmtransfer.data import Dataset, Split
+
+    df, base, name = read_table(source if source is not None else cfg.table)
+    columns = bind_columns(df, cfg, name, console)
+    line = (lambda i: f" (line {i + 2})") if name.endswith((".csv", ".tsv", ".txt")) else (lambda i: "")
+
+    # labels: every row needs one
+    label_values = df[cfg.label]
+    no_label = [i for i, v in enumerate(label_values) if _missing(v) or not str(v).strip()]
+    bad = [BadCell(i, cfg.label, "missing label") for i in no_label]
+    examples, present, bad_cells, modalities = load_cells(df, columns, base, name, console)
+    bad += bad_cells
+    if not any(c.modality == TABULAR for c in columns.values()):  # number columns are always present
+        bad_rows = {b.row for b in bad}
+        for i in range(len(df)):
+            if i not in bad_rows and not any(present[c][i] for c in columns):
+                bad.append(BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty"))
+
+    keep = np.ones(len(df), dtype=bool)
+    if bad:
+        bad.sort(key=lambda b: (b.row, b.column))
+        if cfg.on_bad_rows == "error":
+            lines = [
+                f"  row {b.row}{line(b.row)}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "")
+                for b in bad[:20]
+            ]
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise DataError(
+                f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s); nothing was trained "
+                f"(set data.on_bad_rows=skip to drop these rows)\n" + "\n".join(lines) + more
+            )
+        keep[[b.row for b in bad]] = False
+        if console is not None:
+            reasons = Counter(f"{b.column}: {b.reason}" for b in bad)
+            console.print(
+                f"[yellow]skipped {int((~keep).sum())} of {len(df)} rows[/]: "
+                + "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
+            )
+
+    labels_str = np.array([str(v).strip() for v in label_values], dtype=object)
+    split = np.empty(len(df), dtype=object)
+    split[keep] = assign_splits(df[keep].reset_index(drop=True), labels_str[keep], cfg, name)
+    classes = sorted(set(labels_str[keep & (split == "train")]))
+    unknown = [i for i in np.flatnonzero(keep) if labels_str[i] not in classes]
+    if unknown:
+        rows = ", ".join(f"row {i}{line(i)}: {labels_str[i]!r} ({split[i]})" for i in unknown[:10])
+        raise DataError(f"{name}: label(s) that never occur in the train split, so no model can predict them: {rows}")
+    label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
+
+    train_rows = np.flatnonzero(keep & (split == "train"))
+    for col, mod in modalities.items():
+        mod.fit([examples[col][i] for i in train_rows if present[col][i]])
+    tab_cols = [c for c in sorted(columns) if columns[c].modality == TABULAR]
+
+    def make(rows: np.ndarray) -> Split:
+        inputs: dict[str, torch.Tensor] = {}
+        for col in sorted(columns):
+            if col in tab_cols:
+                continue
+            inputs[col] = modalities[col].collate([examples[col][i] for i in rows])
+            inputs[f"{col}.present"] = torch.tensor([present[col][i] for i in rows], dtype=torch.bool)
+        if tab_cols:
+            inputs[TABULAR] = torch.cat([modalities[c].collate([examples[c][i] for i in rows]) for c in tab_cols], 1)
+        return Split(inputs, torch.as_tensor(label_ids[rows], dtype=torch.long))
+
+    specs = {col: modalities[col].spec() for col in columns if col not in tab_cols}
+    if tab_cols:
+        categorical = {}
+        for j, c in enumerate(tab_cols):
+            categorical.update({j + k: n for k, n in modalities[c].spec().categorical.items()})
+        specs[TABULAR] = InputSpec("tabular", (len(tab_cols),), categorical=categorical)
+    parts = {s: make(np.flatnonzero(keep & (split == s))) for s in ("train", "val", "test")}
+    for s, part in parts.items():
+        if len(part) == 0:
+            raise DataError(f"{name}: the {s} split is empty")
+    data = Dataset(Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=specs)
+    data.preprocessing = {
+        "columns": {c: columns[c].model_dump(mode="json") for c in sorted(columns)},
+        "state": {c: modalities[c].state() for c in sorted(columns)},
+        "tabular_columns": tab_cols,
+        "skipped_rows": [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file} for b in bad],
+    }
+    return data

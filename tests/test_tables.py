@@ -1,0 +1,192 @@
+"""Tables in: inference of modalities, loading every cell, masks for missing values, errors for bad ones."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from rich.console import Console
+
+from mmtransfer.config import DataConfig, ModelConfig, TabularColumn
+from mmtransfer.model import build_model
+from mmtransfer.tables import DataError, load_table_dataset
+
+N = 30  # rows; 3 classes of 10
+
+
+def write_files(folder, n=N):
+    """Images, audio and a table whose paths are relative to the table's folder."""
+    (folder / "img").mkdir()
+    (folder / "wav").mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = ["cat", "dog", "owl"][i % 3]
+        pixels = (rng.random((12, 10)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        tone = np.sin(2 * np.pi * (300 + 200 * (i % 3)) * np.arange(4000) / 8000).astype(np.float32)
+        sf.write(folder / "wav" / f"{i}.wav", tone * 0.5, 8000)
+        rows.append(
+            {
+                "picture": f"img/{i}.png",
+                "sound": f"wav/{i}.wav",
+                "caption": f"a {label} number {i} sits here",
+                "weight": float(i % 3) + 0.1 * i,
+                "colour": ["red", "green"][i % 2],
+                "label": label,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def table(tmp_path):
+    df = write_files(tmp_path)
+    # a missing value in every modality, each in a different row
+    df.loc[1, "picture"] = None
+    df.loc[2, "sound"] = None
+    df.loc[4, "caption"] = None
+    df.loc[5, "weight"] = np.nan
+    path = tmp_path / "data.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def config(path, **kw):
+    base = {
+        "table": str(path),
+        "test_fraction": 0.2,
+        "val_fraction": 0.2,
+        "columns": {"weight": TabularColumn(kind="numeric", missing="mean")},
+    }
+    return DataConfig(**{**base, **kw})
+
+
+def test_mixed_table_with_missing_values_loads_and_trains(table):
+    console = Console(record=True, width=150)
+    data = load_table_dataset(config(table), console=console)
+    text = console.export_text()
+    for col, kind in [("picture", "image"), ("sound", "audio"), ("caption", "text"), ("colour", "tabular")]:
+        assert col in text and kind in text
+    assert "inferred: paths to audio files" in text and "configured" in text
+    assert data.classes == ["cat", "dog", "owl"]
+    assert len(data.train) + len(data.val) + len(data.test) == N
+    assert data.specs["picture"].shape == (3, 32, 32)
+    assert data.specs["tabular"].shape == (2,)  # colour (categorical) and weight (numeric), sorted by name
+    assert data.specs["tabular"].categorical == {0: 3}  # two colours + unseen
+    assert data.specs["caption"].kind == "tokens"
+    everything = {
+        k: torch.cat([getattr(data, s).inputs[k] for s in ("train", "val", "test")]) for k in data.train.inputs
+    }
+    for col in ("picture", "sound", "caption"):
+        assert int((~everything[f"{col}.present"]).sum()) == 1, col
+    assert "tabular.present" not in everything  # numbers are always there (NaN -> train mean)
+    assert torch.isfinite(everything["tabular"]).all()
+
+    for fusion in ("concat", "attention", "gated"):
+        model = build_model(ModelConfig(fusion=fusion, embed_dim=16), data.specs, 3, seed=0)
+        logits = model(data.train.inputs)
+        assert logits.shape == (len(data.train), 3) and torch.isfinite(logits).all()
+        logits.sum().backward()
+
+
+def test_parquet_and_dataframe_give_the_same_data(table, tmp_path):
+    df = pd.read_csv(table)
+    df.to_parquet(tmp_path / "data.parquet")
+    a = load_table_dataset(config(table))
+    b = load_table_dataset(config(tmp_path / "data.parquet"))
+    assert torch.equal(a.train.inputs["picture"], b.train.inputs["picture"])
+    assert torch.equal(a.test.labels, b.test.labels)
+    with pytest.raises(DataError, match="file not found"):
+        # a DataFrame's relative paths resolve against the working directory, not the table's folder
+        load_table_dataset(config(None), source=df)
+
+
+def test_split_column_and_skip(tmp_path):
+    df = write_files(tmp_path)
+    df["part"] = ["train"] * 20 + ["validation"] * 5 + ["test"] * 5
+    df.to_csv(tmp_path / "t.csv", index=False)
+    data = load_table_dataset(config(tmp_path / "t.csv", split_column="part"))
+    assert (len(data.train), len(data.val), len(data.test)) == (20, 5, 5)
+
+
+def bad_table(tmp_path, change):
+    df = write_files(tmp_path)
+    change(df, tmp_path)
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda df, d: df.__setitem__("picture", df["picture"].replace("img/3.png", "img/nope.png")),
+            r"row 3 \(line 5\), column 'picture': file not found \(.*img/nope.png\)",
+        ),
+        (
+            lambda df, d: (d / "img" / "7.png").write_bytes(b"not a png"),
+            r"row 7 \(line 9\), column 'picture': unreadable or corrupt image",
+        ),
+        (
+            lambda df, d: (d / "wav" / "8.wav").write_text("hello"),
+            r"row 8 \(line 10\), column 'sound': unreadable or corrupt audio.*wav/8.wav",
+        ),
+        (
+            lambda df, d: df.__setitem__("caption", df["caption"].replace(df["caption"][6], "   ")),
+            r"row 6 \(line 8\), column 'caption': empty text",
+        ),
+        (
+            lambda df, d: df.__setitem__("weight", df["weight"].replace(df["weight"][9], np.nan)),
+            r"row 9 \(line 11\), column 'weight': NaN in a numeric column",
+        ),
+        (
+            lambda df, d: df.__setitem__("label", df["label"].replace("owl", None)),
+            r"row 2 \(line 4\), column 'label': missing label",
+        ),
+    ],
+)
+def test_each_bad_input_names_row_column_and_file(tmp_path, change, message):
+    path = bad_table(tmp_path, change)
+    cfg = DataConfig(table=str(path), test_fraction=0.2, val_fraction=0.2)
+    with pytest.raises(DataError, match=message) as err:
+        load_table_dataset(cfg)
+    assert "nothing was trained" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_label_in_test_split(tmp_path):
+    df = write_files(tmp_path)
+    df["part"] = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
+    df.loc[27, "label"] = "emu"
+    df.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=r"never occur in the train split.*row 27 \(line 29\): 'emu' \(test\)"):
+        load_table_dataset(DataConfig(table=str(tmp_path / "t.csv"), split_column="part"))
+
+
+def test_skip_bad_rows_counts_them(tmp_path):
+    def change(df, d):
+        (d / "img" / "7.png").write_bytes(b"not a png")
+        df.loc[3, "picture"] = "img/nope.png"
+        df.loc[6, "caption"] = "  "
+
+    path = bad_table(tmp_path, change)
+    console = Console(record=True, width=200)
+    data = load_table_dataset(
+        DataConfig(table=str(path), on_bad_rows="skip", test_fraction=0.2, val_fraction=0.2), console=console
+    )
+    assert len(data.train) + len(data.val) + len(data.test) == N - 3
+    text = console.export_text()
+    assert "skipped 3 of 30 rows" in text
+    assert "1 x picture: file not found" in text and "1 x caption: empty text" in text
+    assert [r["row"] for r in data.preprocessing["skipped_rows"]] == [3, 6, 7]
+
+
+def test_config_errors_name_the_column(tmp_path, table):
+    with pytest.raises(DataError, match="no label column 'target'"):
+        load_table_dataset(config(table, label="target"))
+    with pytest.raises(DataError, match="names column 'wieght', not in the table"):
+        load_table_dataset(config(table, columns={"wieght": TabularColumn()}))
+    with pytest.raises(DataError, match="table not found"):
+        load_table_dataset(config(tmp_path / "nope.csv"))
