@@ -10,7 +10,15 @@ def write(tmp_path, text):
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["train.lr=3e-4", "model.encoders.image.channels=[4, 8]", "train.patience=null"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr=3e-4",
+            "model.encoders.image.type=cnn",
+            "model.encoders.image.channels=[4, 8]",
+            "train.patience=null",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.model.encoders["image"].channels == [4, 8]
     assert cfg.train.patience is None
@@ -48,8 +56,9 @@ def test_wrong_value_names_allowed_values():
 
 
 def test_unknown_encoder_type():
-    with pytest.raises(ConfigError, match="model.encoders.image: type 'mlp' unknown; allowed: cnn, rnn, attention"):
-        load_config(None, ["model.encoders.image.type=mlp"])
+    msg = "model.encoders.image: type 'vgg' unknown; allowed: cnn, rnn, attention, hf, mlp"
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, ["model.encoders.image.type=vgg"])
 
 
 def test_every_error_reported_at_once():
