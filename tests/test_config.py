@@ -22,6 +22,7 @@ def test_defaults_and_overrides():
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.model.encoders["image"].channels == [4, 8]
     assert cfg.train.patience is None
+    assert load_config(None, ["data.label='1'"]).data.label == "1"  # quoted: stays a string
 
 
 def test_unknown_key_names_field_and_allowed(tmp_path):

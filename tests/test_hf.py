@@ -171,6 +171,17 @@ def test_gradients_reach_backbone(bert):
     assert enc.proj.weight.grad.abs().sum() > 0
 
 
+def test_every_trainable_parameter_gets_a_gradient(bert):
+    # DDP fails on trainable parameters that get no gradient: the pooler is unused by mean and cls pooling
+    for pooling in ("mean", "cls", "pooler"):
+        enc = build_hf(tokens(), 16, path=bert, pooling=pooling)
+        enc(ids()).pow(2).sum().backward()
+        without = sorted(n for n, p in enc.named_parameters() if p.requires_grad and p.grad is None)
+        assert without == [], pooling
+        pooler_trains = enc.backbone.pooler.dense.weight.requires_grad
+        assert pooler_trains == (pooling == "pooler")
+
+
 def _covered_once(enc: HFEncoder) -> bool:
     ids_in_groups = [id(p) for group in enc.layer_groups() for p in group.parameters()]
     return sorted(ids_in_groups) == sorted(id(p) for p in enc.parameters())

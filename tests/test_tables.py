@@ -124,27 +124,27 @@ def bad_table(tmp_path, change):
     [
         (
             lambda df, d: df.__setitem__("picture", df["picture"].replace("img/3.png", "img/nope.png")),
-            r"row 3 \(line 5\), column 'picture': file not found \(.*img/nope.png\)",
+            r"row 3, column 'picture': file not found \(.*img/nope.png\)",
         ),
         (
             lambda df, d: (d / "img" / "7.png").write_bytes(b"not a png"),
-            r"row 7 \(line 9\), column 'picture': unreadable or corrupt image",
+            r"row 7, column 'picture': unreadable or corrupt image",
         ),
         (
             lambda df, d: (d / "wav" / "8.wav").write_text("hello"),
-            r"row 8 \(line 10\), column 'sound': unreadable or corrupt audio.*wav/8.wav",
+            r"row 8, column 'sound': unreadable or corrupt audio.*wav/8.wav",
         ),
         (
             lambda df, d: df.__setitem__("caption", df["caption"].replace(df["caption"][6], "   ")),
-            r"row 6 \(line 8\), column 'caption': empty text",
+            r"row 6, column 'caption': empty text",
         ),
         (
             lambda df, d: df.__setitem__("weight", df["weight"].replace(df["weight"][9], np.nan)),
-            r"row 9 \(line 11\), column 'weight': NaN in a numeric column",
+            r"row 9, column 'weight': NaN in a numeric column",
         ),
         (
             lambda df, d: df.__setitem__("label", df["label"].replace("owl", None)),
-            r"row 2 \(line 4\), column 'label': missing label",
+            r"row 2, column 'label': missing label",
         ),
     ],
 )
@@ -161,7 +161,7 @@ def test_unknown_label_in_test_split(tmp_path):
     df["part"] = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
     df.loc[27, "label"] = "emu"
     df.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(DataError, match=r"never occur in the train split.*row 27 \(line 29\): 'emu' \(test\)"):
+    with pytest.raises(DataError, match=r"row 27, column 'label': label 'emu' never occurs in the train split"):
         load_table_dataset(DataConfig(table=str(tmp_path / "t.csv"), split_column="part"))
 
 
@@ -190,3 +190,79 @@ def test_config_errors_name_the_column(tmp_path, table):
         load_table_dataset(config(table, columns={"wieght": TabularColumn()}))
     with pytest.raises(DataError, match="table not found"):
         load_table_dataset(config(tmp_path / "nope.csv"))
+
+
+def test_image_augmentation_shifts_within_an_eighth():
+    from mmtransfer.config import ImageColumn
+    from mmtransfer.modalities.image import ImageModality
+
+    mod = ImageModality("img", ImageColumn(size=(16, 16), channels=1))
+    batch = torch.zeros(200, 1, 16, 16)
+    batch[:, 0, 8, 8] = 1.0
+    out = mod.augment(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and torch.equal(out.sum((1, 2, 3)), batch.sum((1, 2, 3)))
+    where = out[:, 0].flatten(1).argmax(1)
+    dy, dx = where // 16 - 8, where % 16 - 8
+    assert dy.abs().max() == 2 and dx.abs().max() == 2  # 16 / 8 = 2 pixels at most, and all shifts occur
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) == 25
+
+
+def test_fit_applies_augmentation_to_training_batches_only(table):
+    from mmtransfer.config import TrainConfig
+    from mmtransfer.train import fit
+
+    data = load_table_dataset(config(table))
+    assert set(data.augment) == {"picture"}
+    seen = []
+    augment = {"picture": lambda x: seen.append(len(x)) or x}
+    model = build_model(ModelConfig(embed_dim=8), data.specs, 3, seed=0)
+    fit(model, data.train, data.val, TrainConfig(epochs=2, batch_size=8, progress=False), augment=augment)
+    assert sum(seen) == 2 * len(data.train)  # every training example, each epoch; no validation batch
+
+
+def test_rare_label_and_bad_split_value_name_the_original_rows(tmp_path):
+    df = write_files(tmp_path)
+    df.loc[4, "label"] = "emu"  # the only emu: no stratified split can hold it
+    df.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=r"row 4, column 'label': label 'emu' has 1 row\(s\); a class needs 3"):
+        load_table_dataset(DataConfig(table=str(tmp_path / "t.csv")))
+
+    (tmp_path / "b").mkdir()
+    df = write_files(tmp_path / "b")
+    df["part"] = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
+    df.loc[3, "picture"] = "img/nope.png"  # skipped first: must not shift the row numbers after it
+    df.loc[10, "part"] = "tset"
+    df.loc[27, "label"] = "emu"
+    df.to_csv(tmp_path / "b" / "t.csv", index=False)
+    console = Console(record=True, width=200)
+    cfg = DataConfig(table=str(tmp_path / "b" / "t.csv"), split_column="part", on_bad_rows="skip")
+    data = load_table_dataset(cfg, console=console)
+    assert [(r["row"], r["column"]) for r in data.preprocessing["skipped_rows"]] == [
+        (3, "picture"),
+        (10, "part"),
+        (27, "label"),
+    ]
+    assert "1 x label: label 'emu' never occurs in the train split" in console.export_text()
+    assert len(data.train) + len(data.val) + len(data.test) == N - 3
+
+
+def test_na_words_are_values_and_nullable_numbers_are_missing(tmp_path):
+    df = write_files(tmp_path)
+    df["colour"] = ["NA", "None"] * (N // 2)  # words, not missing values
+    df.to_csv(tmp_path / "t.csv", index=False)
+    data = load_table_dataset(DataConfig(table=str(tmp_path / "t.csv")))
+    assert data.preprocessing["state"]["colour"]["categories"] == ["NA", "None"]
+
+    df = pd.read_csv(tmp_path / "t.csv").convert_dtypes()  # nullable Float64: a missing value is pd.NA
+    df.loc[5, "weight"] = pd.NA
+    df[["picture", "sound"]] = df[["picture", "sound"]].map(lambda p: str(tmp_path / p))
+    cfg = DataConfig(columns={"weight": TabularColumn(missing="mean")})
+    assert torch.isfinite(load_table_dataset(cfg, source=df).train.inputs["tabular"]).all()
+    with pytest.raises(DataError, match=r"row 5, column 'weight': NaN in a numeric column"):
+        load_table_dataset(DataConfig(), source=df)
+
+
+def test_dotted_column_names_are_refused(tmp_path):
+    df = write_files(tmp_path).rename(columns={"caption": "caption.en"})
+    with pytest.raises(DataError, match=r"column names may not contain '.': \['caption.en'\]"):
+        load_table_dataset(DataConfig(), source=df)

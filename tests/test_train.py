@@ -64,6 +64,8 @@ def test_evaluate_metrics_on_a_known_model():
     assert sum(row[3] for row in m["confusion"]) == len(labels)
     p3 = m["accuracy"]
     assert m["macro_f1"] == pytest.approx(2 * p3 / (p3 + 1) / 10)  # F1 of class 3 only, averaged over 10
+    assert m["f1_per_class"][3] == pytest.approx(2 * p3 / (p3 + 1))
+    assert m["f1_per_class"][:3] == [0.0, 0.0, 0.0]
     # cross-entropy of logits (5 at class 3, 0 elsewhere): log(e^5 + 9) - 5 on class 3, log(e^5 + 9) otherwise
     assert m["loss"] == pytest.approx(math.log(math.exp(5) + 9) - 5 * p3, rel=1e-5)
 

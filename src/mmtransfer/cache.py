@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.data import Split
 from mmtransfer.model import Classifier
+from mmtransfer.transfer.freeze import is_frozen
 
 
 def cache_dir() -> Path:
@@ -30,7 +32,7 @@ def cache_dir() -> Path:
 
 def frozen_encoders(model: Classifier) -> list[str]:
     """Names of encoders none of whose parameters train."""
-    return [name for name, enc in sorted(model.encoders.items()) if all(not p.requires_grad for p in enc.parameters())]
+    return [name for name, enc in sorted(model.encoders.items()) if is_frozen(enc)]
 
 
 def _digest(*tensors: torch.Tensor, extra: str = "") -> str:
@@ -49,9 +51,11 @@ def encoder_key(encoder: nn.Module) -> str:
 
 @torch.no_grad()
 def compute_features(encoder: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The encoder's output on ``x`` in eval mode, on the device Accelerate would use (a GPU where present)."""
     was_training = encoder.training
     encoder.eval()
-    device = next(encoder.parameters()).device
+    device = PartialState().device
+    encoder.to(device)
     out = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
     encoder.train(was_training)
     return out
@@ -70,6 +74,7 @@ def add_cached_features(
         return splits
     directory = Path(directory) if directory is not None else cache_dir()
     out = {key: Split(dict(split.inputs), split.labels) for key, split in splits.items()}
+    state = PartialState()
     for name in names:
         encoder = model.encoders[name]
         enc_key = encoder_key(encoder)
@@ -77,13 +82,14 @@ def add_cached_features(
             x = split.inputs[name]
             path = directory / f"{name}-{enc_key}-{_digest(x)}.safetensors"
             start = time.perf_counter()
-            if path.is_file():
-                features, how = load_file(str(path))["features"], "read from cache"
-            else:
-                features, how = compute_features(encoder, x), "computed"
-                save_weights({"features": features}, path)
+            with state.main_process_first():  # under `accelerate launch`, one process computes, the rest read
+                if path.is_file():
+                    features, how = load_file(str(path))["features"], "read from cache"
+                else:
+                    features, how = compute_features(encoder, x), "computed"
+                    save_weights({"features": features}, path)
             split.inputs[f"{name}.features"] = features
-            if console is not None:
+            if console is not None and state.is_main_process:
                 console.print(
                     f"[dim]frozen encoder {name}: {key} features {list(features.shape)} {how} "
                     f"in {time.perf_counter() - start:.1f} s ({path.name})[/]"

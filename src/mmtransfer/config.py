@@ -251,8 +251,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parsed = yaml.safe_load(value) if value.strip() else None
     if parts[-1] == "type" and isinstance(node.get("type"), str) and node["type"] != parsed:
         node.clear()  # another encoder type: its other fields start from that type's defaults
-    # YAML 1.1 reads 3e-4 as a string; numbers are what people mean.
-    if isinstance(parsed, str):
+    # YAML 1.1 reads 3e-4 as a string; numbers are what people mean, unless they quoted the value.
+    if isinstance(parsed, str) and value.strip()[:1] not in ("'", '"'):
         try:
             parsed = float(parsed)
         except ValueError:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,8 @@ class Split:
 @dataclass
 class Dataset:
     """Splits plus what encoders need to know about each input (``specs``); ``preprocessing`` records how a
-    table was bound and what the modalities learned on train."""
+    table was bound and what the modalities learned on train; ``augment`` maps inputs to the random
+    transform ``fit`` applies to their training batches."""
 
     name: str
     classes: list[str]
@@ -47,6 +49,7 @@ class Dataset:
     test: Split
     specs: dict[str, InputSpec] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
+    augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:

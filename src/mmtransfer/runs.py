@@ -87,8 +87,9 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
         f"[bold]{data.name}[/]: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test; "
         f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)"
     )
-    result = fit(model, data.train, data.val, cfg.train, checkpoint=out / "model.safetensors")
+    result = fit(model, data.train, data.val, cfg.train, checkpoint=out / "model.safetensors", augment=data.augment)
     metrics = {
+        "classes": data.classes,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "fit_seconds": round(result.seconds, 3),
@@ -110,7 +111,13 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
         # Distil on every train input, labelled or not: the labels are never read.
         unlabelled = load_dataset(cfg.data.model_copy(update={"k_per_class": None})).train
         report, stats = transfer_across(
-            source_model, model, unlabelled, cfg.transfer.distill, seed=cfg.train.seed, progress=cfg.train.progress
+            source_model,
+            model,
+            unlabelled,
+            cfg.transfer.distill,
+            seed=cfg.train.seed,
+            progress=cfg.train.progress,
+            cpu=cfg.train.cpu,
         )
         record["distill"] = stats.to_dict()
         console.print(
@@ -128,6 +135,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     """Evaluate a run folder's model on a split of the data its config names."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
-    cfg, model, _ = load_run(run_dir)
+    cfg, model, classes = load_run(run_dir)
     data = load_dataset(cfg.data)
+    if data.classes != classes:
+        raise ValueError(
+            f"{run_dir}: the data now has classes {data.classes}, the model was trained on {classes}; "
+            "the table changed since training, so its splits and metrics would not be the trained ones"
+        )
     return evaluate(model, getattr(data, split), cpu=cfg.train.cpu)

@@ -4,16 +4,15 @@ Every referenced file is opened before training starts. A bad cell (missing or c
 NaN in a number column, unknown label) stops the run with an error naming the row, column and file, or, with
 ``on_bad_rows: skip``, its row is dropped and the skips are counted by reason.
 
-Rows are numbered as in the table, from 0; for a file, the message also gives the line (header = line 1).
+Rows are numbered as pandas numbers them: from 0, after the header (a file's line numbers can differ, since
+a quoted cell may span lines).
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from sklearn.model_selection import train_test_split
 
 from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn, TabularColumn, TextColumn
 from mmtransfer.modalities.audio import AudioModality
-from mmtransfer.modalities.base import BadValue, InputSpec
+from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 from mmtransfer.modalities.image import ImageModality
 from mmtransfer.modalities.tabular import TabularModality
 from mmtransfer.modalities.text import TextModality
@@ -60,7 +59,9 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, s
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
+            # Only empty cells (and NaN) are missing: a label or category "NA" or "None" is a value.
+            sep = "\t" if suffix == ".tsv" else ","
+            df = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=["", "nan", "NaN"])
         else:
             raise DataError(f"{path}: expected a .csv, .tsv or .parquet table")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
@@ -68,10 +69,6 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, s
             raise
         raise DataError(f"{path}: cannot read the table: {err}") from None
     return df.reset_index(drop=True), path.parent.resolve(), str(path)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
 def infer_columns(df: pd.DataFrame, skip: set[str]) -> dict[str, tuple[ColumnConfig, str]]:
@@ -109,6 +106,9 @@ def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str, console: Console 
     skip = {cfg.label, *cfg.ignore, *cfg.columns, *([cfg.split_column] if cfg.split_column else [])}
     inferred = infer_columns(df, skip) if cfg.infer else {}
     columns = {**{c: v[0] for c, v in inferred.items()}, **cfg.columns}
+    dotted = [c for c in columns if "." in str(c)]
+    if dotted:  # '.' separates an input from its mask or features in a batch, and modules in a model
+        raise DataError(f"{name}: column names may not contain '.': {dotted}; rename them")
     if not columns:
         raise DataError(f"{name}: no input columns (label {cfg.label!r}; set data.columns or data.infer)")
     if console is not None:
@@ -129,16 +129,40 @@ def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str, console: Console 
     return columns
 
 
-def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, name: str) -> np.ndarray:
+def split_values(df: pd.DataFrame, column: str) -> pd.Series:
+    return df[column].astype(str).str.strip().str.lower().replace({"validation": "val", "valid": "val"})
+
+
+def check_labels(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, bad_rows: set[int]) -> list[BadCell]:
+    """Rows whose split value or label cannot be used, found before any split is drawn."""
+    bad = []
+    rows = [i for i in range(len(df)) if i not in bad_rows]
+    if cfg.split_column:
+        split = split_values(df, cfg.split_column).to_numpy()
+        for i in rows:
+            if split[i] not in ("train", "val", "test"):
+                bad.append(
+                    BadCell(i, cfg.split_column, f"split must be train, val or test, got {df[cfg.split_column][i]!r}")
+                )
+        train_labels = {labels[i] for i in rows if split[i] == "train"}
+        for i in rows:
+            if split[i] in ("val", "test") and labels[i] not in train_labels:
+                bad.append(BadCell(i, cfg.label, f"label {labels[i]!r} never occurs in the train split"))
+    else:
+        counts = Counter(labels[i] for i in rows)
+        for i in rows:
+            if counts[labels[i]] < 3:  # train, val and test each need one for stratified splits
+                bad.append(
+                    BadCell(i, cfg.label, f"label {labels[i]!r} has {counts[labels[i]]} row(s); a class needs 3")
+                )
+    return bad
+
+
+def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """'train' / 'val' / 'test' for every row: from the split column, or stratified and seeded."""
     n = len(df)
     if cfg.split_column:
-        raw = df[cfg.split_column].astype(str).str.strip().str.lower().replace({"validation": "val", "valid": "val"})
-        bad = raw[~raw.isin(["train", "val", "test"])]
-        if len(bad):
-            rows = ", ".join(f"row {i}: {df[cfg.split_column][i]!r}" for i in bad.index[:5])
-            raise DataError(f"{name}: column {cfg.split_column!r} must hold train, val or test; {rows}")
-        split = raw.to_numpy(dtype=object)
+        split = split_values(df, cfg.split_column).to_numpy(dtype=object)
         if not (split == "val").any():  # no validation rows given: hold some out of train
             train_idx = np.flatnonzero(split == "train")
             _, val_idx = train_test_split(
@@ -169,7 +193,7 @@ def load_cells(df, columns, base, name, console) -> tuple[dict[str, list], dict[
         out, here = [], []
         for i in rows:
             value = values[i]
-            if _missing(value) and columns[col].modality != TABULAR:
+            if is_missing(value) and columns[col].modality != TABULAR:
                 out.append(mod.placeholder())
                 here.append(False)
                 continue
@@ -192,32 +216,30 @@ def load_table_dataset(
 
     df, base, name = read_table(source if source is not None else cfg.table)
     columns = bind_columns(df, cfg, name, console)
-    line = (lambda i: f" (line {i + 2})") if name.endswith((".csv", ".tsv", ".txt")) else (lambda i: "")
 
-    # labels: every row needs one
-    label_values = df[cfg.label]
-    no_label = [i for i, v in enumerate(label_values) if _missing(v) or not str(v).strip()]
-    bad = [BadCell(i, cfg.label, "missing label") for i in no_label]
+    labels_str = np.array(["" if is_missing(v) else str(v).strip() for v in df[cfg.label]], dtype=object)
+    bad = [BadCell(i, cfg.label, "missing label") for i in np.flatnonzero(labels_str == "")]
     examples, present, bad_cells, modalities = load_cells(df, columns, base, name, console)
     bad += bad_cells
     if not any(c.modality == TABULAR for c in columns.values()):  # number columns are always present
-        bad_rows = {b.row for b in bad}
-        for i in range(len(df)):
-            if i not in bad_rows and not any(present[c][i] for c in columns):
+        for i in sorted(set(range(len(df))) - {b.row for b in bad}):
+            if not any(present[c][i] for c in columns):
                 bad.append(BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty"))
+    bad += check_labels(df, labels_str, cfg, {b.row for b in bad})
 
     keep = np.ones(len(df), dtype=bool)
     if bad:
         bad.sort(key=lambda b: (b.row, b.column))
         if cfg.on_bad_rows == "error":
             lines = [
-                f"  row {b.row}{line(b.row)}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "")
-                for b in bad[:20]
+                f"  row {b.row}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "") for b in bad[:20]
             ]
             more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
             raise DataError(
-                f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s); nothing was trained "
-                f"(set data.on_bad_rows=skip to drop these rows)\n" + "\n".join(lines) + more
+                f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
+                f"header); nothing was trained (set data.on_bad_rows=skip to drop these rows)\n"
+                + "\n".join(lines)
+                + more
             )
         keep[[b.row for b in bad]] = False
         if console is not None:
@@ -227,14 +249,9 @@ def load_table_dataset(
                 + "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
             )
 
-    labels_str = np.array([str(v).strip() for v in label_values], dtype=object)
     split = np.empty(len(df), dtype=object)
-    split[keep] = assign_splits(df[keep].reset_index(drop=True), labels_str[keep], cfg, name)
+    split[keep] = assign_splits(df[keep], labels_str[keep], cfg)
     classes = sorted(set(labels_str[keep & (split == "train")]))
-    unknown = [i for i in np.flatnonzero(keep) if labels_str[i] not in classes]
-    if unknown:
-        rows = ", ".join(f"row {i}{line(i)}: {labels_str[i]!r} ({split[i]})" for i in unknown[:10])
-        raise DataError(f"{name}: label(s) that never occur in the train split, so no model can predict them: {rows}")
     label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
 
     train_rows = np.flatnonzero(keep & (split == "train"))
@@ -263,7 +280,8 @@ def load_table_dataset(
     for s, part in parts.items():
         if len(part) == 0:
             raise DataError(f"{name}: the {s} split is empty")
-    data = Dataset(Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=specs)
+    augment = {c: modalities[c].augment for c in columns if columns[c].modality == "image" and columns[c].augment}
+    data = Dataset(Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=specs, augment=augment)
     data.preprocessing = {
         "columns": {c: columns[c].model_dump(mode="json") for c in sorted(columns)},
         "state": {c: modalities[c].state() for c in sorted(columns)},

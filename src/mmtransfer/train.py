@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch import nn
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import TrainConfig
 from mmtransfer.data import Split, make_loader
+from mmtransfer.transfer.freeze import is_frozen
 
 
 @dataclass
@@ -47,7 +49,7 @@ def train_mode(model: nn.Module) -> None:
     BatchNorm statistics stay as they were, so a frozen encoder computes what it computed before training."""
     model.train()
     for encoder in getattr(model, "encoders", {}).values():
-        if all(not p.requires_grad for p in encoder.parameters()):
+        if is_frozen(encoder):
             encoder.eval()
 
 
@@ -71,11 +73,13 @@ def fit(
     *,
     checkpoint: str | Path | None = None,
     desc: str = "fit",
+    augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss.
 
     Only parameters with ``requires_grad`` are optimised. When ``checkpoint`` is given, the best weights are
-    written there (safetensors, atomically) each time the validation loss improves.
+    written there (safetensors, atomically) each time the validation loss improves. ``augment`` maps input
+    names to random transforms applied to training batches (never to validation).
     """
     set_seed(cfg.seed)
     start = time.perf_counter()
@@ -102,6 +106,8 @@ def fit(
             train_mode(accelerator.unwrap_model(model))
             train_loss, seen = 0.0, 0
             for inputs, labels in train_loader:
+                if augment:
+                    inputs = {**inputs, **{k: f(inputs[k]) for k, f in augment.items() if k in inputs}}
                 loss = loss_fn(model(inputs), labels)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
@@ -173,4 +179,5 @@ def _evaluate_loader(model, loader, accelerator, loss_fn, with_confusion: bool =
     }
     if with_confusion:
         out["confusion"] = confusion_matrix(y_true, y_pred, labels=classes).tolist()
+        out["f1_per_class"] = f1_score(y_true, y_pred, labels=classes, average=None, zero_division=0).tolist()
     return out

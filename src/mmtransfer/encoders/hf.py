@@ -131,6 +131,10 @@ class HFEncoder(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
+        pooler = getattr(backbone, "pooler", None)
+        if pooling != "pooler" and isinstance(pooler, nn.Module):
+            # Unused by mean / cls pooling: trainable but gradient-free weights break DDP's gradient reduction.
+            pooler.requires_grad_(False)
         self.projection = projection
         self.proj = nn.Identity() if hidden == output_dim else nn.Linear(hidden, output_dim)
         self.kind, self.pad_id, self.pooling = spec.kind, spec.pad_id, pooling

@@ -71,6 +71,18 @@ class Modality(Protocol):
     def state(self) -> dict: ...
 
 
+def is_missing(value: Any) -> bool:
+    """An empty cell: None, NaN, pandas' NA or NaT."""
+    if value is None:
+        return True
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(value)) if not isinstance(value, (str, bytes)) else False
+    except (TypeError, ValueError):  # array-like values are not cells
+        return False
+
+
 def resolve_path(value: Any, base: Path) -> Path:
     """A cell holding a path, absolute or relative to the table's folder; raises BadValue if it is not a file."""
     if not isinstance(value, (str, Path)) or not str(value).strip():

@@ -54,16 +54,14 @@ class ImageModality:
         return {}
 
     def augment(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random translation of up to 1/8 of each side, per example, filling with the background."""
-        if not self.cfg.augment:
-            return batch
+        """Random translation of up to 1/8 of each side, per example; the border pixels fill the gap."""
         n, _, h, w = batch.shape
         max_dy, max_dx = max(1, h // 8), max(1, w // 8)
-        dy = torch.randint(-max_dy, max_dy + 1, (n,), generator=generator)
-        dx = torch.randint(-max_dx, max_dx + 1, (n,), generator=generator)
+        dy = torch.randint(-max_dy, max_dy + 1, (n,), generator=generator).tolist()
+        dx = torch.randint(-max_dx, max_dx + 1, (n,), generator=generator).tolist()
         padded = torch.nn.functional.pad(batch, (max_dx, max_dx, max_dy, max_dy), mode="replicate")
         out = torch.empty_like(batch)
         for i in range(n):
-            y0, x0 = max_dy + int(dy[i]), max_dx + int(dx[i])
+            y0, x0 = max_dy + dy[i], max_dx + dx[i]
             out[i] = padded[i, :, y0 : y0 + h, x0 : x0 + w]
         return out

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from mmtransfer.config import TabularColumn
-from mmtransfer.modalities.base import BadValue, InputSpec
+from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 
 MISSING = object()  # a numeric NaN the config allows, replaced by the train mean in collate
 
@@ -26,18 +26,22 @@ class TabularModality:
         self._codes: dict[str, int] = {}
 
     def load(self, value: Any, base: Path) -> Any:
+        if is_missing(value):
+            if self.cfg.kind == "numeric" and self.cfg.missing == "mean":
+                return MISSING
+            raise BadValue(
+                "empty category"
+                if self.cfg.kind == "categorical"
+                else "NaN in a numeric column (set missing: mean to replace it by the train mean)"
+            )
         if self.cfg.kind == "categorical":
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                raise BadValue("empty category")
             return str(value)
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise BadValue(f"not a number: {value!r}") from None
         if math.isnan(number):
-            if self.cfg.missing == "mean":
-                return MISSING
-            raise BadValue("NaN in a numeric column (set missing: mean to replace it by the train mean)")
+            raise BadValue(f"not a number: {value!r}")
         if math.isinf(number):
             raise BadValue(f"infinite value {value!r}")
         return number

@@ -38,6 +38,18 @@ class DistillStats:
         return asdict(self)
 
 
+class _Embedder(nn.Module):
+    """The parts of a Classifier that ``embed`` uses (not the head, which gets no gradient here), as one module
+    that DDP can wrap; it shares their parameters."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.encoders, self.fusion, self.modality_dropout = model.encoders, model.fusion, model.modality_dropout
+
+    encode = Classifier.encode
+    forward = Classifier.embed
+
+
 @torch.no_grad()
 def embed_all(model: Classifier, inputs: dict[str, torch.Tensor], batch_size: int = 512) -> torch.Tensor:
     model.eval()
@@ -81,16 +93,17 @@ def distill(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     total = cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, total // 20))
-    model, optimizer, loader, scheduler = accelerator.prepare(target, optimizer, loader, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    mse_before = float(nn.functional.mse_loss(embed_all(unwrapped, inputs), teacher))
+    # The student is trained through a module whose forward is ``embed``, so that under DDP the gradients
+    # of every process are averaged (calling ``target.embed`` directly would bypass the wrapper).
+    student, optimizer, loader, scheduler = accelerator.prepare(_Embedder(target), optimizer, loader, scheduler)
+    mse_before = float(nn.functional.mse_loss(embed_all(target, inputs), teacher))
     with progress_bar(progress and accelerator.is_main_process) as bar:
         task = bar.add_task("distil", total=cfg.epochs, status="")
         for _ in range(cfg.epochs):
-            model.train()
+            student.train()
             running, seen = 0.0, 0
             for batch, wanted in loader:
-                loss = nn.functional.mse_loss(unwrapped.embed(batch), wanted)
+                loss = nn.functional.mse_loss(student(batch), wanted)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 optimizer.step()
@@ -98,9 +111,9 @@ def distill(
                 running += loss.item() * len(wanted)
                 seen += len(wanted)
             bar.update(task, advance=1, status=f"feature mse {running / max(seen, 1):.4f}")
-    student = embed_all(unwrapped, inputs)
-    mse = float(nn.functional.mse_loss(student, teacher))
-    cosine = float(nn.functional.cosine_similarity(student, teacher, dim=-1).mean())
+    learned = embed_all(target, inputs)
+    mse = float(nn.functional.mse_loss(learned, teacher))
+    cosine = float(nn.functional.cosine_similarity(learned, teacher, dim=-1).mean())
     r2 = 1.0 - mse / float(teacher.var(dim=0, unbiased=False).mean())
     return DistillStats(cfg.epochs, len(teacher), mse_before, mse, cosine, r2, time.perf_counter() - start)
 

@@ -26,6 +26,11 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     return trainable_names(model)
 
 
+def is_frozen(module: nn.Module) -> bool:
+    """True when none of the module's parameters trains."""
+    return all(not p.requires_grad for p in module.parameters())
+
+
 def trainable_names(model: nn.Module) -> list[str]:
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
 
