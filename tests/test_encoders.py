@@ -141,3 +141,17 @@ def test_attention_pool_formulas():
 def test_attention_rejects_too_long_sequence():
     with pytest.raises(ValueError, match="max_len"):
         ENCODERS["attention"](InputSpec("signal", (1, 100)), 8, max_len=50)
+
+
+@pytest.mark.parametrize("kind,kwargs", [(k, kw) for k, kws in SETTINGS.items() for kw in kws])
+def test_text_encoders_ignore_padding(kind, kwargs):
+    spec = SPECS["tokens"]
+    enc = ENCODERS[kind](spec, 12, **kwargs).eval()
+    ids = torch.tensor([[5, 9, 3, 7, 0, 0, 0, 0, 0, 0, 0, 0], [4, 4, 8, 2, 6, 1, 9, 0, 0, 0, 0, 0]])
+    longer = InputSpec("tokens", (20,), vocab_size=30, pad_id=0)
+    enc_long = ENCODERS[kind](longer, 12, **kwargs).eval()
+    enc_long.load_state_dict(enc.state_dict())
+    padded = torch.nn.functional.pad(ids, (0, 8))  # the same texts with 8 more pads
+    torch.testing.assert_close(enc_long(padded), enc(ids), atol=1e-5, rtol=1e-5)
+    empty = torch.zeros(1, 12, dtype=torch.long)  # a missing text: padding only
+    assert torch.isfinite(enc(empty)).all()

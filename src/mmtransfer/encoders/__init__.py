@@ -66,6 +66,8 @@ def _attention(shape: tuple[int, ...], output_dim: int, **kwargs) -> AttentionEn
 
 def build_cnn(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
     """(C, H, W) gives a 2-D CNN, (C, L) a 1-D CNN; text gives a 1-D CNN over token embeddings."""
+    if spec.kind == "tokens" and kwargs.get("kernel_size", 3) % 2 == 0:
+        raise ValueError("cnn over text needs an odd kernel_size, so that padding can be masked exactly")
     return _with_tokens(spec, _cnn, output_dim, **kwargs)
 
 

@@ -26,14 +26,18 @@ class AttentionPool(nn.Module):
         self.scale = 1.0 / math.sqrt(dim)
         self.query = nn.Parameter(torch.zeros(dim)) if mode == "query" else None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` [B, T]: True at real steps; padded steps are neither attended to nor averaged."""
+        real = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask
+        share = real.float() / real.sum(1, keepdim=True).clamp(min=1)  # mean over real steps
         if self.mode == "mean":
-            return h.mean(1)
+            return (share.unsqueeze(-1) * h).sum(1)
         if self.mode == "attention":
-            weights = torch.softmax(h @ h.transpose(1, 2) * self.scale, dim=-1)  # [B, T, T]
-            return (weights @ h).mean(1)
-        weights = torch.softmax(h @ self.query * self.scale, dim=-1)  # [B, T]
-        return (weights.unsqueeze(-1) * h).sum(1)
+            scores = (h @ h.transpose(1, 2) * self.scale).masked_fill(~real[:, None, :], float("-inf"))
+            context = torch.softmax(scores, dim=-1) @ h  # [B, T, D]
+            return (share.unsqueeze(-1) * context).sum(1)
+        scores = (h @ self.query * self.scale).masked_fill(~real, float("-inf"))
+        return (torch.softmax(scores, dim=-1).unsqueeze(-1) * h).sum(1)
 
 
 class AttentionEncoder(nn.Module):
@@ -74,15 +78,17 @@ class AttentionEncoder(nn.Module):
         self.proj = nn.Linear(d_model, output_dim)
         self.output_dim = output_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` [B, T]: True at real steps; padding is masked out of attention and pooling."""
         seq = as_sequence(x)
         steps = seq.shape[1]
         if steps > self.pos.num_embeddings:
             raise ValueError(f"AttentionEncoder: sequence of {steps} steps exceeds max_len={self.pos.num_embeddings}")
         h = self.input_proj(seq) + self.pos.weight[:steps]
+        padding = None if mask is None else ~mask
         for layer in self.layers:
-            h = layer(h)
-        return self.proj(self.pool(self.norm(h)))
+            h = layer(h, src_key_padding_mask=padding)
+        return self.proj(self.pool(self.norm(h), mask))
 
     def layer_groups(self) -> list[nn.Module]:
         head = nn.ModuleList([self.norm, self.pool, self.proj])

@@ -73,8 +73,14 @@ class RecurrentEncoder(nn.Module):
         self.proj = nn.Linear(hidden_size * self.directions, output_dim)
         self.output_dim = output_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h = self.rnn(as_sequence(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` [B, T]: True at real steps, which come first; the state is read after each row's last real
+        step (and the backward direction starts there), whatever padding follows."""
+        seq = as_sequence(x)
+        if mask is not None:
+            lengths = mask.sum(1).clamp(min=1).cpu()
+            seq = nn.utils.rnn.pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(seq)
         if self.cell == "lstm":
             h = h[0]  # (h_n, c_n): the hidden state, not the cell state
         last = h[-self.directions :]  # [directions, B, H] of the top layer

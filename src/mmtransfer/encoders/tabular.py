@@ -48,19 +48,22 @@ class TabularMLP(nn.Module):
 
 
 class TokenEncoder(nn.Module):
-    """Token ids [B, L] -> embeddings [B, token_dim, L] (channels first) -> any sequence encoder.
-
-    Padding ids embed to zeros (``padding_idx``), so they add nothing to sums and pools.
+    """Token ids [B, L] -> embeddings [B, token_dim, L] (channels first) -> any sequence encoder, which gets
+    ``mask`` (True at real tokens) so that padding changes nothing. A row of padding only (a missing text)
+    keeps its first position, so pooling is defined; fusion masks such rows out anyway.
     """
 
     def __init__(self, vocab_size: int, token_dim: int, inner: nn.Module, pad_id: int = 0):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, token_dim, padding_idx=pad_id)
+        self.pad_id = pad_id
         self.inner = inner
         self.output_dim = inner.output_dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.inner(self.embedding(ids).transpose(1, 2))
+        mask = ids != self.pad_id
+        mask[:, 0] |= ~mask.any(1)
+        return self.inner(self.embedding(ids).transpose(1, 2), mask=mask)
 
     def layer_groups(self) -> list[nn.Module]:
         inner = self.inner.layer_groups() if hasattr(self.inner, "layer_groups") else [self.inner]
