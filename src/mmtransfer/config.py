@@ -138,6 +138,14 @@ class HFConfig(_Strict):
     local_files_only: bool = Field(True, description="Never download; set false to allow the hub.")
 
 
+class TimmConfig(_Strict):
+    type: Literal["timm"] = "timm"
+    name: str = Field(description="A timm model name, e.g. resnet18.")
+    pretrained: bool = Field(True, description="Load pretrained weights (from weights, or timm's local cache).")
+    weights: str | None = Field(None, description="A local weights file (.safetensors or state dict).")
+    local_files_only: bool = Field(True, description="Never download; set false to allow the hub.")
+
+
 class MLPConfig(_Strict):
     type: Literal["mlp"] = "mlp"
     hidden: list[int] = Field([64], description="Hidden layer sizes.")
@@ -145,7 +153,9 @@ class MLPConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-EncoderConfig = Annotated[CNNConfig | RNNConfig | AttentionConfig | HFConfig | MLPConfig, Field(discriminator="type")]
+EncoderConfig = Annotated[
+    CNNConfig | RNNConfig | AttentionConfig | HFConfig | TimmConfig | MLPConfig, Field(discriminator="type")
+]
 
 
 class ModelConfig(_Strict):

@@ -91,11 +91,18 @@ def build_hf(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
     return build(spec, output_dim, **kwargs)
 
 
+def build_timm(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
+    from mmtransfer.encoders.timm_backbone import build_timm as build  # timm is imported only when asked for
+
+    return build(spec, output_dim, **kwargs)
+
+
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "rnn": build_rnn,
     "attention": build_attention,
     "hf": build_hf,
+    "timm": build_timm,
     "mlp": build_mlp,
 }
 

@@ -1,0 +1,90 @@
+"""timm image backbones as encoders, where timm imports (it needs torchvision; an optional extra).
+
+Weights come from a local file (``weights``: .safetensors or a PyTorch state dict, loaded by timm) or timm's
+Hugging Face cache; nothing is downloaded unless ``local_files_only`` is off. timm adapts the first
+convolution to the image's channel count (summing the RGB kernels for grayscale) and drops the classifier.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtransfer.modalities.base import InputSpec
+
+
+@contextmanager
+def _offline(enabled: bool):
+    """HF_HUB_OFFLINE=1 for the duration, so timm reads only the local cache."""
+    if not enabled:
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["HF_HUB_OFFLINE"]
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+class TimmEncoder(nn.Module):
+    """A timm model without its classifier (pooled features [B, num_features]) and a projection."""
+
+    def __init__(self, backbone: nn.Module, output_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.num_features
+        self.proj = nn.Identity() if hidden == output_dim else nn.Linear(hidden, output_dim)
+        self.output_dim = output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.backbone(x))
+
+    def layer_groups(self) -> list[nn.Module]:
+        """The backbone's top-level children in order (stem first), then the projection."""
+        return [*self.backbone.children(), self.proj]
+
+
+def build_timm(
+    spec: InputSpec,
+    output_dim: int,
+    *,
+    name: str,
+    pretrained: bool = True,
+    weights: str | None = None,
+    local_files_only: bool = True,
+) -> TimmEncoder:
+    try:
+        import timm
+    except Exception as err:  # ImportError, or torchvision failing to load beside this torch
+        raise ValueError(
+            f"timm encoder: timm does not import here ({type(err).__name__}: {err}); "
+            "install the timm extra with a torchvision that matches torch, or use type: cnn or hf"
+        ) from None
+    if spec.kind not in ("image", "spectrogram"):
+        raise ValueError(f"timm encoder: expects images [C, H, W], got {spec.kind} {spec.shape}")
+    kwargs: dict = {"num_classes": 0, "in_chans": spec.shape[0]}
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"timm encoder: no weights file {weights}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    try:
+        with _offline(local_files_only):
+            backbone = timm.create_model(name, pretrained=pretrained or weights is not None, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"timm encoder: unknown model {name!r}") from None
+        raise
+    except OSError as err:
+        raise FileNotFoundError(
+            f"timm encoder: no local weights for {name!r} (local_files_only is on, nothing is downloaded); "
+            f"give weights: a file, or pretrained: false ({err})"
+        ) from None
+    return TimmEncoder(backbone, output_dim)

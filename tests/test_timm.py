@@ -1,0 +1,54 @@
+"""timm backbones: run only where timm (and a matching torchvision) imports; elsewhere the clear error is tested."""
+
+import pytest
+import torch
+
+from mmtransfer.encoders import ENCODERS
+from mmtransfer.modalities.base import InputSpec
+
+try:
+    import timm
+except Exception:  # ImportError, or torchvision failing beside this torch
+    timm = None
+
+needs_timm = pytest.mark.skipif(timm is None, reason="timm does not import here")
+
+
+@pytest.mark.skipif(timm is not None, reason="timm imports here")
+def test_clear_error_where_timm_does_not_import():
+    with pytest.raises(ValueError, match="timm encoder: timm does not import here"):
+        ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 8, name="resnet18")
+
+
+@needs_timm
+def test_local_weights_file_gives_the_same_features(tmp_path):
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    enc = ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 512, name="resnet18", weights=str(path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(enc(x), source(x))
+    assert isinstance(enc.proj, torch.nn.Identity) and enc.output_dim == 512
+    assert {id(p) for g in enc.layer_groups() for p in g.parameters()} == {id(p) for p in enc.parameters()}
+
+
+@needs_timm
+def test_grayscale_first_conv_is_the_sum_of_the_rgb_kernels(tmp_path):
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    enc = ENCODERS["timm"](InputSpec("image", (1, 32, 32)), 16, name="resnet18", weights=str(path))
+    torch.testing.assert_close(enc.backbone.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
+    assert enc(torch.randn(2, 1, 32, 32)).shape == (2, 16)
+
+
+@needs_timm
+def test_no_download_and_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 8, name="resnet18", weights=str(tmp_path / "x.pt"))
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 8, name="resnet9000", pretrained=False)
