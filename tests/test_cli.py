@@ -62,7 +62,7 @@ def test_fit_with_transfer_from_a_run(tmp_path):
     )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "dst" / "transfer_report.json").read_text())
-    assert record["graft"]["counts"] == {"copied": 2, "skipped": 6, "new": 0}
+    assert record["graft"]["counts"] == {"copied": 2, "adapted": 0, "skipped": 6, "new": 0}
     assert record["distill"]["epochs"] == 2
     src_head = load_weights(tmp_path / "src")["head.out.weight"]
     dst_head = load_weights(tmp_path / "dst")["head.out.weight"]
@@ -95,3 +95,44 @@ def test_help_says_what_each_command_does():
     for cmd, phrase in [("fit", "Train a model from a config"), ("evaluate", "Evaluate a run folder"), ("demo", "CNN")]:
         result = runner.invoke(app, [cmd, "--help"])
         assert result.exit_code == 0 and phrase in result.output
+
+
+def test_graft_command_reports_and_writes(tmp_path):
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text(CNN_YAML)
+    assert runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "src")]).exit_code == 0
+    deeper = ["--set", "model.encoders.image.channels=[8, 16, 32]"]
+    out = tmp_path / "g.safetensors"
+
+    dry = runner.invoke(app, ["graft", str(tmp_path / "src"), str(cfg), "--dry-run", "--out", str(out), *deeper])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: nothing written" in dry.output and not out.exists()
+
+    result = runner.invoke(app, ["graft", str(tmp_path / "src"), str(cfg), "--out", str(out), *deeper])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "g.report.json").read_text())
+    # blocks 0-1 (6 tensors each) and the head copied; block 2 new; proj.weight [16, 16] vs [16, 32] skipped
+    assert report["counts"] == {"copied": 15, "adapted": 0, "skipped": 1, "new": 6}
+    assert (tmp_path / "g.report.md").read_text().startswith("# Graft report")
+    src = load_weights(tmp_path / "src")
+    assert (load_weights(out)["encoders.image.blocks.1.0.weight"] == src["encoders.image.blocks.1.0.weight"]).all()
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("'encoders.image.blocks.{i}': 'encoders.image.blocks.{i}'\n")
+    strict = runner.invoke(
+        app,
+        [
+            "graft",
+            str(tmp_path / "src"),
+            str(cfg),
+            "--rules",
+            str(rules),
+            *deeper,
+            "--set",
+            "transfer.strict=true",
+            "--out",
+            str(out),
+        ],
+    )
+    assert strict.exit_code == 2
+    assert "1 tensor(s) matched but not transferred" in " ".join(strict.output.split())

@@ -13,7 +13,7 @@ def test_demo_one_seed_shows_a_positive_gain(tmp_path):
     row = result["per_seed"][0]
     assert row["source_cnn_accuracy"] > 0.95
     assert row["transfer_accuracy"] > row["scratch_accuracy"] + 0.05
-    assert row["graft_counts"] == {"copied": 2, "skipped": 6, "new": 0}
+    assert row["graft_counts"] == {"copied": 2, "adapted": 0, "skipped": 6, "new": 0}
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["gain"]["mean"] == row["gain"]
     text = console.export_text()
     assert "graft report" in text and "gain (transfer - scratch)" in text and str(tmp_path) in text

@@ -19,7 +19,7 @@ def test_round_trip_copies_every_tensor_and_outputs_match():
     x = {"image": torch.rand(3, 1, 8, 8)}
     assert not torch.allclose(src(x), dst(x))
     report = graft(src, dst)
-    assert report.counts() == {"copied": len(src.state_dict()), "skipped": 0, "new": 0}
+    assert report.counts() == {"copied": len(src.state_dict()), "adapted": 0, "skipped": 0, "new": 0}
     torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
     assert report.unused_source == []
 
@@ -48,7 +48,7 @@ def test_copied_skipped_and_new_on_models_built_to_differ():
     # 6 tensors per block (conv + BN weight, bias, mean, var, count): blocks 0-1 copied, block 2 new. proj.bias
     # is [8] on both sides, so it is copied although proj.weight is not: the rule is name and shape, tensor by tensor.
     assert states["encoders.image.proj.bias"].state == "copied"
-    assert counts == {"copied": 13, "skipped": 3, "new": 6}
+    assert counts == {"copied": 13, "adapted": 0, "skipped": 3, "new": 6}
     assert report.parameter_counts()["new"] == 16 * 8 * 9 + 4 * 16 + 1
 
 
@@ -64,7 +64,7 @@ def test_report_json_and_table(tmp_path):
     src, dst = nn.Linear(4, 2), nn.Linear(4, 3)
     report = graft(src, dst)
     data = json.loads(report.save(tmp_path / "r.json").read_text())
-    assert data["counts"] == {"copied": 0, "skipped": 2, "new": 0}
+    assert data["counts"] == {"copied": 0, "adapted": 0, "skipped": 2, "new": 0}
     assert data["records"][0] == {
         "target": "weight",
         "state": "skipped",
@@ -72,17 +72,33 @@ def test_report_json_and_table(tmp_path):
         "source": "weight",
         "source_shape": [2, 4],
         "reason": "shape [2, 4] vs [3, 4]",
+        "matched_by": "name",
     }
+    assert "| `weight` | skipped | [3, 4] | weight: shape [2, 4] vs [3, 4] |" in (tmp_path / "r.md").read_text()
     table = report.table()
     assert table.row_count == 2
     assert "skipped: 2 tensors, 15 values (100.0%)" in table.caption
 
 
-def test_graft_from_safetensors_file(tmp_path):
+def test_graft_from_files(tmp_path):
     src, dst = nn.Linear(4, 2), nn.Linear(4, 2)
     path = save_weights(src, tmp_path / "w.safetensors")
     assert graft(path, dst).counts()["copied"] == 2
     assert torch.equal(dst.weight, src.weight)
-    with pytest.raises(ValueError, match="expected a .safetensors file"):
+    torch.save({"state_dict": nn.Linear(4, 2).state_dict()}, tmp_path / "ckpt.pt")  # a training checkpoint
+    assert graft(tmp_path / "ckpt.pt", dst).counts()["copied"] == 2
+    with pytest.raises(ValueError, match="not a plain state dict"):
         (tmp_path / "w.pt").write_bytes(b"x")
         graft(tmp_path / "w.pt", dst)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_loading_a_pickle_never_runs_its_code(tmp_path, capsys):
+    torch.save({"weight": torch.zeros(2, 4), "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        graft(tmp_path / "evil.pt", nn.Linear(4, 2))
+    assert "this must never run" not in capsys.readouterr().out

@@ -86,6 +86,52 @@ def demo(
     run_demo(out, seeds=seeds, k=k, progress=progress, console=console)
 
 
+@app.command()
+def graft(
+    source: Annotated[
+        str, typer.Argument(help="Run folder, .safetensors / .pt file, Hugging Face folder or hf:ID, or timm:NAME.")
+    ],
+    target_config: Annotated[Path, typer.Argument(help="YAML config of the model to graft into.")],
+    rules: Annotated[
+        Path | None, typer.Option(help="YAML mapping of source-name prefixes to target-name prefixes ({i}: a number).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan; write nothing.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Grafted weights (safetensors).")] = Path(
+        "grafted.safetensors"
+    ),
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config field.")] = None,
+) -> None:
+    """Move SOURCE's weights into the model TARGET_CONFIG builds and report every tensor: copied, adapted (how),
+    skipped (why) or new. Writes the grafted weights and the report (JSON + Markdown) beside them."""
+    import yaml
+
+    from mmtransfer.checkpoint import save_weights
+    from mmtransfer.data import load_dataset
+    from mmtransfer.model import build_model
+    from mmtransfer.runs import graft_from_config
+    from mmtransfer.transfer.graft import GraftError
+
+    try:
+        cfg = load_config(target_config, [*(set_ or []), f"transfer.source={json.dumps(source)}"])
+        if rules is not None:
+            loaded = yaml.safe_load(rules.read_text()) if rules.is_file() else None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"--rules {rules}: expected a YAML mapping of source prefix: target prefix")
+            cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"rules": loaded})})
+        data = load_dataset(cfg.data, console=console)
+        model = build_model(cfg.model, data.specs, len(data.classes), seed=cfg.train.seed)
+        report = graft_from_config(cfg, model, data, dry_run=dry_run)
+    except (ConfigError, ValueError, FileNotFoundError, GraftError) as err:
+        _fail(err)
+    console.print(report.table(f"graft report: {source} -> {target_config}"))
+    if dry_run:
+        console.print("dry run: nothing written")
+        return
+    save_weights(model, out)
+    report.save(out.with_suffix(".report.json"))
+    console.print(f"grafted weights: {out}; report: {out.with_suffix('.report.json')} and .md")
+
+
 def _print_metrics(metrics: dict, title: str) -> None:
     t = Table(title=title, title_justify="left")
     t.add_column("metric")

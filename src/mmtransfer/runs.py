@@ -24,7 +24,7 @@ from mmtransfer.model import Classifier, build_model
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer.distill import transfer_across
 from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
-from mmtransfer.transfer.graft import graft
+from mmtransfer.transfer.graft import GraftReport, graft
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Classifier, list[str]]:
@@ -125,10 +125,42 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
             f"feature MSE {stats.mse_before:.4f} -> {stats.mse_after:.4f}, R^2 {stats.r2_after:.3f}"
         )
     else:
-        report = graft(source, model)
+        report = graft_from_config(cfg, model, data)
     console.print(report.table(f"graft report: {source} -> {out}"))
     record["graft"] = report.to_dict()
     (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
+    (out / "transfer_report.md").write_text(report.markdown())
+
+
+def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_run: bool = False) -> GraftReport:
+    """Graft ``cfg.transfer.source`` into ``model`` with the config's rules, adaptations and strictness.
+
+    Class names come from the source run's labels.json and the data; where both sides have one text column
+    with a word vocabulary (run folders record it), embedding rows of shared words are kept too.
+    """
+    t = cfg.transfer
+    source_vocab = target_vocab = None
+    source_pre = Path(t.source) / "preprocessing.json"
+    if source_pre.is_file():
+        source_vocab = _single_vocab(json.loads(source_pre.read_text()))
+        target_vocab = _single_vocab(data.preprocessing)
+    return graft(
+        t.source,
+        model,
+        rules=t.rules,
+        structure=t.structure,
+        adapt_with=t.adapt,
+        target_classes=data.classes,
+        source_vocab=source_vocab if target_vocab else None,
+        target_vocab=target_vocab if source_vocab else None,
+        strict=t.strict,
+        dry_run=dry_run,
+    )
+
+
+def _single_vocab(preprocessing: dict) -> list[str] | None:
+    vocabs = [s["vocab"] for s in preprocessing.get("state", {}).values() if isinstance(s, dict) and "vocab" in s]
+    return vocabs[0] if len(vocabs) == 1 else None
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:

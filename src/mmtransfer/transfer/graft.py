@@ -1,15 +1,21 @@
-"""``graft``: copy source tensors into a target model, with a report on every target tensor.
+"""``graft``: move source weights into a target model, with a report on every target tensor.
 
 Every tensor of the target's state dict ends in exactly one state:
-- ``copied``: a source tensor of the same name and shape was copied in;
-- ``skipped``: not copied, with why: the source tensor's shape differs, or the name is outside ``select``;
-- ``new``: no source tensor has that name, so it keeps its fresh initialisation.
+- ``copied``: a source tensor of the same shape was copied in (matched by name, by a rule, or by structure);
+- ``adapted``: a source tensor of another shape was adapted (how is said: summed channels, kept class rows, ...);
+- ``skipped``: not copied, with why (shape differs and no adaptation applies, or outside ``select``);
+- ``new``: no source tensor matched, so it keeps its fresh initialisation.
+
+Matching, in order: ``rules`` (source-name prefixes rewritten to target-name prefixes, ``{i}`` standing for a
+number, first matching rule wins), exact names, then (``structure=True``) the remaining tensors paired in
+order with the next source tensor of the same shape.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,9 +26,15 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from mmtransfer.checkpoint import load_weights
+from mmtransfer.transfer.adapt import DEFAULT_ADAPT, Context, adapt
+from mmtransfer.transfer.sources import Source, load_source
 
-State = Literal["copied", "skipped", "new"]
+State = Literal["copied", "adapted", "skipped", "new"]
+STATES = ("copied", "adapted", "skipped", "new")
+
+
+class GraftError(ValueError):
+    """Strict mode: tensors that were expected to transfer but did not."""
 
 
 @dataclass
@@ -33,29 +45,39 @@ class TensorRecord:
     source: str | None = None
     source_shape: list[int] | None = None
     reason: str = ""
+    matched_by: str = ""
 
 
 @dataclass
 class GraftReport:
     records: list[TensorRecord]
     unused_source: list[str] = field(default_factory=list)
+    source: str = ""
+    dry_run: bool = False
 
     def by_state(self, state: State) -> list[str]:
         return [r.target for r in self.records if r.state == state]
 
     def counts(self) -> dict[str, int]:
         c = Counter(r.state for r in self.records)
-        return {s: c.get(s, 0) for s in ("copied", "skipped", "new")}
+        return {s: c.get(s, 0) for s in STATES}
 
     def parameter_counts(self) -> dict[str, int]:
         """Elements per state (a tensor of shape [10, 64] counts 640)."""
-        out = dict.fromkeys(("copied", "skipped", "new"), 0)
+        out = dict.fromkeys(STATES, 0)
         for r in self.records:
             out[r.state] += int(torch.Size(r.shape).numel())
         return out
 
+    def totals(self) -> str:
+        c, e = self.counts(), self.parameter_counts()
+        total = sum(e.values()) or 1
+        return "  ".join(f"{s}: {c[s]} tensors, {e[s]:,} values ({100 * e[s] / total:.1f}%)" for s in STATES)
+
     def to_dict(self) -> dict:
         return {
+            "source": self.source,
+            "dry_run": self.dry_run,
             "counts": self.counts(),
             "elements": self.parameter_counts(),
             "records": [asdict(r) for r in self.records],
@@ -63,70 +85,173 @@ class GraftReport:
         }
 
     def save(self, path: str | Path) -> Path:
+        """JSON at ``path``, and the same report as Markdown beside it (``.md``)."""
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=2))
+        path.with_suffix(".md").write_text(self.markdown())
         return path
 
+    def _detail(self, r: TensorRecord) -> str:
+        detail = r.source or ""
+        if r.source and r.source != r.target and r.matched_by:
+            detail += f" ({r.matched_by})"
+        if r.reason:
+            detail = f"{detail}: {r.reason}" if detail else r.reason
+        return detail
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Graft report{' (dry run: nothing copied)' if self.dry_run else ''}",
+            "",
+            f"Source: `{self.source}`",
+            "",
+            self.totals(),
+            "",
+            "| target tensor | state | shape | source / how / why |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| `{r.target}` | {r.state} | {r.shape} | {self._detail(r)} |" for r in self.records]
+        if self.unused_source:
+            lines += ["", f"Source tensors not used ({len(self.unused_source)}): " + ", ".join(self.unused_source)]
+        return "\n".join(lines) + "\n"
+
     def table(self, title: str = "graft report") -> Table:
-        colours = {"copied": "green", "skipped": "yellow", "new": "cyan"}
-        t = Table(title=title, title_justify="left")
-        for col in ("target tensor", "state", "shape", "source / reason"):
+        colours = {"copied": "green", "adapted": "magenta", "skipped": "yellow", "new": "cyan"}
+        t = Table(title=title + (" (dry run: nothing copied)" if self.dry_run else ""), title_justify="left")
+        for col in ("target tensor", "state", "shape", "source / how / why"):
             t.add_column(col)
         for r in self.records:
-            detail = r.source or ""
-            if r.reason:
-                detail = f"{detail}: {r.reason}" if detail else r.reason
-            t.add_row(r.target, f"[{colours[r.state]}]{r.state}[/]", str(r.shape), detail)
-        c, e = self.counts(), self.parameter_counts()
-        total = sum(e.values()) or 1
-        t.caption = "  ".join(f"{s}: {c[s]} tensors, {e[s]:,} values ({100 * e[s] / total:.1f}%)" for s in c)
+            t.add_row(r.target, f"[{colours[r.state]}]{r.state}[/]", str(r.shape), self._detail(r))
+        t.caption = self.totals()
         return t
 
     def __str__(self) -> str:
-        lines = [f"{r.target:50s} {r.state:8s} {r.shape!s:16s} {r.reason}" for r in self.records]
+        lines = [f"{r.target:50s} {r.state:8s} {r.shape!s:16s} {self._detail(r)}" for r in self.records]
         return "\n".join(lines + [str(self.counts())])
 
 
+def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> list[tuple[re.Pattern, str]]:
+    """``"encoder.layers.{i}.attn" -> "encoders.text.blocks.{i}.attn"``: a prefix of the source name (up to a
+    dot or the end) is rewritten; ``{name}`` placeholders match a number and carry it over."""
+    pairs = list(rules.items()) if isinstance(rules, Mapping) else list(rules or [])
+    out = []
+    for pattern, replacement in pairs:
+        regex = re.escape(pattern)
+        regex = re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m.group(1)}>\\d+)", regex)
+        end = "" if pattern == "" or pattern.endswith(".") else r"(?=\.|$)"
+        out.append((re.compile("^" + regex + end), replacement))
+    return out
+
+
+def rename(name: str, rules: list[tuple[re.Pattern, str]]) -> tuple[str, str] | None:
+    """(new name, the rule) for the first rule matching ``name``."""
+    for regex, replacement in rules:
+        m = regex.match(name)
+        if m:
+            return replacement.format(**m.groupdict()) + name[m.end() :], f"rule {regex.pattern[1:]!r}"
+    return None
+
+
 def graft(
-    source: Mapping[str, torch.Tensor] | nn.Module | str | Path,
+    source,
     target: nn.Module,
     *,
+    rules: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    structure: bool = False,
     select: list[str] | None = None,
     unselected_reason: str = "not selected",
+    adapt_with: tuple[str, ...] | list[str] = DEFAULT_ADAPT,
+    target_classes: list[str] | None = None,
+    source_classes: list[str] | None = None,
+    source_vocab: list[str] | None = None,
+    target_vocab: list[str] | None = None,
+    dry_run: bool = False,
+    strict: bool = False,
 ) -> GraftReport:
-    """Copy every source tensor whose name and shape match into ``target``; return the report.
+    """Move source weights into ``target``; return the report. Nothing is copied when ``dry_run``.
 
-    ``select`` limits copying to target names matching any of these fnmatch patterns; the others are
-    ``skipped`` with ``unselected_reason``.
+    ``source`` is a module, a state dict, a run folder, a weights file, ``hf:ID`` / a Hugging Face folder, or
+    ``timm:NAME``. ``strict`` raises :class:`GraftError` (before copying anything) when a selected tensor that
+    a source tensor was matched to is skipped.
 
     >>> src, dst = nn.Linear(4, 2), nn.Linear(4, 3)
     >>> graft(src, dst).counts()
-    {'copied': 0, 'skipped': 2, 'new': 0}
+    {'copied': 0, 'adapted': 0, 'skipped': 2, 'new': 0}
     """
-    if isinstance(source, nn.Module):
-        source = source.state_dict()
-    elif isinstance(source, (str, Path)):
-        source = load_weights(source)
-    records = []
-    with torch.no_grad():
-        for name, tensor in target.state_dict(keep_vars=True).items():
-            shape = list(tensor.shape)
-            src = source.get(name)
-            rec = TensorRecord(
-                name,
-                "skipped",
-                shape,
-                source=name if src is not None else None,
-                source_shape=list(src.shape) if src is not None else None,
-            )
-            if select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select):
-                rec.reason = unselected_reason
-            elif src is None:
-                rec.state, rec.reason = "new", "no source tensor of this name"
-            elif src.shape != tensor.shape:
-                rec.reason = f"shape {list(src.shape)} vs {shape}"
-            else:
-                tensor.copy_(src.to(dtype=tensor.dtype, device=tensor.device))
-                rec.state = "copied"
+    src = load_source(source)
+    ctx = Context(
+        source_classes=source_classes if source_classes is not None else src.classes,
+        target_classes=target_classes,
+        source_vocab=source_vocab,
+        target_vocab=target_vocab,
+        enabled=tuple(adapt_with),
+    )
+    targets = target.state_dict(keep_vars=True)
+    matches = _match(src, targets, compile_rules(rules), structure)
+
+    records, updates = [], {}
+    for name, tensor in targets.items():
+        shape = list(tensor.shape)
+        found = matches.get(name)
+        if select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select):
+            rec = TensorRecord(name, "skipped", shape, reason=unselected_reason)
+            if found:
+                rec.source, rec.source_shape, rec.matched_by = found[0], list(src.state[found[0]].shape), found[1]
             records.append(rec)
-    return GraftReport(records, unused_source=sorted(set(source) - set(target.state_dict())))
+            continue
+        if found is None:
+            records.append(TensorRecord(name, "new", shape, reason="no source tensor matched"))
+            continue
+        src_name, how = found
+        value = src.state[src_name]
+        rec = TensorRecord(name, "copied", shape, src_name, list(value.shape), matched_by=how)
+        if value.shape == tensor.shape:
+            updates[name] = value
+        else:
+            adapted = adapt(name, value, tensor, ctx)
+            if adapted is None:
+                rec.state, rec.reason = "skipped", f"shape {list(value.shape)} vs {shape}"
+            else:
+                updates[name], rec.reason = adapted
+                rec.state = "adapted"
+        records.append(rec)
+
+    used = {matches[r.target][0] for r in records if r.state in ("copied", "adapted")}
+    report = GraftReport(records, sorted(set(src.state) - used), src.name, dry_run)
+    unexpected = [r for r in records if r.state == "skipped" and r.source is not None and r.reason.startswith("shape")]
+    if strict and unexpected:
+        raise GraftError(
+            f"strict graft from {src.name}: {len(unexpected)} tensor(s) matched but not transferred:\n"
+            + "\n".join(f"  {r.target} <- {r.source}: {r.reason}" for r in unexpected)
+        )
+    if not dry_run:
+        with torch.no_grad():
+            for name, value in updates.items():
+                targets[name].copy_(value.to(dtype=targets[name].dtype, device=targets[name].device))
+    return report
+
+
+def _match(
+    src: Source, targets: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern, str]], structure: bool
+) -> dict[str, tuple[str, str]]:
+    """target name -> (source name, how it was matched)."""
+    matches: dict[str, tuple[str, str]] = {}
+    for name in src.state:
+        renamed = rename(name, rules) if rules else None
+        if renamed and renamed[0] in targets and renamed[0] not in matches:
+            matches[renamed[0]] = (name, renamed[1])
+    taken = {s for s, _ in matches.values()}
+    for name in targets:
+        if name not in matches and name in src.state and name not in taken:
+            matches[name] = (name, "name")
+            taken.add(name)
+    if structure:
+        pool = [s for s in src.state if s not in taken]
+        for name, tensor in targets.items():
+            if name in matches:
+                continue
+            k = next((i for i, s in enumerate(pool) if src.state[s].shape == tensor.shape), None)
+            if k is not None:
+                matches[name] = (pool[k], f"structure: same-shaped tensor in order, was {pool[k]}")
+                pool = pool[k + 1 :]
+    return matches

@@ -1,0 +1,87 @@
+"""Where source weights come from, as one state dict (and class names where the source knows them).
+
+- an ``nn.Module`` or a mapping of tensors, in memory;
+- a run folder of ours (``model.safetensors`` + ``labels.json``);
+- a ``.safetensors`` file, or a PyTorch state-dict file (``.pt``/``.pth``/``.bin``) read with
+  ``torch.load(weights_only=True)``, which refuses to run code from the file;
+- a Hugging Face model folder or cached hub id (``hf:ID`` or a folder with ``config.json``), offline;
+- a timm model (``timm:NAME``), where timm imports, from its local cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtransfer.checkpoint import load_weights
+
+
+@dataclass
+class Source:
+    state: dict[str, torch.Tensor]
+    name: str
+    classes: list[str] | None = None
+
+
+def load_source(source, *, local_files_only: bool = True) -> Source:
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, nn.Module):
+        return Source(dict(source.state_dict()), type(source).__name__)
+    if isinstance(source, Mapping):
+        return Source(dict(source), "state dict")
+    text = str(source)
+    if text.startswith("timm:"):
+        return _timm(text[5:], local_files_only)
+    if text.startswith("hf:"):
+        return _hf(text[3:], local_files_only)
+    path = Path(text)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        labels = path / "labels.json"
+        classes = json.loads(labels.read_text()) if labels.is_file() else None
+        return Source(load_weights(path), str(path), classes)
+    if path.is_dir() and (path / "config.json").is_file():
+        return _hf(text, local_files_only)
+    if path.is_file() and path.suffix == ".safetensors":
+        return Source(load_weights(path), str(path))
+    if path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # the unpickler names what it refused
+            raise ValueError(f"{path}: not a plain state dict (read with weights_only=True): {err}") from None
+        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+            state = state["state_dict"]  # a training checkpoint: take its weights
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
+        if not tensors:
+            raise ValueError(f"{path}: holds no tensors by name")
+        return Source(tensors, str(path))
+    if path.exists():
+        raise ValueError(f"{path}: not a run folder, Hugging Face folder, .safetensors or .pt/.pth/.bin file")
+    raise FileNotFoundError(f"graft source not found: {text} (use hf:ID for a cached hub id, timm:NAME for timm)")
+
+
+def _hf(name: str, local_files_only: bool) -> Source:
+    from transformers import AutoModel
+
+    from mmtransfer.encoders.hf import resolve_model_path
+
+    path = resolve_model_path(name)
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+    except (OSError, ValueError) as err:
+        where = f"no Hugging Face model at {path!r} (local_files_only={local_files_only})"
+        raise FileNotFoundError(f"{where}: {err}") from None
+    return Source(dict(model.state_dict()), f"hf:{path}")
+
+
+def _timm(name: str, local_files_only: bool) -> Source:
+    from mmtransfer.encoders.timm_backbone import build_timm
+    from mmtransfer.modalities.base import InputSpec
+
+    encoder = build_timm(InputSpec("image", (3, 224, 224)), 1, name=name, local_files_only=local_files_only)
+    return Source(dict(encoder.backbone.state_dict()), f"timm:{name}")
