@@ -175,6 +175,34 @@ class ModelConfig(_Strict):
     head_dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class StrategyConfig(_Strict):
+    name: Literal["full", "linear_probe", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora"] = Field(
+        "full",
+        description="full: everything trains; linear_probe: encoders frozen (fusion and head train); "
+        "freeze_then_unfreeze: encoders frozen for unfreeze_epoch epochs; gradual_unfreeze: ULMFiT, one more "
+        "layer group from the top each unfreeze_every epochs, with lr_decay per group; discriminative: "
+        "lr_decay per group; lora: LoRA adapters on Hugging Face backbones, their own weights frozen.",
+    )
+    unfreeze_epoch: int = Field(1, ge=1, description="freeze_then_unfreeze: epochs with the encoders frozen.")
+    unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between two unfrozen groups.")
+    lr_decay: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="discriminative, gradual_unfreeze: encoder group k from its top gets lr * lr_decay**k.",
+    )
+    head_lr_mult: float = Field(1.0, gt=0, description="Fusion and head learn at lr * head_lr_mult.")
+    lora_r: int = Field(8, ge=1, description="lora: rank of the adapters.")
+    lora_alpha: int = Field(16, ge=1, description="lora: scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="lora: names (last parts) of the linear layers adapted; none = the attention query and value "
+        "layers (query, value, q_proj, v_proj).",
+    )
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -188,6 +216,9 @@ class TrainConfig(_Strict):
         True, description="Run each fully frozen encoder once per split and cache its features on disk."
     )
     cpu: bool = Field(False, description="Force the CPU even where a GPU is present.")
+    strategy: StrategyConfig = Field(
+        default_factory=StrategyConfig, description="Fine-tuning strategy: what trains in each epoch, at what rate."
+    )
 
 
 class DistillConfig(_Strict):
@@ -197,11 +228,24 @@ class DistillConfig(_Strict):
 
 
 class TransferConfig(_Strict):
-    source: str | None = Field(None, description="A run folder or a .safetensors file to transfer from.")
+    source: str | None = Field(
+        None,
+        description="A run folder, a .safetensors or .pt/.pth state-dict file, a Hugging Face folder or hf:ID, "
+        "or timm:NAME to transfer from.",
+    )
     distill: DistillConfig | None = Field(
         None,
         description="Distil the source run's encoders into ours on unlabelled inputs, then graft the head.",
     )
+    rules: dict[str, str] = Field(
+        {}, description="Source-name prefix -> target-name prefix, {i} for a number: {'encoder.layer.{i}': ...}."
+    )
+    structure: bool = Field(False, description="Pair tensors no rule or name matched by order and shape.")
+    adapt: list[Literal["conv_channels", "head_classes", "vocab", "positions", "partial"]] = Field(
+        ["conv_channels", "head_classes", "vocab", "positions"],
+        description="Shape adaptations allowed; partial (slice / zero-pad) only when listed.",
+    )
+    strict: bool = Field(False, description="Stop when a matched tensor cannot be transferred.")
     freeze: list[str] = Field([], description="Name patterns (fnmatch) of parameters kept frozen.")
 
 
