@@ -211,3 +211,72 @@ def test_packaged_minilm_embeds_by_meaning():
     with torch.no_grad():
         cat, kitten, stocks = nn.functional.normalize(enc(batch), dim=-1)
     assert cat @ kitten > max(cat @ stocks, kitten @ stocks) + 0.2
+
+
+def test_audio_models_get_their_own_feature_extractor(tmp_path):
+    """AST wants its own filter banks, wav2vec2 its normalised waveform: the column uses the model's extractor."""
+    import numpy as np
+    import soundfile as sf
+
+    from mmtransfer.config import AudioColumn, DataConfig, HFConfig, ModelConfig
+    from mmtransfer.model import build_model
+    from mmtransfer.tables import load_table_dataset
+
+    ast_cfg = transformers.ASTConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_length=64,
+        num_mel_bins=16,
+        frequency_stride=10,
+        time_stride=10,
+    )
+    models = {
+        "ast": (transformers.ASTModel(ast_cfg), transformers.ASTFeatureExtractor(max_length=64, num_mel_bins=16)),
+        "w2v": (
+            transformers.Wav2Vec2Model(
+                transformers.Wav2Vec2Config(
+                    **TINY,
+                    conv_dim=(8, 8),
+                    conv_stride=(5, 4),
+                    conv_kernel=(10, 4),
+                    num_feat_extract_layers=2,
+                    mask_time_prob=0.0,
+                )
+            ),
+            transformers.Wav2Vec2FeatureExtractor(do_normalize=True),
+        ),
+    }
+    rows = []
+    for i in range(18):
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 100 * (i % 3)) * np.arange(4000) / 8000) + 0.5
+        sf.write(tmp_path / f"{i}.wav", wave.astype(np.float32), 8000)
+        rows.append({"clip": f"{i}.wav", "label": str(i % 3)})
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    for name, (model, extractor) in models.items():
+        model.save_pretrained(str(tmp_path / name))
+        extractor.save_pretrained(str(tmp_path / name))
+        column = AudioColumn(extractor=str(tmp_path / name), sample_rate=16000, seconds=0.5)
+        data = load_table_dataset(
+            DataConfig(table=str(tmp_path / "t.csv"), columns={"clip": column}, test_fraction=0.34, val_fraction=0.3)
+        )
+        spec = data.specs["clip"]
+        x = data.train.inputs["clip"]
+        assert spec.kind == "audio_features" and tuple(x.shape[1:]) == spec.shape
+        if name == "ast":
+            assert spec.shape == (64, 16)  # frames x mel bins, as the AST extractor makes them
+        else:
+            assert spec.shape == (8000,)  # 0.5 s at 16 kHz, normalised per clip (the +0.5 offset is gone)
+            torch.testing.assert_close(x.mean(1), torch.zeros(len(x)), atol=1e-4, rtol=0)
+        hidden = model.config.hidden_size  # embed_dim = hidden: the pooled states pass unprojected
+        clf = build_model(
+            ModelConfig(encoders={"clip": HFConfig(path=str(tmp_path / name))}, embed_dim=hidden), data.specs, 3
+        ).eval()
+        direct = model.eval()(input_values=x).last_hidden_state.mean(1)
+        torch.testing.assert_close(clf.encoders["clip"](x), direct)
+    with pytest.raises(FileNotFoundError, match="no feature extractor"):
+        bad = AudioColumn(extractor=str(tmp_path / "missing"), sample_rate=16000)
+        load_table_dataset(DataConfig(table=str(tmp_path / "t.csv"), columns={"clip": bad}))

@@ -54,6 +54,11 @@ class AudioColumn(_Strict):
     features: Literal["logmel", "waveform"] = Field(
         "logmel", description="Log-mel spectrogram [1, n_mels, frames] or the raw waveform [1, samples]."
     )
+    extractor: str | None = Field(
+        None,
+        description="A Hugging Face model folder (or hf id) whose own feature extractor prepares the clips "
+        "(wav2vec2 normalisation, AST filter banks); then features and the mel fields are not used.",
+    )
     n_mels: int = Field(64, ge=1)
     n_fft: int = Field(512, ge=16)
     hop_length: int = Field(160, ge=1)

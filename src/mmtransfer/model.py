@@ -78,6 +78,8 @@ def default_encoder(spec: InputSpec):
         return HFConfig(path=spec.tokenizer)  # a pretrained tokenizer comes with its model
     if spec.kind == "waveform":
         return CNNConfig(channels=[32, 64, 64, 64], kernel_size=9, stride=2)
+    if spec.kind == "audio_features":
+        raise ValueError("an audio column prepared by a model's extractor needs that model: {type: hf, path: ...}")
     return CNNConfig()
 
 

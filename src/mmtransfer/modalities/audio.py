@@ -51,12 +51,13 @@ class AudioModality:
         self.samples = round(self.cfg.seconds * self.cfg.sample_rate)
         self.frames = 1 + self.samples // self.cfg.hop_length  # torch.stft with center=True
         self.mean, self.std = 0.0, 1.0
+        self._extractor = None
         self._fb = mel_filter_bank(self.cfg.n_fft, self.cfg.n_mels, self.cfg.sample_rate)
         self._window = torch.hann_window(self.cfg.n_fft)
         # AudioColumn checks each field alone; these combinations would fail (or go silently flat) only at collate
         if self.samples < 1:
             raise ValueError(f"column {name!r}: seconds * sample_rate = {self.samples} samples; expected at least 1")
-        if self.cfg.features == "logmel":
+        if self.cfg.features == "logmel" and not self.cfg.extractor:
             if self.samples <= self.cfg.n_fft // 2:  # torch.stft's reflect padding needs this
                 raise ValueError(
                     f"column {name!r}: {self.samples} samples is too short for n_fft={self.cfg.n_fft}; "
@@ -114,6 +115,9 @@ class AudioModality:
         return out
 
     def fit(self, examples: list[torch.Tensor]) -> None:
+        if self.cfg.extractor:
+            self.extract(examples[:1])  # load it now: a missing extractor fails before training
+            return
         if self.cfg.features != "logmel" or not examples:
             return
         x = self.log_mels(examples).double()
@@ -123,12 +127,40 @@ class AudioModality:
     def placeholder(self) -> torch.Tensor:
         return torch.zeros(self.samples)
 
+    def extract(self, examples: list[torch.Tensor]) -> torch.Tensor:
+        """The pretrained model's own feature extractor, loaded offline once, on a list of clips."""
+        if self._extractor is None:
+            from transformers import AutoFeatureExtractor
+
+            from mmtransfer.encoders.hf import resolve_model_path
+
+            folder = resolve_model_path(self.cfg.extractor)
+            try:
+                self._extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise FileNotFoundError(
+                    f"audio column {self.name}: no feature extractor at {folder!r}: {err}"
+                ) from None
+            rate = getattr(self._extractor, "sampling_rate", self.cfg.sample_rate)
+            if rate != self.cfg.sample_rate:
+                raise ValueError(
+                    f"audio column {self.name}: the extractor of {folder} expects {rate} Hz, set sample_rate: {rate}"
+                )
+        waves = [e.numpy() for e in examples]
+        out = self._extractor(waves, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
+        return out["input_values"].float()
+
     def collate(self, examples: list[torch.Tensor]) -> torch.Tensor:
+        if self.cfg.extractor:
+            return self.extract(examples)
         if self.cfg.features == "waveform":
             return torch.stack(examples).float()[:, None]
         return ((self.log_mels(examples) - self.mean) / self.std)[:, None]
 
     def spec(self) -> InputSpec:
+        if self.cfg.extractor:  # the extractor decides the shape: wav2vec2 [samples], AST [frames, mel bins]
+            shape = tuple(self.extract([self.placeholder()]).shape[1:])
+            return InputSpec("audio_features", shape, sample_rate=self.cfg.sample_rate)
         if self.cfg.features == "waveform":
             return InputSpec("waveform", (1, self.samples), sample_rate=self.cfg.sample_rate)
         return InputSpec("spectrogram", (1, self.cfg.n_mels, self.frames), sample_rate=self.cfg.sample_rate)
