@@ -136,3 +136,46 @@ def test_graft_command_reports_and_writes(tmp_path):
     )
     assert strict.exit_code == 2
     assert "1 tensor(s) matched but not transferred" in " ".join(strict.output.split())
+
+
+def test_linear_probe_caches_and_lora_run_reloads(tmp_path, monkeypatch):
+    """Strategies through the CLI: a linear probe trains on cached features; a LoRA run evaluates identically."""
+    import pandas as pd
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "plot", "great", "awful", "the"]
+    model_dir = tmp_path / "bert"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(vocab_file=str(model_dir / "vocab.txt")).save_pretrained(str(model_dir))
+    config = transformers.BertConfig(
+        vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    transformers.BertModel(config).save_pretrained(str(model_dir))
+    texts = [("the good film", "pos"), ("great plot", "pos"), ("the bad film", "neg"), ("awful plot", "neg")]
+    pd.DataFrame([{"review": t, "label": y} for t, y in texts * 10]).to_csv(tmp_path / "r.csv", index=False)
+    cfg = tmp_path / "text.yaml"
+    cfg.write_text(
+        f"data: {{table: {tmp_path / 'r.csv'}, columns: {{review: {{modality: text, tokenizer: {model_dir}, "
+        f"max_length: 8}}}}}}\n"
+        f"model: {{embed_dim: 16, encoders: {{review: {{type: hf, path: {model_dir}}}}}}}\n"
+        "train: {epochs: 2, progress: false}\n"
+    )
+    probe = runner.invoke(
+        app, ["fit", str(cfg), "--out", str(tmp_path / "probe"), "--set", "train.strategy.name=linear_probe"]
+    )
+    assert probe.exit_code == 0, probe.output
+    assert "frozen encoder review: train features" in probe.output
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+
+    lora = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "lora"), "--set", "train.strategy.name=lora"])
+    assert lora.exit_code == 0, lora.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "lora"), "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())["test"]
+    assert json.loads((tmp_path / "e.json").read_text()) == saved
+    names = load_weights(tmp_path / "lora").keys()
+    assert any("lora_A" in n for n in names) and any("base_layer" in n for n in names)

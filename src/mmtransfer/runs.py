@@ -22,6 +22,7 @@ from mmtransfer.data import Dataset, load_dataset
 from mmtransfer.modalities.base import InputSpec
 from mmtransfer.model import Classifier, build_model
 from mmtransfer.train import evaluate, fit
+from mmtransfer.transfer import strategies
 from mmtransfer.transfer.distill import transfer_across
 from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
 from mmtransfer.transfer.graft import GraftReport, graft
@@ -35,6 +36,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Classifier, list[str]]:
     cfg = load_config(run_dir / "config.yaml")
     classes = json.loads((run_dir / "labels.json").read_text())
     model = build_model(cfg.model, read_specs(run_dir / "inputs.json"), len(classes))
+    strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     load_into(model, load_weights(run_dir / "model.safetensors"), where=str(run_dir / "model.safetensors"))
     return cfg, model, classes
 
@@ -79,6 +81,10 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
         _transfer_in(cfg, model, data, out, console)
     if cfg.transfer.freeze:
         freeze(model, cfg.transfer.freeze)
+    strategy = cfg.train.strategy
+    strategies.prepare(model, strategy)  # lora adapters go in after grafting, before training
+    if strategy.name == "linear_probe":  # encoders frozen from the start, so their features can be cached
+        strategies.schedule(model, strategy, 1, set(trainable_names(model)))
     if cfg.train.cache_features:
         splits = add_cached_features(model, {"train": data.train, "val": data.val, "test": data.test}, console=console)
         data.train, data.val, data.test = splits["train"], splits["val"], splits["test"]

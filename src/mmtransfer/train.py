@@ -1,6 +1,8 @@
 """The training loop, read top to bottom: AdamW, warm-up + cosine, early stopping on validation loss.
 
 Accelerate places the model and batches, so the same code runs on a CPU, a GPU or under ``accelerate launch``.
+What trains in each epoch, and at what rate per layer group, is the fine-tuning strategy's
+(:mod:`mmtransfer.transfer.strategies`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from torch import nn
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import TrainConfig
 from mmtransfer.data import Split, make_loader
-from mmtransfer.transfer.freeze import is_frozen
+from mmtransfer.transfer import strategies
+from mmtransfer.transfer.freeze import count_parameters, is_frozen, trainable_names
 
 
 @dataclass
@@ -46,11 +49,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def train_mode(model: nn.Module) -> None:
     """Training mode, except for encoders that are wholly frozen: their dropout stays off and their
-    BatchNorm statistics stay as they were, so a frozen encoder computes what it computed before training."""
+    BatchNorm statistics stay as they were, so a frozen encoder computes what it computed before training.
+    Likewise every BatchNorm whose weight and bias are frozen (a frozen layer group) keeps its running statistics."""
     model.train()
     for encoder in getattr(model, "encoders", {}).values():
         if is_frozen(encoder):
             encoder.eval()
+    for module in model.modules():
+        # A BatchNorm without affine parameters has nothing to tell frozen from trained; it follows its encoder.
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and is_frozen(module):
+            module.eval()
 
 
 def progress_bar(enabled: bool) -> Progress:
@@ -77,19 +85,31 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss.
 
-    Only parameters with ``requires_grad`` are optimised. When ``checkpoint`` is given, the best weights are
-    written there (safetensors, atomically) each time the validation loss improves. ``augment`` maps input
-    names to random transforms applied to training batches (never to validation).
+    Only parameters with ``requires_grad`` when ``fit`` starts may train; ``cfg.strategy`` decides which of them
+    do in each epoch and at what peak rate per layer group. ``history`` records per epoch the trainable
+    parameter count (``trainable``), the head's learning rate (``lr``) and every group's (``lr_groups``). When
+    ``checkpoint`` is given, the best weights are written there (safetensors, atomically) each time the
+    validation loss improves. ``augment`` maps input names to random transforms applied to training batches
+    (never to validation).
     """
     set_seed(cfg.seed)
     start = time.perf_counter()
     accelerator = Accelerator(cpu=cfg.cpu)
     train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     val_loader = make_loader(val, max(cfg.batch_size, 256))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    strategy = cfg.strategy
+    strategies.prepare(model, strategy)  # lora: adapters into the HF backbones (a prepared model stays as it is)
+    allowed = set(trainable_names(model))  # a strategy only freezes: what is frozen now stays frozen
+    if not allowed:
         raise ValueError("fit: every parameter is frozen; nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if accelerator.num_processes > 1 and strategies.changes_over_epochs(strategy):
+        # DDP registers the parameters that train when it wraps the model; one unfrozen later would not sync.
+        raise ValueError(f"fit: strategy {strategy.name} changes what trains between epochs; run it on one process")
+    # One optimizer for the whole run, holding every group, frozen ones too: AdamW skips a parameter without a
+    # gradient (its weights and moments stay as they are), so a group unfrozen later simply starts training.
+    optimizer = torch.optim.AdamW(
+        strategies.param_groups(model, strategy, cfg.lr, allowed), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
@@ -103,6 +123,11 @@ def fit(
     with progress_bar(cfg.progress and accelerator.is_main_process) as bar:
         task = bar.add_task(desc, total=cfg.epochs, status="")
         for epoch in range(1, cfg.epochs + 1):
+            trainable = strategies.schedule(accelerator.unwrap_model(model), strategy, epoch, allowed)
+            strategies.check_cached(trainable, train.inputs, strategy, epoch)
+            n_trainable, n_total = count_parameters(accelerator.unwrap_model(model))
+            if epoch == 1 and cfg.progress and accelerator.is_main_process:
+                bar.console.print(strategies.describe(strategy, optimizer.param_groups, n_trainable, n_total))
             train_mode(accelerator.unwrap_model(model))
             train_loss, seen = 0.0, 0
             for inputs, labels in train_loader:
@@ -116,13 +141,16 @@ def fit(
                 train_loss += loss.item() * len(labels)
                 seen += len(labels)
             val_metrics = _evaluate_loader(model, val_loader, accelerator, loss_fn)
+            lr_groups = {group["name"]: group["lr"] for group in optimizer.param_groups}
             history.append(
                 {
                     "epoch": epoch,
                     "train_loss": train_loss / max(seen, 1),
                     "val_loss": val_metrics["loss"],
                     "val_accuracy": val_metrics["accuracy"],
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr_groups.get("head", scheduler.get_last_lr()[-1]),
+                    "trainable": n_trainable,
+                    "lr_groups": lr_groups,
                 }
             )
             if val_metrics["loss"] < best_loss:

@@ -179,6 +179,11 @@ def graft(
     {'copied': 0, 'adapted': 0, 'skipped': 2, 'new': 0}
     """
     src = load_source(source)
+    if any("lora_A" in k for k in src.state):
+        raise ValueError(
+            f"graft source {src.name} holds LoRA adapters (lora_A / lora_B beside base_layer weights); "
+            "merge them into the base weights first (W + alpha / r * B @ A), or load the run with load_run"
+        )
     ctx = Context(
         source_classes=source_classes if source_classes is not None else src.classes,
         target_classes=target_classes,
