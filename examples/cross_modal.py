@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import command, console
+from _common import command, console, few_shot_on_fsdd
 from PIL import Image
 
-from mmtransfer.config import AudioColumn, CNNConfig, DataConfig, ImageColumn, ModelConfig, RunConfig, TrainConfig
-from mmtransfer.data import load_dataset
-from mmtransfer.model import build_model
+from mmtransfer.config import CNNConfig, DataConfig, ImageColumn, ModelConfig, RunConfig, TrainConfig
 from mmtransfer.runs import fit_run
-from mmtransfer.train import evaluate, fit
-from mmtransfer.transfer.graft import graft
 
 BLOCKS = [16, 32, 64]
 
@@ -48,16 +43,6 @@ def mnist_table(data: Path, out: Path) -> Path:
     pd.DataFrame({"image": [f"mnist_png/{i}.png" for i in range(len(images))], "label": labels.astype(str)}).to_csv(
         table, index=False
     )
-    return table
-
-
-def fsdd_table(data: Path, out: Path) -> Path:
-    rows = []
-    for path in sorted((data / "fsdd" / "recordings").glob("*.wav")):
-        digit, _, index = path.stem.split("_")
-        rows.append({"audio": str(path.resolve()), "label": digit, "split": "test" if int(index) < 5 else "train"})
-    table = out / "fsdd.csv"
-    pd.DataFrame(rows).to_csv(table, index=False)
     return table
 
 
@@ -90,55 +75,20 @@ def main() -> None:
         f"({time.perf_counter() - start:.0f} s)"
     )
 
-    # 2. the target: an audio CNN with the same blocks, k recordings per class
-    audio = AudioColumn(sample_rate=8000, seconds=1.0, n_mels=40, n_fft=256, hop_length=80)
-    fsdd = fsdd_table(args.data, args.out)
-    model_cfg = ModelConfig(encoders={"audio": CNNConfig(channels=BLOCKS)}, embed_dim=64)
-    rows, report = [], None
-    for k in args.k:
-        for seed in range(args.seeds):
-            data = load_dataset(
-                DataConfig(table=str(fsdd), split_column="split", columns={"audio": audio}, k_per_class=k, seed=seed)
-            )
-            budget = TrainConfig(epochs=args.epochs, batch_size=16, lr=3e-3, patience=15, seed=seed, progress=False)
-            result = {"k": k, "seed": seed}
-            for arm in ("scratch", "transfer"):
-                model = build_model(model_cfg, data.specs, len(data.classes), seed=seed)
-                if arm == "transfer":
-                    report = graft(
-                        args.out / "mnist_cnn",
-                        model,
-                        rules={"encoders.image": "encoders.audio"},
-                        select=["encoders.audio.blocks.*"],
-                        unselected_reason="re-initialised: the embedding and head are trained on the target",
-                    )
-                t = time.perf_counter()
-                fit(model, data.train, data.val, budget, augment=data.augment)
-                result[arm] = evaluate(model, data.test)["accuracy"]
-                result[f"{arm}_seconds"] = time.perf_counter() - t
-            rows.append(result)
-            console.print(
-                f"k={k:3d} seed {seed}: scratch {result['scratch']:.3f}  transfer {result['transfer']:.3f}  "
-                f"gain {100 * (result['transfer'] - result['scratch']):+.1f} pp"
-            )
-    if report is not None:
-        console.print(report.table("graft report: MNIST image CNN -> FSDD audio CNN"))
-        report.save(args.out / "graft_report.json")
-
-    console.rule("FSDD test accuracy (300 recordings), mean ± std over seeds")
-    summary = {}
-    for k in args.k:
-        part = [r for r in rows if r["k"] == k]
-        s = np.array([r["scratch"] for r in part])
-        t = np.array([r["transfer"] for r in part])
-        g = t - s
-        summary[k] = {"scratch": s.tolist(), "transfer": t.tolist()}
-        console.print(
-            f"k={k:3d} per class: scratch {100 * s.mean():.1f} ± {100 * s.std(ddof=1):.1f} %, "
-            f"transfer {100 * t.mean():.1f} ± {100 * t.std(ddof=1):.1f} %, gain {100 * g.mean():+.1f} ± "
-            f"{100 * g.std(ddof=1):.1f} pp"
-        )
-    (args.out / "summary.json").write_text(json.dumps({"rows": rows, "source": source_metrics["test"]}, indent=1))
+    # 2. the target: an audio CNN with the same blocks, k recordings per class, vs scratch
+    few_shot_on_fsdd(
+        args.data,
+        args.out,
+        ModelConfig(encoders={"audio": CNNConfig(channels=BLOCKS)}, embed_dim=64),
+        source=args.out / "mnist_cnn",
+        rules={"encoders.image": "encoders.audio"},
+        select=["encoders.audio.blocks.*"],
+        title="MNIST image CNN -> FSDD audio CNN",
+        ks=args.k,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        lr=3e-3,
+    )
 
 
 if __name__ == "__main__":

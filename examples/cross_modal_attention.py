@@ -15,31 +15,22 @@ on both sides and are copied through the rule ``encoders.text.inner -> encoders.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from _common import command, console
-from cross_modal import fsdd_table
+from _common import command, console, few_shot_on_fsdd
 from sklearn.model_selection import train_test_split
 from text_minilm import ag_news
 
 from mmtransfer.config import (
     AttentionConfig,
-    AudioColumn,
     DataConfig,
     ModelConfig,
     RunConfig,
     TextColumn,
     TrainConfig,
 )
-from mmtransfer.data import load_dataset
-from mmtransfer.model import build_model
 from mmtransfer.runs import fit_run
-from mmtransfer.train import evaluate, fit
-from mmtransfer.transfer.graft import graft
 
 ATTENTION = AttentionConfig(d_model=64, num_heads=4, num_layers=2, ff_dim=128, dropout=0.1, pool="query", max_len=64)
 
@@ -76,51 +67,19 @@ def main() -> None:
         f"({time.perf_counter() - start:.0f} s)"
     )
 
-    audio = AudioColumn(sample_rate=8000, seconds=1.0, n_mels=40, n_fft=256, hop_length=80)
-    fsdd = fsdd_table(args.data, args.out)
-    model_cfg = ModelConfig(encoders={"audio": ATTENTION}, embed_dim=64)
-    rows, report = [], None
-    for k in args.k:
-        for seed in range(args.seeds):
-            data = load_dataset(
-                DataConfig(table=str(fsdd), split_column="split", columns={"audio": audio}, k_per_class=k, seed=seed)
-            )
-            budget = TrainConfig(epochs=args.epochs, batch_size=16, lr=1e-3, patience=15, seed=seed, progress=False)
-            result = {"k": k, "seed": seed}
-            for arm in ("scratch", "transfer"):
-                model = build_model(model_cfg, data.specs, len(data.classes), seed=seed)
-                if arm == "transfer":
-                    report = graft(
-                        args.out / "text_attention",
-                        model,
-                        rules={"encoders.text.inner": "encoders.audio"},
-                        select=["encoders.audio.*"],
-                        unselected_reason="re-initialised: the head is trained on the target",
-                    )
-                t = time.perf_counter()
-                fit(model, data.train, data.val, budget)
-                result[arm] = evaluate(model, data.test)["accuracy"]
-                result[f"{arm}_seconds"] = time.perf_counter() - t
-            rows.append(result)
-            console.print(
-                f"k={k:3d} seed {seed}: scratch {result['scratch']:.3f}  transfer {result['transfer']:.3f}  "
-                f"gain {100 * (result['transfer'] - result['scratch']):+.1f} pp"
-            )
-    if report is not None:
-        console.print(report.table("graft report: AG News text transformer -> FSDD audio transformer"))
-        report.save(args.out / "graft_report.json")
-    console.rule("FSDD test accuracy (300 recordings), mean ± std over seeds")
-    for k in args.k:
-        s = np.array([r["scratch"] for r in rows if r["k"] == k])
-        t = np.array([r["transfer"] for r in rows if r["k"] == k])
-        g = t - s
-        console.print(
-            f"k={k:3d} per class: scratch {100 * s.mean():.1f} ± {100 * s.std(ddof=1):.1f} %, "
-            f"transfer {100 * t.mean():.1f} ± {100 * t.std(ddof=1):.1f} %, gain {100 * g.mean():+.1f} ± "
-            f"{100 * g.std(ddof=1):.1f} pp"
-        )
-    pd.DataFrame(rows).to_csv(args.out / "results.csv", index=False)
-    (args.out / "summary.json").write_text(json.dumps({"rows": rows, "source": source["test"]}, indent=1))
+    few_shot_on_fsdd(
+        args.data,
+        args.out,
+        ModelConfig(encoders={"audio": ATTENTION}, embed_dim=64),
+        source=args.out / "text_attention",
+        rules={"encoders.text.inner": "encoders.audio"},
+        select=["encoders.audio.*"],
+        title="AG News text transformer -> FSDD audio transformer",
+        ks=args.k,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        lr=1e-3,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import command, console, run
+from _common import command, console, fsdd_table, run
 
 from mmtransfer.config import AudioColumn, CNNConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 
@@ -24,17 +24,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
     console.print(f"command: {command()}")
-    recordings = sorted((args.fsdd / "recordings").glob("*.wav"))
-    if not recordings:
-        raise SystemExit(f"no WAV files in {args.fsdd / 'recordings'}")
-    rows = []
-    for path in recordings:
-        digit, _speaker, index = path.stem.split("_")
-        rows.append({"audio": str(path.resolve()), "label": digit, "split": "test" if int(index) < 5 else "train"})
     args.out.mkdir(parents=True, exist_ok=True)
-    table = args.out / "fsdd.csv"
-    pd.DataFrame(rows).to_csv(table, index=False)
-    console.print(f"{len(rows)} recordings -> {table}")
+    table = fsdd_table(args.fsdd, args.out)
+    console.print(f"{len(pd.read_csv(table))} recordings -> {table}")
 
     cfg = RunConfig(
         data=DataConfig(
