@@ -52,3 +52,37 @@ def test_no_download_and_clear_errors(tmp_path):
         ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 8, name="resnet18", weights=str(tmp_path / "x.pt"))
     with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
         ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 8, name="resnet9000", pretrained=False)
+
+
+def fake_hub_cache(folder, model):
+    """The layout huggingface_hub keeps for a downloaded file, holding ``model``'s weights."""
+    from safetensors.torch import save_file
+
+    repo = folder / ("models--" + model.pretrained_cfg["hf_hub_id"].replace("/", "--"))
+    (repo / "snapshots" / "c0ffee").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(repo / "snapshots" / "c0ffee" / "model.safetensors"))
+
+
+@needs_timm
+def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    from mmtransfer.transfer.sources import load_source
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    offline_before = hub.HF_HUB_OFFLINE
+    with pytest.raises(FileNotFoundError, match="no local weights for 'resnet18'"):
+        ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 8, name="resnet18")
+    assert hub.HF_HUB_OFFLINE == offline_before  # the offline switch is put back
+
+    source = timm.create_model("resnet18", pretrained=False)
+    fake_hub_cache(tmp_path / "hub", source)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    enc = ENCODERS["timm"](InputSpec("image", (3, 32, 32)), 512, name="resnet18")
+    assert torch.equal(enc.backbone.conv1.weight, source.conv1.weight)
+    state = load_source("timm:resnet18").state  # graft's timm:NAME source, from the same cache
+    assert torch.equal(state["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+    assert "fc.weight" not in state  # the classifier is dropped

@@ -7,7 +7,6 @@ convolution to the image's channel count (summing the RGB kernels for grayscale)
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,19 +18,19 @@ from mmtransfer.modalities.base import InputSpec
 
 @contextmanager
 def _offline(enabled: bool):
-    """HF_HUB_OFFLINE=1 for the duration, so timm reads only the local cache."""
+    """Hugging Face Hub offline mode for the duration, so timm reads only the local cache. huggingface_hub reads
+    HF_HUB_OFFLINE once, at import (timm imports it), so the flag is set where it is read, not in the environment."""
     if not enabled:
         yield
         return
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    import huggingface_hub.constants as hub
+
+    old = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+        hub.HF_HUB_OFFLINE = old
 
 
 class TimmEncoder(nn.Module):
