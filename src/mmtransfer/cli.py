@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: paragraphs are re-wrapped to the terminal
 )
 console = Console()
 
@@ -37,8 +38,10 @@ def fit(
 ) -> None:
     """Train a model from a config (validated before any work starts) and write a run folder.
 
-    The run folder holds config.yaml, model.safetensors (best validation loss), labels.json, history.json,
-    metrics.json and, when transfer.source is set, transfer_report.json.
+    The run folder holds config.yaml, model.safetensors (best validation loss), labels.json, inputs.json,
+    history.json, metrics.json, preprocessing.json (tables) and, when transfer.source is set,
+    transfer_report.json / .md. Fine-tuning strategy: --set train.strategy.name=full | linear_probe |
+    freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
     """
     from mmtransfer.runs import fit_run
 
@@ -78,9 +81,12 @@ def demo(
     k: Annotated[int, typer.Option(min=1, help="Labelled target images per class.")] = 10,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """The main job on built-in digits: train a CNN, transfer it into a GRU that reads images row by row
-    (feature distillation + head graft), fine-tune on k images per class, and compare with the same GRU
-    trained from scratch, over several seeds."""
+    """The main job: CNN -> GRU transfer on built-in digits, against training from scratch.
+
+    Trains a CNN on a labelled source split, transfers it into a GRU that reads each image row by row (feature
+    distillation on unlabelled images + head graft), fine-tunes on k images per class and compares with the same
+    GRU trained from scratch on the same images, over several seeds. Writes report.md, metrics.json, demo.png.
+    """
     from mmtransfer.demo import run_demo
 
     run_demo(out, seeds=seeds, k=k, progress=progress, console=console)
@@ -101,8 +107,12 @@ def graft(
     ),
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config field.")] = None,
 ) -> None:
-    """Move SOURCE's weights into the model TARGET_CONFIG builds and report every tensor: copied, adapted (how),
-    skipped (why) or new. Writes the grafted weights and the report (JSON + Markdown) beside them."""
+    """Move SOURCE's weights into the model TARGET_CONFIG builds, with a report on every tensor.
+
+    Each target tensor is copied, adapted (how), skipped (why) or new. Matching and adaptation follow the
+    config's transfer section (rules, structure, adapt, strict). Writes the grafted weights and the report
+    (JSON + Markdown) beside them, unless --dry-run.
+    """
     import yaml
 
     from mmtransfer.checkpoint import save_weights
