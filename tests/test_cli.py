@@ -92,7 +92,12 @@ def test_evaluate_missing_run(tmp_path):
 
 
 def test_help_says_what_each_command_does():
-    for cmd, phrase in [("fit", "Train a model from a config"), ("evaluate", "Evaluate a run folder"), ("demo", "CNN")]:
+    for cmd, phrase in [
+        ("fit", "Train a model from a config"),
+        ("evaluate", "Evaluate a run folder"),
+        ("demo", "CNN -> GRU transfer"),
+        ("graft", "Move SOURCE's weights into the model"),
+    ]:
         result = runner.invoke(app, [cmd, "--help"])
         assert result.exit_code == 0 and phrase in result.output
 
@@ -118,7 +123,7 @@ def test_graft_command_reports_and_writes(tmp_path):
     assert (load_weights(out)["encoders.image.blocks.1.0.weight"] == src["encoders.image.blocks.1.0.weight"]).all()
 
     rules = tmp_path / "rules.yaml"
-    rules.write_text("'encoders.image.blocks.{i}': 'encoders.image.blocks.{i}'\n")
+    rules.write_text("'encoders.image.blocks.0': 'encoders.image.blocks.2'\n")  # a rule that matters
     strict = runner.invoke(
         app,
         [
@@ -135,7 +140,9 @@ def test_graft_command_reports_and_writes(tmp_path):
         ],
     )
     assert strict.exit_code == 2
-    assert "1 tensor(s) matched but not transferred" in " ".join(strict.output.split())
+    flat = " ".join(strict.output.split())
+    assert "tensor(s) matched but not transferred" in flat
+    assert "encoders.image.blocks.2.0.weight <- encoders.image.blocks.0.0.weight: shape [8, 1, 3, 3]" in flat
 
 
 def test_linear_probe_caches_and_lora_run_reloads(tmp_path, monkeypatch):

@@ -96,12 +96,50 @@ def test_head_keeps_rows_of_matching_label_names():
     assert no_names.counts()["skipped"] == 2
 
 
+def with_embedding(rows: int, dtype=torch.float32) -> nn.Module:
+    m = nn.Module()
+    m.embedding = nn.Embedding(rows, 3).to(dtype)
+    return m
+
+
 def test_embedding_rows_of_shared_tokens():
-    src, dst = nn.Embedding(4, 3), nn.Embedding(5, 3)
-    before = dst.weight.detach().clone()
+    src, dst = with_embedding(4, torch.float16), with_embedding(5)  # another dtype too
+    before = dst.embedding.weight.detach().clone()
     graft(src, dst, source_vocab=["[PAD]", "a", "b", "c"], target_vocab=["[PAD]", "c", "x", "a", "y"])
-    torch.testing.assert_close(dst.weight[[0, 1, 3]], src.weight[[0, 3, 1]])
-    torch.testing.assert_close(dst.weight[[2, 4]], before[[2, 4]])
+    torch.testing.assert_close(dst.embedding.weight[[0, 1, 3]], src.embedding.weight[[0, 3, 1]].float())
+    torch.testing.assert_close(dst.embedding.weight[[2, 4]], before[[2, 4]])
+
+
+def test_rows_follow_names_even_when_the_shapes_agree():
+    src, dst = with_embedding(3), with_embedding(3)
+    graft(src, dst, source_vocab=["[PAD]", "a", "b"], target_vocab=["[PAD]", "b", "a"])
+    torch.testing.assert_close(dst.embedding.weight, src.embedding.weight[[0, 2, 1]])
+    heads = [nn.Module(), nn.Module()]
+    for h in heads:
+        h.head = nn.Module()
+        h.head.out = nn.Linear(4, 2)
+    report = graft(heads[0], heads[1], source_classes=["cat", "dog"], target_classes=["dog", "cat"])
+    torch.testing.assert_close(heads[1].head.out.weight, heads[0].head.out.weight[[1, 0]])
+    assert report.counts()["adapted"] == 2
+    linear = nn.Module()
+    linear.proj = nn.Linear(3, 3)  # 3 rows like the vocabulary, but not an embedding table: copied as it is
+    target = nn.Module()
+    target.proj = nn.Linear(3, 3)
+    assert graft(linear, target, source_vocab=["a", "b", "c"], target_vocab=["c", "b", "a"]).counts()["copied"] == 2
+
+
+def test_only_first_convolutions_adapt_their_channels():
+    from mmtransfer.config import CNNConfig
+
+    shapes = {"image": (3, 8, 8)}
+    src = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[16, 32])}), shapes, 2)
+    dst = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[8, 32])}), {"image": (1, 8, 8)}, 2)
+    states = {r.target: r for r in graft(src, dst).records}
+    assert states["encoders.image.blocks.0.0.weight"].state == "skipped"  # 16 vs 8 output channels: no rule
+    assert states["encoders.image.blocks.1.0.weight"].reason == "shape [32, 16, 3, 3] vs [32, 8, 3, 3]"
+    src1 = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[8, 32])}), shapes, 2)
+    states = {r.target: r for r in graft(src1, dst).records}
+    assert states["encoders.image.blocks.0.0.weight"].reason == "3 input channels summed into 1"
 
 
 def test_position_table_is_interpolated():
@@ -113,6 +151,47 @@ def test_position_table_is_interpolated():
     report = graft(src, dst)
     torch.testing.assert_close(dst.pos.weight, torch.tensor([[0.0, 10], [1, 15], [2, 20], [3, 25], [4, 30]]))
     assert report.records[0].reason == "3 positions interpolated to 5"
+
+
+def test_only_position_tables_are_interpolated():
+    src, dst = nn.Module(), nn.Module()
+    src.post = nn.Embedding(10, 2)  # a column called "post": not positions
+    dst.post = nn.Embedding(12, 2)
+    src.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))  # ViT-style [1, 1 + N, D]: needs 2-D resampling
+    dst.pos_embed = nn.Parameter(torch.zeros(1, 10, 4))
+    report = graft(src, dst)
+    assert {r.target: r.state for r in report.records} == {"post.weight": "skipped", "pos_embed": "skipped"}
+
+
+def test_structure_pairs_whole_modules_in_order():
+    src = nn.Module()
+    src.a, src.b = nn.Linear(3, 3), nn.Linear(3, 4)
+    dst = nn.Module()
+    dst.extra = nn.Parameter(torch.zeros(3))  # same shape as a.bias, but a module of its own
+    dst.x, dst.y = nn.Linear(3, 3), nn.Linear(3, 4)
+    report = graft(src, dst, structure=True)
+    states = {r.target: (r.state, r.source) for r in report.records}
+    assert states["x.weight"] == ("copied", "a.weight") and states["y.bias"] == ("copied", "b.bias")
+    assert states["extra"] == ("new", None)
+
+
+def test_strict_refuses_a_graft_that_moves_nothing():
+    src, dst = nn.Module(), nn.Module()
+    src.enc, dst.encoder = nn.Linear(2, 2), nn.Linear(2, 2)
+    with pytest.raises(GraftError, match="nothing transferred"):
+        graft(src, dst, strict=True)
+    assert graft(src, dst, rules={"enc": "encoder"}, strict=True).counts()["copied"] == 2
+
+
+def test_bad_rules_are_named():
+    with pytest.raises(ValueError, match=r"graft rule 'a' -> 'b.\{i\}'"):
+        compile_rules({"a": "b.{i}"})
+    with pytest.raises(ValueError, match="may appear once"):
+        compile_rules({"x.{i}.y.{i}": "z.{i}"})
+    assert rename("layers.3.w", compile_rules({"layers.{i}": "blocks.{i}"})) == (
+        "blocks.3.w",
+        "rule 'layers.{i} -> blocks.{i}'",
+    )
 
 
 def test_partial_copy_only_when_asked():

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from mmtransfer.checkpoint import load_into, load_weights, save_weights
 from mmtransfer.config import CNNConfig, ConfigError, DataConfig, HFConfig, ModelConfig, TrainConfig, load_config
@@ -244,3 +245,28 @@ def test_strategy_config_is_validated():
         load_config(None, overrides=["train.strategy.name=ulmfit"])
     with pytest.raises(ConfigError, match="train.strategy.lora_rank: unknown field"):
         load_config(None, overrides=["train.strategy.lora_rank=4"])
+
+
+def test_parts_without_parameters_are_no_layer_groups():
+    from mmtransfer.fusion import ConcatFusion
+    from mmtransfer.model import ClassificationHead, Classifier
+
+    class Stem(nn.Module):  # layer_groups as timm's ResNet gives them: activations and pools in between
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.pool, self.fc = nn.Linear(2, 2), nn.ReLU(), nn.Identity(), nn.Linear(2, 2)
+            self.output_dim = 2
+
+        def forward(self, x):
+            return self.fc(self.pool(self.act(self.conv(x))))
+
+        def layer_groups(self):
+            return [self.conv, self.act, self.pool, self.fc]
+
+    model = Classifier({"x": Stem()}, ConcatFusion({"x": 2}), ClassificationHead(2, 2))
+    groups = layer_groups(model)
+    assert [(g.name, g.depth) for g in groups] == [("encoders.x.0", 2), ("encoders.x.1", 1), ("head", 0)]
+    assert per_epoch(model, S(name="gradual_unfreeze"), 3)[1] == {"encoders.x.fc.weight", "encoders.x.fc.bias"} | {
+        "head.out.weight",
+        "head.out.bias",
+    }

@@ -119,7 +119,6 @@ def graft(
     from mmtransfer.data import load_dataset
     from mmtransfer.model import build_model
     from mmtransfer.runs import graft_from_config
-    from mmtransfer.transfer.graft import GraftError
 
     try:
         cfg = load_config(target_config, [*(set_ or []), f"transfer.source={json.dumps(source)}"])
@@ -131,7 +130,7 @@ def graft(
         data = load_dataset(cfg.data, console=console)
         model = build_model(cfg.model, data.specs, len(data.classes), seed=cfg.train.seed)
         report = graft_from_config(cfg, model, data, dry_run=dry_run)
-    except (ConfigError, ValueError, FileNotFoundError, GraftError) as err:
+    except (ConfigError, ValueError, FileNotFoundError) as err:  # GraftError is a ValueError
         _fail(err)
     console.print(report.table(f"graft report: {source} -> {target_config}"))
     if dry_run:

@@ -51,7 +51,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` [B, L] (1-D only): True at real steps; padding is zeroed after every block and left out of
-        the mean, so the result does not depend on how much padding follows."""
+        the mean, so in eval mode the result does not depend on how much padding follows. In training,
+        BatchNorm's batch statistics still count the zeroed padding steps."""
         if x.dim() != self.dims + 2:
             raise ValueError(f"ConvEncoder(dims={self.dims}) expects [B, C, *{self.dims} sizes], got {list(x.shape)}")
         if mask is not None and (self.dims != 1 or self.kernel_size % 2 == 0):

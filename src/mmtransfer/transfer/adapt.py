@@ -1,18 +1,24 @@
-"""Shape adaptations for grafting: each takes the source tensor, the target tensor and context, and returns the
-new target tensor and a sentence saying how, or None when it does not apply.
+"""Adaptations for grafting: each takes the source tensor, the target tensor and context, and returns the
+new target tensor and a sentence saying how, or None when it does not apply. ``head_classes`` and ``vocab``
+apply whenever the two sides' names differ, shapes equal or not; the others only where shapes differ.
 
-- ``conv_channels``: a first convolution with another input-channel count (timm's ``adapt_input_conv``):
-  one channel gets the sum of the source's kernels; more channels get them repeated and rescaled.
-- ``head_classes``: a classifier with another class set keeps the rows of classes whose names match.
-- ``vocab``: an embedding table with another vocabulary keeps the rows of shared tokens.
-- ``positions``: a position table of another length is interpolated linearly along the positions.
+- ``conv_channels``: the first convolution (of the model, or of each encoder) with another input-channel count
+  (timm's ``adapt_input_conv``): one channel gets the sum of the source's kernels; more channels get them
+  repeated and rescaled.
+- ``head_classes``: a classifier with another class list (even of the same size, in another order) keeps the
+  rows of classes whose names match.
+- ``vocab``: a token-embedding table with another vocabulary (even of the same size) keeps the rows of shared
+  tokens.
+- ``positions``: a 2-D position table [length, dim] of another length is interpolated linearly along the
+  positions. Tables with a class-token row over a 2-D patch grid (ViT, [1, 1 + N, D]) are not: they need a 2-D
+  resampling this module does not do, and are skipped.
 - ``partial``: (only when asked) the overlapping block is copied, the rest keeps the target's values.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -30,11 +36,27 @@ class Context:
     target_vocab: list[str] | None = None
     enabled: tuple[str, ...] = DEFAULT_ADAPT
     head_prefix: str = "head.out."
-    extra: dict = field(default_factory=dict)
+    first_convs: frozenset[str] = frozenset()  # the target's first conv weight of the model and of each encoder
+
+    def classes_differ(self) -> bool:
+        return None not in (self.source_classes, self.target_classes) and self.source_classes != self.target_classes
+
+    def vocabs_differ(self) -> bool:
+        return None not in (self.source_vocab, self.target_vocab) and self.source_vocab != self.target_vocab
+
+
+EMBEDDING_ENDINGS = ("embedding.weight", "embeddings.weight", "embed_tokens.weight")
+POSITION_ENDINGS = (
+    "pos.weight",
+    "pos_embed",
+    "pos_embedding",
+    "position_embeddings.weight",
+    "position_embedding.weight",
+)
 
 
 def conv_channels(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
-    if src.dim() not in (3, 4) or src.dim() != dst.dim() or not name.endswith("weight"):
+    if name not in ctx.first_convs or src.dim() != dst.dim():
         return None
     if src.shape[0] != dst.shape[0] or src.shape[2:] != dst.shape[2:] or src.shape[1] == dst.shape[1]:
         return None
@@ -47,7 +69,7 @@ def conv_channels(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context)
 
 
 def head_classes(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
-    if not name.startswith(ctx.head_prefix) or ctx.source_classes is None or ctx.target_classes is None:
+    if not name.startswith(ctx.head_prefix) or not ctx.classes_differ():
         return None
     if src.shape[0] != len(ctx.source_classes) or dst.shape[0] != len(ctx.target_classes):
         return None
@@ -56,16 +78,18 @@ def head_classes(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
     out = dst.detach().clone()
     where = {c: i for i, c in enumerate(ctx.source_classes)}
     kept = [(j, where[c]) for j, c in enumerate(ctx.target_classes) if c in where]
-    for j, i in kept:
-        out[j] = src[i]
     if not kept:
         return None
+    for j, i in kept:
+        out[j] = src[i].to(out)
     fresh = len(ctx.target_classes) - len(kept)
     return out, f"rows of {len(kept)} classes kept by label name, {fresh} newly initialised"
 
 
 def vocab(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
-    if src.dim() != 2 or ctx.source_vocab is None or ctx.target_vocab is None or src.shape[1] != dst.shape[1]:
+    if not name.endswith(EMBEDDING_ENDINGS) or not ctx.vocabs_differ():
+        return None
+    if src.dim() != 2 or src.shape[1] != dst.shape[1]:
         return None
     if src.shape[0] != len(ctx.source_vocab) or dst.shape[0] != len(ctx.target_vocab):
         return None
@@ -75,21 +99,18 @@ def vocab(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
     if not shared:
         return None
     rows_t, rows_s = zip(*shared, strict=True)
-    out[list(rows_t)] = src[list(rows_s)]
+    out[list(rows_t)] = src[list(rows_s)].to(out)
     return out, f"rows of {len(shared)} shared tokens copied, {dst.shape[0] - len(shared)} newly initialised"
 
 
 def positions(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
-    """[length, dim] or [1, length, dim] tables whose name says they hold positions."""
-    if not any(key in name for key in ("pos", "position")):
+    """[length, dim] tables whose name says they hold positions."""
+    if not name.endswith(POSITION_ENDINGS):
         return None
-    squeeze = src.dim() == 3 and dst.dim() == 3 and src.shape[0] == dst.shape[0] == 1
-    s, d = (src[0], dst[0]) if squeeze else (src, dst)
-    if s.dim() != 2 or d.dim() != 2 or s.shape[1] != d.shape[1] or s.shape[0] == d.shape[0]:
+    if src.dim() != 2 or dst.dim() != 2 or src.shape[1] != dst.shape[1] or src.shape[0] == dst.shape[0]:
         return None
-    out = torch.nn.functional.interpolate(s.T[None], size=d.shape[0], mode="linear", align_corners=True)[0].T
-    out = out.to(dst.dtype)
-    return (out[None] if squeeze else out), f"{s.shape[0]} positions interpolated to {d.shape[0]}"
+    out = torch.nn.functional.interpolate(src.T[None].float(), size=dst.shape[0], mode="linear", align_corners=True)
+    return out[0].T.to(dst.dtype), f"{src.shape[0]} positions interpolated to {dst.shape[0]}"
 
 
 def partial(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
@@ -110,9 +131,12 @@ FUNCTIONS = {
 }
 
 
-def adapt(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
-    """The first enabled adaptation that applies, in the order of ADAPTATIONS: (tensor, how) or None."""
-    for key in ADAPTATIONS:
+BY_NAMES = ("head_classes", "vocab")  # rows follow label / token names, whatever the shapes
+
+
+def adapt(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context, keys: tuple[str, ...] = ADAPTATIONS):
+    """The first enabled adaptation of ``keys`` that applies, in the order of ADAPTATIONS: (tensor, how) or None."""
+    for key in keys:
         if key in ctx.enabled:
             result = FUNCTIONS[key](name, src, dst, ctx)
             if result is not None:

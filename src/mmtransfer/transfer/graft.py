@@ -7,8 +7,8 @@ Every tensor of the target's state dict ends in exactly one state:
 - ``new``: no source tensor matched, so it keeps its fresh initialisation.
 
 Matching, in order: ``rules`` (source-name prefixes rewritten to target-name prefixes, ``{i}`` standing for a
-number, first matching rule wins), exact names, then (``structure=True``) the remaining tensors paired in
-order with the next source tensor of the same shape.
+number, first matching rule wins), exact names, then (``structure=True``) the remaining modules paired in order
+with the next source module whose tensors have the same shapes in the same order.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from mmtransfer.transfer.adapt import DEFAULT_ADAPT, Context, adapt
+from mmtransfer.transfer.adapt import BY_NAMES, DEFAULT_ADAPT, Context, adapt
 from mmtransfer.transfer.sources import Source, load_source
 
 State = Literal["copied", "adapted", "skipped", "new"]
@@ -130,25 +130,36 @@ class GraftReport:
         return "\n".join(lines + [str(self.counts())])
 
 
-def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> list[tuple[re.Pattern, str]]:
+def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> list[tuple[re.Pattern, str, str]]:
     """``"encoder.layers.{i}.attn" -> "encoders.text.blocks.{i}.attn"``: a prefix of the source name (up to a
-    dot or the end) is rewritten; ``{name}`` placeholders match a number and carry it over."""
+    dot or the end) is rewritten; ``{name}`` placeholders match a number and carry it over.
+
+    Returns (regex, replacement, the rule as written) triples; a rule whose replacement uses a placeholder its
+    pattern lacks, or whose pattern repeats one, is an error naming it.
+    """
     pairs = list(rules.items()) if isinstance(rules, Mapping) else list(rules or [])
     out = []
     for pattern, replacement in pairs:
+        names = re.findall(r"\{(\w+)\}", pattern)
+        wanted = set(re.findall(r"\{(\w+)\}", replacement))
+        if len(names) != len(set(names)) or not wanted <= set(names):
+            raise ValueError(
+                f"graft rule {pattern!r} -> {replacement!r}: each {{placeholder}} may appear once in the pattern, "
+                f"and the replacement may only use the pattern's ({', '.join(names) or 'none'})"
+            )
         regex = re.escape(pattern)
         regex = re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m.group(1)}>\\d+)", regex)
         end = "" if pattern == "" or pattern.endswith(".") else r"(?=\.|$)"
-        out.append((re.compile("^" + regex + end), replacement))
+        out.append((re.compile("^" + regex + end), replacement, f"{pattern} -> {replacement}"))
     return out
 
 
-def rename(name: str, rules: list[tuple[re.Pattern, str]]) -> tuple[str, str] | None:
-    """(new name, the rule) for the first rule matching ``name``."""
-    for regex, replacement in rules:
+def rename(name: str, rules: list[tuple[re.Pattern, str, str]]) -> tuple[str, str] | None:
+    """(new name, the rule as written) for the first rule matching ``name``."""
+    for regex, replacement, written in rules:
         m = regex.match(name)
         if m:
-            return replacement.format(**m.groupdict()) + name[m.end() :], f"rule {regex.pattern[1:]!r}"
+            return replacement.format(**m.groupdict()) + name[m.end() :], f"rule {written!r}"
     return None
 
 
@@ -172,7 +183,7 @@ def graft(
 
     ``source`` is a module, a state dict, a run folder, a weights file, ``hf:ID`` / a Hugging Face folder, or
     ``timm:NAME``. ``strict`` raises :class:`GraftError` (before copying anything) when a selected tensor that
-    a source tensor was matched to is skipped.
+    a source tensor was matched to is skipped, or when nothing at all would be transferred.
 
     >>> src, dst = nn.Linear(4, 2), nn.Linear(4, 3)
     >>> graft(src, dst).counts()
@@ -192,6 +203,7 @@ def graft(
         enabled=tuple(adapt_with),
     )
     targets = target.state_dict(keep_vars=True)
+    ctx.first_convs = first_convs(targets)
     matches = _match(src, targets, compile_rules(rules), structure)
 
     records, updates = [], {}
@@ -210,15 +222,18 @@ def graft(
         src_name, how = found
         value = src.state[src_name]
         rec = TensorRecord(name, "copied", shape, src_name, list(value.shape), matched_by=how)
-        if value.shape == tensor.shape:
+        # Rows that follow label or token names are placed by name even when the shapes agree.
+        by_name = adapt(name, value, tensor, ctx, keys=BY_NAMES)
+        if by_name is not None:
+            (updates[name], rec.reason), rec.state = by_name, "adapted"
+        elif value.shape == tensor.shape:
             updates[name] = value
         else:
             adapted = adapt(name, value, tensor, ctx)
             if adapted is None:
                 rec.state, rec.reason = "skipped", f"shape {list(value.shape)} vs {shape}"
             else:
-                updates[name], rec.reason = adapted
-                rec.state = "adapted"
+                (updates[name], rec.reason), rec.state = adapted, "adapted"
         records.append(rec)
 
     used = {matches[r.target][0] for r in records if r.state in ("copied", "adapted")}
@@ -229,6 +244,11 @@ def graft(
             f"strict graft from {src.name}: {len(unexpected)} tensor(s) matched but not transferred:\n"
             + "\n".join(f"  {r.target} <- {r.source}: {r.reason}" for r in unexpected)
         )
+    if strict and not updates:
+        raise GraftError(
+            f"strict graft from {src.name}: nothing transferred; no source tensor matched a target name "
+            "(names differ? give rules, or structure=True)"
+        )
     if not dry_run:
         with torch.no_grad():
             for name, value in updates.items():
@@ -236,8 +256,21 @@ def graft(
     return report
 
 
+def first_convs(targets: Mapping[str, torch.Tensor]) -> frozenset[str]:
+    """The first convolution weight of the model and of each encoder (``encoders.NAME.``): where images or
+    spectrograms come in, the only convolutions whose input channels follow the data."""
+    seen: dict[str, str] = {}
+    for name, tensor in targets.items():
+        if tensor.dim() in (3, 4) and name.endswith("weight"):
+            parts = name.split(".")
+            key = ".".join(parts[:2]) if parts[0] == "encoders" and len(parts) > 2 else ""
+            seen.setdefault(key, name)
+            seen.setdefault("", name)
+    return frozenset(seen.values())
+
+
 def _match(
-    src: Source, targets: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern, str]], structure: bool
+    src: Source, targets: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern, str, str]], structure: bool
 ) -> dict[str, tuple[str, str]]:
     """target name -> (source name, how it was matched)."""
     matches: dict[str, tuple[str, str]] = {}
@@ -251,12 +284,29 @@ def _match(
             matches[name] = (name, "name")
             taken.add(name)
     if structure:
-        pool = [s for s in src.state if s not in taken]
-        for name, tensor in targets.items():
-            if name in matches:
-                continue
-            k = next((i for i, s in enumerate(pool) if src.state[s].shape == tensor.shape), None)
-            if k is not None:
-                matches[name] = (pool[k], f"structure: same-shaped tensor in order, was {pool[k]}")
-                pool = pool[k + 1 :]
+        _match_structure(src, targets, matches, taken)
     return matches
+
+
+def _module_of(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _match_structure(src: Source, targets, matches: dict, taken: set) -> None:
+    """Pair modules, in order, whose unmatched tensors have the same shapes in the same order; then pair their
+    tensors one by one. A source module left out of one pairing stays available for the next."""
+
+    def modules(names, shape_of):
+        out: dict[str, list[str]] = {}
+        for n in names:
+            out.setdefault(_module_of(n), []).append(n)
+        return [(m, ns, [tuple(shape_of(n)) for n in ns]) for m, ns in out.items()]
+
+    pool = modules([s for s in src.state if s not in taken], lambda n: src.state[n].shape)
+    for module, names, shapes in modules([t for t in targets if t not in matches], lambda n: targets[n].shape):
+        k = next((i for i, (_, _, src_shapes) in enumerate(pool) if src_shapes == shapes), None)
+        if k is None:
+            continue
+        src_module, src_names, _ = pool.pop(k)
+        for target_name, source_name in zip(names, src_names, strict=True):
+            matches[target_name] = (source_name, f"structure: module {src_module or '(top)'} -> {module or '(top)'}")

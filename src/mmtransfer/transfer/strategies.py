@@ -68,6 +68,9 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     for input_name in sorted(encoders):
         encoder = encoders[input_name]
         parts = encoder.layer_groups() if hasattr(encoder, "layer_groups") else [encoder]
+        # A part without parameters (an activation, a pooling) is no layer group: it would add a depth level
+        # that unfreezes nothing and decays the rates below it once more.
+        parts = [part for part in parts if any(True for _ in part.parameters())]
         for i, part in enumerate(parts):
             add(f"encoders.{input_name}.{i}", len(parts) - i, part)
         missed = sorted(n for n, _ in encoder.named_parameters(prefix=f"encoders.{input_name}") if n not in taken)
