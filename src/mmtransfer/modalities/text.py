@@ -99,7 +99,9 @@ class TextModality:
             (self.cfg.max_length,),
             vocab_size=len(self.tokenizer),
             pad_id=self.pad_id,
-            tokenizer=resolve_model_path(self.cfg.tokenizer),
+            # As written, not resolved: a run folder's inputs.json then names the packaged MiniLM portably
+            # (encoders resolve the name when they load the model).
+            tokenizer=self.cfg.tokenizer,
         )
 
     def state(self) -> dict:
