@@ -64,6 +64,7 @@ def test_fit_with_transfer_from_a_run(tmp_path):
     record = json.loads((tmp_path / "dst" / "transfer_report.json").read_text())
     assert record["graft"]["counts"] == {"copied": 2, "adapted": 0, "skipped": 6, "new": 0}
     assert record["distill"]["epochs"] == 2
+    assert record["distill"]["examples"] == 1221  # every train image, not only the 20 labelled per class
     src_head = load_weights(tmp_path / "src")["head.out.weight"]
     dst_head = load_weights(tmp_path / "dst")["head.out.weight"]
     assert (src_head == dst_head).all()  # grafted, then kept frozen through fine-tuning

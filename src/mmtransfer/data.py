@@ -40,7 +40,8 @@ class Split:
 class Dataset:
     """Splits plus what encoders need to know about each input (``specs``); ``preprocessing`` records how a
     table was bound and what the modalities learned on train; ``augment`` maps inputs to the random
-    transform ``fit`` applies to their training batches."""
+    transform ``fit`` applies to their training batches; ``train_pool`` is the whole train split before
+    ``k_per_class`` kept a few labelled examples (its inputs serve as unlabelled data)."""
 
     name: str
     classes: list[str]
@@ -50,6 +51,7 @@ class Dataset:
     specs: dict[str, InputSpec] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+    train_pool: Split | None = None
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -62,9 +64,15 @@ def load_dataset(cfg: DataConfig, console: Console | None = None) -> Dataset:
         from mmtransfer.tables import load_table_dataset
 
         data = load_table_dataset(cfg, console=console)
-        if cfg.k_per_class is not None:
-            data.train = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed)
-        return data
+    else:
+        data = _builtin(cfg)
+    data.train_pool = data.train
+    if cfg.k_per_class is not None:
+        data.train = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed)
+    return data
+
+
+def _builtin(cfg: DataConfig) -> Dataset:
     if cfg.dataset == "digits":
         x, y = _digits()
         x_pool, x_test, y_pool, y_test = train_test_split(
@@ -83,11 +91,10 @@ def load_dataset(cfg: DataConfig, console: Console | None = None) -> Dataset:
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         return Split({name: torch.from_numpy(x).float()}, torch.from_numpy(y).long())
 
-    train = split(x_train, y_train)
-    if cfg.k_per_class is not None:
-        train = k_per_class(train, cfg.k_per_class, seed=cfg.seed)
     spec = InputSpec(kind, tuple(x_pool.shape[1:]))
-    return Dataset(cfg.dataset, classes, train, split(x_val, y_val), split(x_test, y_test), specs={name: spec})
+    return Dataset(
+        cfg.dataset, classes, split(x_train, y_train), split(x_val, y_val), split(x_test, y_test), specs={name: spec}
+    )
 
 
 @functools.cache

@@ -118,7 +118,7 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
         if source_classes != data.classes:
             raise ValueError(f"transfer.source {source}: classes {source_classes} differ from {data.classes}")
         # Distil on every train input, labelled or not: the labels are never read.
-        unlabelled = load_dataset(cfg.data.model_copy(update={"k_per_class": None})).train
+        unlabelled = data.train_pool
         report, stats = transfer_across(
             source_model,
             model,
