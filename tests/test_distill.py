@@ -9,12 +9,13 @@ from mmtransfer.transfer.distill import embed_all, transfer_across
 
 def test_cnn_to_gru_by_distillation_then_head_graft(gru_model_config):
     data = load_dataset(DataConfig(dataset="digits"))
-    cnn = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[8, 16])}, embed_dim=16), data.input_shapes, 10)
+    cnn_cfg = ModelConfig(encoders={"image": CNNConfig(channels=[8, 16])}, embed_dim=16)
+    cnn = build_model(cnn_cfg, data.input_shapes, data.classes)
     fit(cnn, data.train, data.val, TrainConfig(epochs=8, progress=False, lr=5e-3))
     cnn_acc = evaluate(cnn, data.test)["accuracy"]
     assert cnn_acc > 0.9
 
-    gru = build_model(gru_model_config, data.input_shapes, 10)
+    gru = build_model(gru_model_config, data.input_shapes, data.classes)  # the same class names: the head moves
     cnn_before = {k: v.clone() for k, v in cnn.state_dict().items()}
     report, stats = transfer_across(cnn, gru, data.train, DistillConfig(epochs=15, lr=1e-2), progress=False)
 

@@ -16,7 +16,8 @@ def model():
 def test_freeze_gives_the_exact_trainable_set():
     m = model()
     assert freeze(m, ["encoders.*"]) == ["head.out.bias", "head.out.weight"]
-    assert count_parameters(m) == (90, 4 * 9 + 8 + 4 * 8 * 9 + 16 + 8 * 8 + 8 + 90)
+    # blocks: conv + BN; proj reads the 2x2 grid of 8 channels (8x8 -> 4x4 -> 2x2 at stride 2); head 8 -> 10
+    assert count_parameters(m) == (90, 4 * 9 + 8 + 4 * 8 * 9 + 16 + 8 * 32 + 8 + 90)
 
 
 def test_freeze_by_block():

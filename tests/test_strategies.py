@@ -30,7 +30,7 @@ TOKENS = InputSpec("tokens", (8,), vocab_size=100, pad_id=0, tokenizer="tiny")
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset(DataConfig(dataset="digits", k_per_class=5))
+    return load_dataset(DataConfig(dataset="digits", k_per_class=5), validation="split")  # the 216 val images
 
 
 @pytest.fixture(scope="module")

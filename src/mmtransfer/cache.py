@@ -91,7 +91,10 @@ def add_cached_features(
             split.inputs[f"{name}.features"] = features
             if console is not None and state.is_main_process:
                 console.print(
-                    f"[dim]frozen encoder {name}: {key} features {list(features.shape)} {how} "
-                    f"in {time.perf_counter() - start:.1f} s ({path.name})[/]"
+                    f"frozen encoder {name}: {key} features {list(features.shape)} {how} "
+                    f"in {time.perf_counter() - start:.1f} s ({path.name})",
+                    style="dim",
+                    markup=False,
+                    highlight=False,
                 )
     return out

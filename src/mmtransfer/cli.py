@@ -1,4 +1,8 @@
-"""The ``mmtransfer`` command line: each subcommand is a plain typed function."""
+"""The ``mmtransfer`` command line: each subcommand is a plain typed function.
+
+Heavy libraries (torch, pandas, transformers) are imported only once the config has been read and checked, so
+a mistake in it, or a missing file it names, is reported at once.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from mmtransfer.config import ConfigError, load_config
+from mmtransfer.config import ConfigError, check_files, load_config, read_rules_file
+from mmtransfer.display import Grid, make_console
 
 app = typer.Typer(
     help="Transfer learning on multimodal data: adapt, fine-tune, evaluate, and compare with training from scratch.",
@@ -19,11 +23,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: paragraphs are re-wrapped to the terminal
 )
-console = Console()
+console = make_console()
+errors = make_console(stderr=True)
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+    """One ``error:`` line (details below it), on stderr, exit code 2; the message is printed literally."""
+    errors.print(Text.assemble(("error:", "red"), " ", str(err)), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -43,15 +49,25 @@ def fit(
     transfer_report.json / .md. Fine-tuning strategy: --set train.strategy.name=full | linear_probe |
     freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
     """
-    from mmtransfer.runs import fit_run
-
     try:
         cfg = load_config(config, set_ or [])
+        check_files(cfg, str(config) if config else "config")
+    except ConfigError as err:
+        _fail(err)
+    from mmtransfer.runs import fit_run  # torch and the rest load only for a config that is good
+
+    try:
         metrics = fit_run(cfg, out, console)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(err)
-    _print_metrics(metrics["test"], f"test metrics ({out})")
-    console.print(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; run folder: {out}")
+    _print_metrics(metrics["test"], f"test metrics ({out})", metrics["classes"])
+    labels = metrics["labels"]
+    console.print(
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; {labels['train']} labelled examples "
+        f"trained the model, {labels['selection']} selected it; run folder: {out}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
@@ -61,13 +77,15 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
 ) -> None:
     """Evaluate a run folder's model on held-out data: accuracy, macro-F1, loss and the confusion matrix."""
+    if not (run_dir / "config.yaml").is_file():
+        _fail(FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml"))
     from mmtransfer.runs import evaluate_run
 
     try:
         metrics = evaluate_run(run_dir, split)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(err)
-    _print_metrics(metrics, f"{split} metrics ({run_dir})")
+    _print_metrics(metrics, f"{split} metrics ({run_dir})", metrics.get("classes"))
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=1))
 
@@ -99,7 +117,15 @@ def graft(
     ],
     target_config: Annotated[Path, typer.Argument(help="YAML config of the model to graft into.")],
     rules: Annotated[
-        Path | None, typer.Option(help="YAML mapping of source-name prefixes to target-name prefixes ({i}: a number).")
+        Path | None,
+        typer.Option(
+            help="YAML mapping of source-name prefixes to target-name prefixes ({i}: a number); an exclude: list "
+            "in it leaves tensors out."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", "-x", help="Leave tensors matching this pattern out, e.g. 'head.*' (repeatable)."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan; write nothing.")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Grafted weights (safetensors).")] = Path(
@@ -110,25 +136,27 @@ def graft(
     """Move SOURCE's weights into the model TARGET_CONFIG builds, with a report on every tensor.
 
     Each target tensor is copied, adapted (how), skipped (why) or new. Matching and adaptation follow the
-    config's transfer section (rules, structure, adapt, strict). Writes the grafted weights and the report
-    (JSON + Markdown) beside them, unless --dry-run.
+    config's transfer section (rules, exclude, structure, adapt, strict). A classification head moves only by
+    label name: rows of the classes both sides name; with no shared name it is skipped, never copied by
+    position. Writes the grafted weights and the report (JSON + Markdown) beside them, unless --dry-run.
     """
-    import yaml
-
+    try:
+        cfg = load_config(target_config, [*(set_ or []), f"transfer.source={json.dumps(source)}"])
+        check_files(cfg, str(target_config))
+        if rules is not None or exclude:
+            file_rules, file_exclude = read_rules_file(rules) if rules is not None else (cfg.transfer.rules, [])
+            update = {"rules": file_rules, "exclude": [*cfg.transfer.exclude, *file_exclude, *(exclude or [])]}
+            cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update=update)})
+    except ConfigError as err:
+        _fail(err)
     from mmtransfer.checkpoint import save_weights
     from mmtransfer.data import load_dataset
     from mmtransfer.model import build_model
     from mmtransfer.runs import graft_from_config
 
     try:
-        cfg = load_config(target_config, [*(set_ or []), f"transfer.source={json.dumps(source)}"])
-        if rules is not None:
-            loaded = yaml.safe_load(rules.read_text()) if rules.is_file() else None
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"--rules {rules}: expected a YAML mapping of source prefix: target prefix")
-            cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"rules": loaded})})
         data = load_dataset(cfg.data, console=console)
-        model = build_model(cfg.model, data.specs, len(data.classes), seed=cfg.train.seed)
+        model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed)
         report = graft_from_config(cfg, model, data, dry_run=dry_run)
     except (ConfigError, ValueError, FileNotFoundError) as err:  # GraftError is a ValueError
         _fail(err)
@@ -138,25 +166,23 @@ def graft(
         return
     save_weights(model, out)
     report.save(out.with_suffix(".report.json"))
-    console.print(f"grafted weights: {out}; report: {out.with_suffix('.report.json')} and .md")
+    console.print(f"grafted weights: {out}; report: {out.with_suffix('.report.json')} and .md", markup=False)
 
 
-def _print_metrics(metrics: dict, title: str) -> None:
-    t = Table(title=title, title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+def _print_metrics(metrics: dict, title: str, classes: list[str] | None = None) -> None:
+    rows = []
     for key in ("n", "accuracy", "macro_f1", "loss"):
         value = metrics[key]
-        t.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(t)
+        rows.append([key, f"{value:.4f}" if isinstance(value, float) else str(value)])
+    console.print(Grid(title, ["metric", "value"], rows, right=[1]))
     if "confusion" in metrics:
-        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
-        cm.add_column("")
-        for j in range(len(metrics["confusion"])):
-            cm.add_column(str(j), justify="right")
-        for i, row in enumerate(metrics["confusion"]):
-            cm.add_row(str(i), *[f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row)])
-        console.print(cm)
+        names = classes or [str(j) for j in range(len(metrics["confusion"]))]
+        cm = [
+            [names[i], *[Text(str(v), style="bold") if i == j else str(v) for j, v in enumerate(row)]]
+            for i, row in enumerate(metrics["confusion"])
+        ]
+        title = "confusion matrix (rows: true class, columns: predicted class)"
+        console.print(Grid(title, ["true \\ predicted", *names], cm, right=range(1, len(names) + 1)))
 
 
 if __name__ == "__main__":

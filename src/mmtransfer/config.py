@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -29,7 +29,16 @@ class _Strict(BaseModel):
 
 class ImageColumn(_Strict):
     modality: Literal["image"] = "image"
-    size: tuple[int, int] = Field((32, 32), description="Resize every image to (height, width).")
+    size: tuple[int, int] = Field((32, 32), description="Every image becomes (height, width) this way (resize).")
+    resize: Literal["stretch", "pad", "crop"] = Field(
+        "stretch",
+        description="stretch: scaled to fill the size, aspect ratio lost; pad: scaled to fit inside it, aspect "
+        "kept, the rest filled with fill; crop: scaled to cover it, aspect kept, centre cropped.",
+    )
+    fill: int = Field(0, ge=0, le=255, description="pad: the border's pixel value, 0-255 (0 = black).")
+    margin: int = Field(
+        0, ge=0, description="pad: pixels of border kept on every side (MNIST frames 20x20 digits in 28x28: 4)."
+    )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
     mean: float = Field(0.5, description="Normalise pixels in [0, 1] as (x - mean) / std.")
     std: float = Field(0.5, gt=0)
@@ -98,16 +107,40 @@ class DataConfig(_Strict):
     test_fraction: float = Field(
         0.2, gt=0, lt=0.5, description="Share held out for test (digits, tables; mnist1d has its own test set)."
     )
-    k_per_class: int | None = Field(None, ge=1, description="Keep only k labelled train examples per class.")
-    seed: int = Field(0, description="Seed of the stratified splits and of the k-per-class draw.")
+    k_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Label budget: k labelled examples per class in all, drawn from the train split; with "
+        "train.validation auto, the labels that select the model (early stopping) come out of these k.",
+    )
+    label_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Label budget: this share of the train split's labels (stratified); the same rule as k_per_class.",
+    )
+    seed: int = Field(0, description="Seed of the stratified splits and of the label-budget draw.")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.k_per_class is not None and self.label_fraction is not None:
+            raise ValueError("set k_per_class or label_fraction, not both")
+        return self
 
 
 class CNNConfig(_Strict):
     type: Literal["cnn"] = "cnn"
-    channels: list[int] = Field([32, 64], min_length=1, description="Output channels of each conv block.")
+    channels: list[int] = Field([16, 32], min_length=1, description="Output channels of each conv block.")
     kernel_size: int = Field(3, ge=1)
-    stride: int = Field(1, ge=1, description="Stride of each convolution.")
-    pool: bool = Field(True, description="Max-pool by 2 after each block while the input is larger than 1.")
+    stride: int = Field(2, ge=1, description="Stride of each convolution (2 halves each side per block).")
+    pool: bool = Field(False, description="Max-pool by 2 after each block while the input is larger than 1.")
+    readout: Literal["auto", "grid", "mean"] = Field(
+        "auto",
+        description="How the last feature map becomes one vector: grid = average-pooled to at most grid x grid "
+        "cells and flattened (keeps where things are); mean = global average; auto = grid for images and "
+        "spectrograms, mean for 1-D inputs (text, signals).",
+    )
+    grid: int = Field(7, ge=1, description="readout grid: cells per side (28x28 MNIST after two stride-2 blocks: 7).")
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -216,7 +249,14 @@ class TrainConfig(_Strict):
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up before cosine.")
     patience: int | None = Field(10, ge=1, description="Early stopping on validation loss; none = off.")
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
-    progress: bool = Field(True, description="Show a progress bar.")
+    validation: Literal["auto", "none", "split"] = Field(
+        "auto",
+        description="Labels that select the model (early stopping, best epoch). auto: the validation split, or "
+        "under a label budget (data.k_per_class / label_fraction) data.val_fraction of each class's budget (at "
+        "least 1), so every label counts; none: no selection, train exactly epochs and keep the last weights; "
+        "split: the validation split even under a budget (its labels are reported as selection labels).",
+    )
+    progress: bool = Field(True, description="A progress bar on a terminal; otherwise one line per epoch.")
     cache_features: bool = Field(
         True, description="Run each fully frozen encoder once per split and cache its features on disk."
     )
@@ -250,6 +290,11 @@ class TransferConfig(_Strict):
         ["conv_channels", "head_classes", "vocab", "positions"],
         description="Shape adaptations allowed; partial (slice / zero-pad) only when listed.",
     )
+    exclude: list[str] = Field(
+        [],
+        description="Name patterns (fnmatch) of tensors left out of the transfer, matched on target and source "
+        "names; the report names the pattern that excluded each.",
+    )
     strict: bool = Field(False, description="Stop when a matched tensor cannot be transferred.")
     freeze: list[str] = Field([], description="Name patterns (fnmatch) of parameters kept frozen.")
 
@@ -279,6 +324,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, transfer)")
+        resolve_paths(raw, path.parent)  # a path written in the file is relative to the file
     if overrides:
         where += " with --set " + " ".join(overrides)
         # Overrides apply on top of the complete config (defaults filled in), so `--set model.encoders.image.
@@ -289,7 +335,46 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             pass
         for item in overrides:
             apply_override(raw, item)
+        resolve_paths(raw, Path.cwd())  # a path given on the command line is relative to where it was typed
     return validate(raw, where)
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a raw config absolute against ``base``, in place.
+
+    Fields that only hold paths (``data.table``, ``transfer.source`` unless ``hf:`` / ``timm:``, a timm
+    ``weights`` file) are always resolved. Fields that hold a path or a name (a tokenizer, an extractor or a
+    Hugging Face ``path``: a folder, a cached hub id or the packaged MiniLM) are resolved only where that folder
+    exists, so names stay names. Malformed sections are left for validation to report.
+    """
+
+    def section(*keys: str) -> dict:
+        node: Any = raw
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else {}
+
+    def path(node: dict, key: str, *, only_existing: bool = False) -> None:
+        value = node.get(key)
+        if not isinstance(value, str) or not value.strip() or value.startswith(("hf:", "timm:")):
+            return
+        candidate = Path(value).expanduser()
+        if candidate.is_absolute():
+            return
+        resolved = (base / candidate).resolve()
+        if not only_existing or resolved.exists():
+            node[key] = str(resolved)
+
+    path(section("data"), "table")
+    path(section("transfer"), "source")
+    for column in section("data", "columns").values():
+        if isinstance(column, dict):
+            path(column, "tokenizer", only_existing=True)
+            path(column, "extractor", only_existing=True)
+    for encoder in section("model", "encoders").values():
+        if isinstance(encoder, dict):
+            path(encoder, "path", only_existing=True)
+            path(encoder, "weights")
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -327,6 +412,46 @@ def validate(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raise ConfigError(f"{where}: {len(lines)} invalid field(s)\n" + "\n".join(lines)) from None
 
 
+def check_files(cfg: RunConfig, where: str = "config") -> None:
+    """The files a config names that must exist before any work starts: the table and a path source.
+
+    Cheap (no heavy imports), so that a missing file is reported at once.
+    """
+    table = cfg.data.table
+    if table is not None and not Path(table).is_file():
+        raise ConfigError(f"{where}: data.table: no such file: {table}")
+    source = cfg.transfer.source
+    if source is not None and not source.startswith(("hf:", "timm:")) and not Path(source).exists():
+        raise ConfigError(
+            f"{where}: transfer.source: no such run folder or file: {source} (hf:ID for a cached Hugging Face "
+            "model, timm:NAME for timm)"
+        )
+
+
+def read_rules_file(path: str | Path) -> tuple[dict[str, str], list[str]]:
+    """A rules file: a YAML mapping of source-name prefix -> target-name prefix, plus optionally
+    ``exclude: [patterns]`` (and, to keep rules apart, the prefixes under ``rules:``). Returns (rules, exclude)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--rules {path}: no such file")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--rules {path}: not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--rules {path}: expected a YAML mapping of source prefix: target prefix")
+    loaded = dict(loaded)
+    exclude = loaded.pop("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
+        raise ConfigError(f"--rules {path}: exclude: expected a list of name patterns, got {exclude!r}")
+    rules = loaded.pop("rules") if isinstance(loaded.get("rules"), dict) else {}
+    rules.update(loaded)
+    bad = [f"{k!r}: {v!r}" for k, v in rules.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"--rules {path}: a rule maps a source prefix to a target prefix (both text): {bad[0]}")
+    return rules, exclude
+
+
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
@@ -345,6 +470,8 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "union_tag_not_found":
         key = ctx["discriminator"].strip("'")
         return f"  {field}: needs a {key!r} field"
+    if error["type"] == "value_error":  # a check across fields: its message says it all
+        return f"  {field}: {error['msg'].removeprefix('Value error, ')}"
     return f"  {field}: got {error.get('input')!r}; {error['msg'].lower()}"
 
 

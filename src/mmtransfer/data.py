@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -35,58 +35,152 @@ class Split:
         index = torch.as_tensor(index, dtype=torch.long)
         return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
 
+    def concat(self, other: Split) -> Split:
+        """This split's examples followed by ``other``'s (the same inputs)."""
+        if set(self.inputs) != set(other.inputs):
+            raise ValueError(f"cannot join splits with inputs {sorted(self.inputs)} and {sorted(other.inputs)}")
+        inputs = {k: torch.cat([v, other.inputs[k]]) for k, v in self.inputs.items()}
+        return Split(inputs, torch.cat([self.labels, other.labels]))
+
+
+class DataError(ValueError):
+    """Bad input data or splits that cannot be drawn; the message names the rows, columns, files or split."""
+
+
+@dataclass
+class LabelUse:
+    """How many labelled examples trained the model and how many selected it (early stopping, best epoch).
+
+    ``budget`` is the label budget as configured (``k_per_class=10``, ``label_fraction=0.05``) or None;
+    ``validation`` says where the selection labels came from: ``budget`` (a stratified part of the budget),
+    ``split`` (the validation split), or ``none`` (no selection: a fixed number of epochs).
+    """
+
+    train: int
+    selection: int
+    validation: str
+    budget: str | None = None
+    note: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.train + self.selection
+
+    def sentence(self) -> str:
+        where = {
+            "budget": "out of the same budget",
+            "split": "the validation split",
+            "none": "none: no early stopping, the last epoch's weights are kept",
+        }[self.validation]
+        head = f"labels: {self.train} train the model, {self.selection} select it ({where})"
+        if self.budget:
+            head += f"; {self.total} labelled examples in all, budget {self.budget}"
+        return head + (f"; {self.note}" if self.note else "")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
 
 @dataclass
 class Dataset:
     """Splits plus what encoders need to know about each input (``specs``); ``preprocessing`` records how a
     table was bound and what the modalities learned on train; ``augment`` maps inputs to the random
     transform ``fit`` applies to their training batches; ``train_pool`` is the whole train split before
-    ``k_per_class`` kept a few labelled examples (its inputs serve as unlabelled data)."""
+    a label budget kept a few labelled examples (its inputs serve as unlabelled data); ``val`` is None when no
+    labels select the model; ``labels`` counts the labels used for training and for selection."""
 
     name: str
     classes: list[str]
     train: Split
-    val: Split
+    val: Split | None
     test: Split
     specs: dict[str, InputSpec] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     train_pool: Split | None = None
+    labels: LabelUse | None = None
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: s.shape for k, s in self.specs.items()}
 
 
-def load_dataset(cfg: DataConfig, console: Console | None = None) -> Dataset:
-    """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits (and k per class if asked)."""
+def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation: str = "auto") -> Dataset:
+    """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
+    (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
+    (``train.validation``: auto, none or split); ``data.labels`` counts both.
+
+    Under a budget the labelled examples are drawn from the train split; with ``auto`` a stratified part of
+    them (``val_fraction`` of each class, at least one) selects the model, so the labels that choose the best
+    epoch come out of the same budget. Without a budget ``auto`` keeps the validation split. ``none`` uses no
+    selection labels: the validation split's rows (no budget) train too.
+    """
+    if validation not in ("auto", "none", "split"):
+        raise ValueError(f"validation must be auto, none or split, got {validation!r}")
     if cfg.table is not None:
         from mmtransfer.tables import load_table_dataset
 
         data = load_table_dataset(cfg, console=console)
     else:
         data = _builtin(cfg)
-    data.train_pool = data.train
+    budget = None
     if cfg.k_per_class is not None:
-        data.train = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed)
+        budget = f"k_per_class={cfg.k_per_class}"
+    elif cfg.label_fraction is not None:
+        budget = f"label_fraction={cfg.label_fraction:g}"
+    note = ""
+    if budget is None:
+        if validation == "none":
+            data.train, data.val = data.train.concat(data.val), None
+        data.train_pool = data.train
+        used = "none" if validation == "none" else "split"
+    else:
+        data.train_pool = data.train
+        if cfg.k_per_class is not None:
+            labelled = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed, classes=data.classes)
+        else:
+            labelled = label_fraction(data.train, cfg.label_fraction, seed=cfg.seed, classes=data.classes)
+        used = validation if validation != "auto" else "budget"
+        if used == "budget":
+            parts = split_budget(labelled, cfg.val_fraction, seed=cfg.seed)
+            if parts is None:
+                used, note = "none", "a class has a single label in the budget, so none is left to select with"
+                data.train, data.val = labelled, None
+            else:
+                data.train, data.val = parts
+                per_class = np.bincount(data.val.labels.numpy(), minlength=len(data.classes))
+                note = _per_class_note(per_class, f"data.val_fraction={cfg.val_fraction:g} of each class's labels")
+        elif used == "none":
+            data.train, data.val = labelled, None
+        else:
+            data.train = labelled
+    data.labels = LabelUse(len(data.train), 0 if data.val is None else len(data.val), used, budget, note)
     return data
+
+
+def _per_class_note(per_class: np.ndarray, why: str) -> str:
+    low, high = int(per_class.min()), int(per_class.max())
+    return f"{low if low == high else f'{low}-{high}'} per class select it ({why})"
 
 
 def _builtin(cfg: DataConfig) -> Dataset:
     if cfg.dataset == "digits":
         x, y = _digits()
-        x_pool, x_test, y_pool, y_test = train_test_split(
-            x, y, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed
+        pool, test = stratified_split(
+            np.arange(len(y)), y, cfg.test_fraction, cfg.seed, what="test", field="data.test_fraction", of="digits"
         )
+        x_pool, x_test, y_pool, y_test = x[pool], x[test], y[pool], y[test]
         name, kind, classes = "image", "image", [str(i) for i in range(10)]
     elif cfg.dataset == "mnist1d":
         x_pool, y_pool, x_test, y_test = _mnist1d()
         name, kind, classes = "signal", "signal", [str(i) for i in range(10)]
     else:  # the config's Literal makes this unreachable for validated configs
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_pool, y_pool, test_size=cfg.val_fraction, stratify=y_pool, random_state=cfg.seed
+    train, val = stratified_split(
+        np.arange(len(y_pool)), y_pool, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction",
+        of="train pool",
     )
+    x_train, x_val, y_train, y_val = x_pool[train], x_pool[val], y_pool[train], y_pool[val]
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         return Split({name: torch.from_numpy(x).float()}, torch.from_numpy(y).long())
@@ -120,7 +214,7 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def k_per_class(split: Split, k: int, seed: int = 0) -> Split:
+def k_per_class(split: Split, k: int, seed: int = 0, classes: list[str] | None = None) -> Split:
     """k examples of every class, drawn without replacement with ``seed``; fails if a class has fewer."""
     rng = np.random.default_rng(seed)
     labels = split.labels.numpy()
@@ -128,9 +222,59 @@ def k_per_class(split: Split, k: int, seed: int = 0) -> Split:
     for c in np.unique(labels):
         where = np.flatnonzero(labels == c)
         if len(where) < k:
-            raise ValueError(f"k_per_class={k}: class {c} has only {len(where)} examples in this split")
+            name = repr(classes[c]) if classes else str(c)
+            raise DataError(f"k_per_class={k}: class {name} has only {len(where)} labelled examples in the train split")
         chosen.append(rng.choice(where, size=k, replace=False))
     return split.subset(np.sort(np.concatenate(chosen)))
+
+
+def label_fraction(split: Split, fraction: float, seed: int = 0, classes: list[str] | None = None) -> Split:
+    """``fraction`` of each class's examples (rounded, at least one), drawn without replacement with ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels = split.labels.numpy()
+    chosen = []
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(where, size=max(1, int(np.floor(fraction * len(where) + 0.5))), replace=False))
+    return split.subset(np.sort(np.concatenate(chosen)))
+
+
+def split_budget(labelled: Split, fraction: float, seed: int = 0) -> tuple[Split, Split] | None:
+    """(train, selection): of each class's n labelled examples, round(fraction * n) but at least one select the
+    model and the rest train it; None when a class has a single example (nothing would be left to train on)."""
+    rng = np.random.default_rng([seed, 1])  # not the stream that drew the budget
+    labels = labelled.labels.numpy()
+    train, val = [], []
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        if len(where) < 2:
+            return None
+        n_val = min(len(where) - 1, max(1, int(np.floor(fraction * len(where) + 0.5))))
+        picked = rng.permutation(where)
+        val.append(picked[:n_val])
+        train.append(picked[n_val:])
+    return labelled.subset(np.sort(np.concatenate(train))), labelled.subset(np.sort(np.concatenate(val)))
+
+
+def stratified_split(
+    index: np.ndarray, labels: np.ndarray, fraction: float, seed: int, *, what: str, field: str, of: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held out): ``fraction`` of ``index`` held out, stratified by ``labels`` (of all rows), seeded.
+
+    A part too small to hold one row of every class is refused in our words, naming the split (``what``), its
+    size, the field that sets it and the number of classes, before scikit-learn says it its way.
+    """
+    n, classes = len(index), len(np.unique(labels[index]))
+    held = int(np.ceil(fraction * n))
+    for part, size in ((f"the {what} split", held), (f"what the {what} split leaves of the {of}", n - held)):
+        if size < classes:
+            raise DataError(
+                f"{part} would hold {size} row(s) ({field}={fraction:g} of {n} {of} rows) but there are {classes} "
+                f"classes; a stratified split needs at least one row of each: change {field}, add rows"
+                + (", or set train.validation=none" if what == "validation" else ", or give a split column")
+            )
+    rest, out = train_test_split(index, test_size=fraction, stratify=labels[index], random_state=seed)
+    return rest, out
 
 
 def stratified_halves(split: Split, fraction: float = 0.5, seed: int = 0) -> tuple[Split, Split]:

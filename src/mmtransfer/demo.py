@@ -2,11 +2,13 @@
 
 Per seed:
 1. split the 8x8 digits into source / target pool / validation / test (stratified, seeded, disjoint);
-2. train a CNN on the labelled source split;
+2. train a CNN on the labelled source split (early stopping on the validation split: source labels);
 3. build a GRU that reads each image row by row; distil the CNN's embedding into it on unlabelled train
-   images and graft the CNN's head (the graft report says what moved);
-4. fine-tune that GRU on k labelled target images per class; evaluate on test;
-5. train the same GRU from scratch on the same k per class with the same budget; evaluate on test.
+   images and graft the CNN's head by label name (the graft report says what moved);
+4. draw the target's label budget, k labelled images per class from the target pool; of each class's k,
+   round(0.15 k) (at least 1) select the best epoch (early stopping) and the rest train, so the GRU sees no
+   other target label; fine-tune the transferred GRU on them; evaluate on test;
+5. train the same GRU from scratch on the same labels with the same budget; evaluate on test.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from mmtransfer.config import CNNConfig, DataConfig, DistillConfig, ModelConfig, RNNConfig, TrainConfig
-from mmtransfer.data import k_per_class, load_dataset, stratified_halves
+from mmtransfer.data import k_per_class, load_dataset, split_budget, stratified_halves
+from mmtransfer.display import Grid
 from mmtransfer.model import build_model
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer.distill import transfer_across
 
-CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64])}, embed_dim=64)
+CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64)
 GRU = ModelConfig(encoders={"image": RNNConfig(cell="gru", hidden_size=64)}, embed_dim=64)
 
 
@@ -49,25 +52,30 @@ def run_demo(
     for seed in range(seeds):
         data = load_dataset(DataConfig(dataset="digits", seed=seed))
         source_split, target_pool = stratified_halves(data.train, 0.5, seed=seed)
-        target_split = k_per_class(target_pool, k, seed=seed)
-        shapes, n_classes = data.input_shapes, len(data.classes)
+        labelled = k_per_class(target_pool, k, seed=seed, classes=data.classes)
+        parts = split_budget(labelled, VAL_FRACTION, seed=seed)
+        target_train, target_val = parts if parts is not None else (labelled, None)
+        shapes, classes = data.input_shapes, data.classes
+        n_val = 0 if target_val is None else len(target_val)
         if seed == 0:
             console.print(
-                f"digits, seed {seed}: source {len(source_split)} labelled, target {len(target_split)} labelled "
-                f"({k} per class) of {len(target_pool)}, val {len(data.val)}, test {len(data.test)}"
+                f"digits, seed {seed}: source {len(source_split)} labelled (+ {len(data.val)} for its early "
+                f"stopping); target budget {k} labelled images per class of {len(target_pool)}: "
+                f"{len(target_train)} train the GRU, {n_val} select its best epoch; test {len(data.test)}",
+                markup=False,
             )
 
         # 1. the source CNN
-        cnn = build_model(CNN, shapes, n_classes, seed=seed)
+        cnn = build_model(CNN, shapes, classes, seed=seed)
         t = time.perf_counter()
         fit(cnn, source_split, data.val, _train(source_epochs, seed, progress), desc=f"seed {seed}: source CNN")
         cnn_seconds = time.perf_counter() - t
         cnn_test = evaluate(cnn, data.test)
 
-        # 2-3. transfer: distil into a GRU on unlabelled train images, graft the head, fine-tune on k per class
+        # 2-3. transfer: distil into a GRU on unlabelled train images, graft the head, fine-tune on the budget
         budget = _train(target_epochs, seed, progress)
         t = time.perf_counter()
-        transferred = build_model(GRU, shapes, n_classes, seed=seed)
+        transferred = build_model(GRU, shapes, classes, seed=seed)
         report, stats = transfer_across(
             cnn, transferred, data.train, DistillConfig(epochs=distill_epochs), seed=seed, progress=progress
         )
@@ -78,17 +86,18 @@ def run_demo(
                 f"feature distillation on {stats.examples} unlabelled images: MSE {stats.mse_before:.4f} -> "
                 f"{stats.mse_after:.4f}, cosine {stats.cosine_after:.3f}, R^2 {stats.r2_after:.3f}; "
                 f"GRU test accuracy with the grafted head, before any labelled target data: "
-                f"{after_graft['accuracy']:.3f}"
+                f"{after_graft['accuracy']:.3f}",
+                markup=False,
             )
         report.save(out / f"graft_report_seed{seed}.json")
-        fit(transferred, target_split, data.val, budget, desc=f"seed {seed}: fine-tune GRU")
+        fit(transferred, target_train, target_val, budget, desc=f"seed {seed}: fine-tune GRU")
         transfer_seconds = time.perf_counter() - t
         transfer_test = evaluate(transferred, data.test)
 
-        # 4. the same GRU from scratch, same data, same budget
-        scratch = build_model(GRU, shapes, n_classes, seed=seed)  # the same initial weights
+        # 4. the same GRU from scratch, same labels, same budget
+        scratch = build_model(GRU, shapes, classes, seed=seed)  # the same initial weights
         t = time.perf_counter()
-        fit(scratch, target_split, data.val, budget, desc=f"seed {seed}: scratch GRU")
+        fit(scratch, target_train, target_val, budget, desc=f"seed {seed}: scratch GRU")
         scratch_seconds = time.perf_counter() - t
         scratch_test = evaluate(scratch, data.test)
 
@@ -120,6 +129,7 @@ def run_demo(
             "dataset": "digits (scikit-learn, 1,797 8x8 images)",
             "seeds": seeds,
             "k_per_class": k,
+            "target_labels": {"train": len(target_train), "selection": n_val, "total": len(labelled)},
             "source_epochs": source_epochs,
             "target_epochs": target_epochs,
             "distill_epochs": distill_epochs,
@@ -133,12 +143,16 @@ def run_demo(
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     _plot(rows, out / "demo.png")
     (out / "report.md").write_text(_markdown(result))
-    console.print(_table(summary, seeds, k))
+    console.print(_table(summary, seeds, k, result["setup"]["target_labels"]))
     console.print(
         f"total {result['total_seconds']:.1f} s. Files: {out / 'report.md'}, {out / 'metrics.json'}, "
-        f"{out / 'demo.png'}, {out}/graft_report_seed*.json"
+        f"{out / 'demo.png'}, {out}/graft_report_seed*.json",
+        markup=False,
     )
     return result
+
+
+VAL_FRACTION = 0.15  # of each class's k target labels, this share (at least 1) selects the best epoch
 
 
 def _train(epochs: int, seed: int, progress: bool) -> TrainConfig:
@@ -170,19 +184,22 @@ def _fmt(s: dict, unit: str = "%") -> str:
     return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f} {unit}"
 
 
-def _table(summary: dict, seeds: int, k: int) -> Table:
-    t = Table(title=f"digits, GRU with {k} labelled images per class, {seeds} seeds (test accuracy, mean ± std)")
-    for col in ("arm", "test accuracy", "time"):
-        t.add_column(col)
-    t.add_row("source CNN (reference)", _fmt(summary["source_cnn_accuracy"]), _fmt(summary["source_cnn_seconds"], "s"))
-    t.add_row("GRU from scratch", _fmt(summary["scratch_accuracy"]), _fmt(summary["scratch_seconds"], "s"))
-    t.add_row(
-        "GRU transfer (distil + graft + fine-tune)",
-        _fmt(summary["transfer_accuracy"]),
-        _fmt(summary["transfer_seconds"], "s"),
+def _table(summary: dict, seeds: int, k: int, labels: dict) -> Grid:
+    rows = [
+        ["source CNN (reference)", _fmt(summary["source_cnn_accuracy"]), _fmt(summary["source_cnn_seconds"], "s")],
+        ["GRU from scratch", _fmt(summary["scratch_accuracy"]), _fmt(summary["scratch_seconds"], "s")],
+        [
+            "GRU transfer (distil + graft + fine-tune)",
+            _fmt(summary["transfer_accuracy"]),
+            _fmt(summary["transfer_seconds"], "s"),
+        ],
+        [Text("gain (transfer - scratch)", style="bold"), Text(_fmt(summary["gain"], "pp"), style="bold"), ""],
+    ]
+    title = (
+        f"digits, GRU with {k} labelled images per class ({labels['train']} train + {labels['selection']} select "
+        f"the epoch = {labels['total']} target labels in all), {seeds} seeds (test accuracy, mean ± std)"
     )
-    t.add_row("[bold]gain (transfer - scratch)[/]", f"[bold]{_fmt(summary['gain'], 'pp')}[/]", "")
-    return t
+    return Grid(title, ["arm", "test accuracy", "time"], rows)
 
 
 def _markdown(result: dict) -> str:
@@ -191,11 +208,14 @@ def _markdown(result: dict) -> str:
         "# mmtransfer demo: CNN -> GRU transfer on digits",
         "",
         f"A CNN trained on a labelled source split is transferred into a GRU that reads each 8x8 image row by row "
-        f"(feature distillation on unlabelled train images, then the CNN's head grafted), fine-tuned on "
-        f"{setup['k_per_class']} labelled images per class, and compared with the same GRU trained from scratch "
-        f"on the same images with the same budget ({setup['target_epochs']} epochs, early stopping on "
-        f"validation loss). Test accuracy over {setup['seeds']} seeds, mean ± sample std; every split is "
-        "stratified and disjoint from the test set.",
+        f"(feature distillation on unlabelled train images, then the CNN's head grafted by label name), "
+        f"fine-tuned on a budget of {setup['k_per_class']} labelled images per class, and compared with the same "
+        f"GRU trained from scratch on the same images with the same budget ({setup['target_epochs']} epochs, "
+        f"early stopping on validation loss). Every target label counts: of the "
+        f"{setup['target_labels']['total']} labelled target images, {setup['target_labels']['train']} train the "
+        f"GRU and {setup['target_labels']['selection']} select its best epoch; no other target label is used. "
+        f"Test accuracy over {setup['seeds']} seeds, mean ± sample std; every split is stratified and disjoint "
+        "from the test set.",
         "",
         "| arm | test accuracy | time |",
         "|---|---|---|",

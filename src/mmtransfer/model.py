@@ -33,16 +33,23 @@ class ClassificationHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """encoders (a dict) -> fusion -> head. ``embed`` gives the fused embedding the head reads."""
+    """encoders (a dict) -> fusion -> head. ``embed`` gives the fused embedding the head reads. ``classes`` names
+    the head's outputs in order where known (grafting places head rows by these names)."""
 
     def __init__(
-        self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module, modality_dropout: float = 0.0
+        self,
+        encoders: dict[str, nn.Module],
+        fusion: nn.Module,
+        head: nn.Module,
+        modality_dropout: float = 0.0,
+        classes: list[str] | None = None,
     ):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.head = head
         self.modality_dropout = modality_dropout
+        self.classes = list(classes) if classes is not None else None
 
     def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         cached = inputs.get(f"{name}.features")
@@ -86,19 +93,25 @@ def default_encoder(spec: InputSpec):
 def build_model(
     cfg: ModelConfig,
     specs: dict[str, InputSpec | tuple[int, ...]],
-    num_classes: int,
+    num_classes: int | list[str],
     *,
     seed: int | None = None,
 ) -> Classifier:
     """Build from a validated config. Encoder names must be input names; inputs without one get the default.
 
-    With ``seed``, initialisation draws from its own generator state and leaves the global one untouched,
-    so the same seed gives the same weights whatever ran before.
+    ``num_classes`` is a count, or the class names in output order (kept as ``model.classes``, so a graft
+    from or into the model can place head rows by name). With ``seed``, initialisation draws from its own
+    generator state and leaves the global one untouched, so the same seed gives the same weights whatever ran
+    before.
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_model(cfg, specs, num_classes)
+    classes = None
+    if not isinstance(num_classes, int):
+        classes = [str(c) for c in num_classes]
+        num_classes = len(classes)
     specs = {name: as_spec(s) for name, s in specs.items()}
     unknown = sorted(set(cfg.encoders) - set(specs))
     if unknown:
@@ -117,4 +130,4 @@ def build_model(
     dims = {name: enc.output_dim for name, enc in encoders.items()}
     fusion = FUSIONS[cfg.fusion](dims)
     head = ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout)
-    return Classifier(encoders, fusion, head, modality_dropout=cfg.modality_dropout)
+    return Classifier(encoders, fusion, head, modality_dropout=cfg.modality_dropout, classes=classes)

@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Classifier, list[str]]:
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
     cfg = load_config(run_dir / "config.yaml")
     classes = json.loads((run_dir / "labels.json").read_text())
-    model = build_model(cfg.model, read_specs(run_dir / "inputs.json"), len(classes))
+    model = build_model(cfg.model, read_specs(run_dir / "inputs.json"), classes)
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     load_into(model, load_weights(run_dir / "model.safetensors"), where=str(run_dir / "model.safetensors"))
     return cfg, model, classes
@@ -62,17 +62,19 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder."""
     console = console or Console()
     out = Path(out)
-    data = load_dataset(cfg.data, console=console)
-    model = build_model(cfg.model, data.specs, len(data.classes), seed=cfg.train.seed)
+    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation)
+    model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed)
     out.mkdir(parents=True, exist_ok=True)  # only once the data and the model are known to be good
     console.print(
         "encoders: "
         + ", ".join(
             f"{name} ({spec.kind} {list(spec.shape)}) -> {type(model.encoders[name]).__name__}"
-            + ("" if name in cfg.model.encoders else " [dim](default)[/]")
+            + ("" if name in cfg.model.encoders else " (default)")
             for name, spec in sorted(data.specs.items())
         )
-        + f"; fusion {cfg.model.fusion}"
+        + f"; fusion {cfg.model.fusion}",
+        markup=False,
+        highlight=False,
     )
     dump_config(cfg, out / "config.yaml")
     (out / "labels.json").write_text(json.dumps(data.classes))
@@ -89,20 +91,34 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
     if strategy.name == "linear_probe":  # encoders frozen from the start, so their features can be cached
         strategies.schedule(model, strategy, 1, set(trainable_names(model)))
     if cfg.train.cache_features:
-        splits = add_cached_features(model, {"train": data.train, "val": data.val, "test": data.test}, console=console)
-        data.train, data.val, data.test = splits["train"], splits["val"], splits["test"]
+        parts = {"train": data.train, "test": data.test, **({"val": data.val} if data.val is not None else {})}
+        splits = add_cached_features(model, parts, console=console)
+        data.train, data.val, data.test = splits["train"], splits.get("val"), splits["test"]
     trainable, total = count_parameters(model)
+    n_val = 0 if data.val is None else len(data.val)
     console.print(
-        f"[bold]{data.name}[/]: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test; "
-        f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)"
+        f"{data.name}: {len(data.train)} train / {n_val} val / {len(data.test)} test; "
+        f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)",
+        markup=False,
+        highlight=False,
     )
-    result = fit(model, data.train, data.val, cfg.train, checkpoint=out / "model.safetensors", augment=data.augment)
+    console.print(data.labels.sentence(), markup=False, highlight=False)
+    result = fit(
+        model,
+        data.train,
+        data.val,
+        cfg.train,
+        checkpoint=out / "model.safetensors",
+        augment=data.augment,
+        console=console,
+    )
     metrics = {
         "classes": data.classes,
+        "labels": data.labels.to_dict(),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "fit_seconds": round(result.seconds, 3),
-        "val": evaluate(model, data.val, cpu=cfg.train.cpu),
+        "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
     (out / "history.json").write_text(json.dumps(result.history, indent=1))
@@ -127,11 +143,13 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
             seed=cfg.train.seed,
             progress=cfg.train.progress,
             cpu=cfg.train.cpu,
+            exclude=cfg.transfer.exclude,
         )
         record["distill"] = stats.to_dict()
         console.print(
             f"distilled {source} into this model on {stats.examples} unlabelled inputs: "
-            f"feature MSE {stats.mse_before:.4f} -> {stats.mse_after:.4f}, R^2 {stats.r2_after:.3f}"
+            f"feature MSE {stats.mse_before:.4f} -> {stats.mse_after:.4f}, R^2 {stats.r2_after:.3f}",
+            markup=False,
         )
     else:
         report = graft_from_config(cfg, model, data)
@@ -157,6 +175,7 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
         t.source,
         model,
         rules=t.rules,
+        exclude=t.exclude,
         structure=t.structure,
         adapt_with=t.adapt,
         target_classes=data.classes,
@@ -177,10 +196,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     cfg, model, classes = load_run(run_dir)
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, validation=cfg.train.validation)
     if data.classes != classes:
         raise ValueError(
             f"{run_dir}: the data now has classes {data.classes}, the model was trained on {classes}; "
             "the table changed since training, so its splits and metrics would not be the trained ones"
         )
-    return evaluate(model, getattr(data, split), cpu=cfg.train.cpu)
+    part = getattr(data, split)
+    if part is None:
+        raise ValueError(f"{run_dir}: this run selected its model on no labels (train.validation none): no val split")
+    return evaluate(model, part, cpu=cfg.train.cpu)

@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
-from sklearn.model_selection import train_test_split
+from rich.text import Text
 
 from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn, TabularColumn, TextColumn
+from mmtransfer.data import DataError, Dataset, Split, stratified_split
+from mmtransfer.display import Grid
 from mmtransfer.modalities.audio import AudioModality
 from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 from mmtransfer.modalities.image import ImageModality
@@ -33,10 +34,6 @@ MODALITIES = {"image": ImageModality, "text": TextModality, "audio": AudioModali
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 TABULAR = "tabular"  # the one input that all number / category columns form together
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the rows, columns and files."""
 
 
 @dataclass
@@ -112,21 +109,29 @@ def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str, console: Console 
     if not columns:
         raise DataError(f"{name}: no input columns (label {cfg.label!r}; set data.columns or data.infer)")
     if console is not None:
-        t = Table(title=f"columns of {name}", title_justify="left")
-        for head in ("column", "modality", "how"):
-            t.add_column(head)
+        rows = []
         for col in df.columns:
             if col in columns:
                 how = "configured" if col in cfg.columns else f"inferred: {inferred[col][1]}"
-                kind = columns[col].modality + (f" ({columns[col].kind})" if columns[col].modality == TABULAR else "")
-                t.add_row(col, kind, how)
+                rows.append([str(col), describe_column(columns[col]), how])
             else:
                 role = "label" if col == cfg.label else "split" if col == cfg.split_column else "ignored"
-                t.add_row(col, f"[dim]{role}[/]", "")
-        console.print(t)
+                rows.append([str(col), Text(role, style="dim"), ""])
+        console.print(Grid(f"columns of {name}", ["column", "modality", "how"], rows))
         if inferred:
-            console.print("[dim]override with data.columns.NAME.modality=image|text|audio|tabular[/]")
+            hint = "override with data.columns.NAME.modality=image|text|audio|tabular"
+            console.print(hint, style="dim", markup=False)
     return columns
+
+
+def describe_column(c: ColumnConfig) -> str:
+    """The modality and the settings a user most needs to see (an image's size and how it gets there)."""
+    if c.modality == TABULAR:
+        return f"tabular ({c.kind})"
+    if c.modality == "image":
+        how = c.resize + (f", fill {c.fill}, margin {c.margin}" if c.resize == "pad" else "")
+        return f"image ({c.channels}x{c.size[0]}x{c.size[1]}, {how})"
+    return c.modality
 
 
 def split_values(df: pd.DataFrame, column: str) -> pd.Series:
@@ -165,14 +170,18 @@ def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig) -> np.n
         split = split_values(df, cfg.split_column).to_numpy(dtype=object)
         if not (split == "val").any():  # no validation rows given: hold some out of train
             train_idx = np.flatnonzero(split == "train")
-            _, val_idx = train_test_split(
-                train_idx, test_size=cfg.val_fraction, stratify=labels[train_idx], random_state=cfg.seed
+            _, val_idx = stratified_split(
+                train_idx, labels, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction", of="train"
             )
             split[val_idx] = "val"
         return split
     index = np.arange(n)
-    pool, test = train_test_split(index, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.seed)
-    train, val = train_test_split(pool, test_size=cfg.val_fraction, stratify=labels[pool], random_state=cfg.seed)
+    pool, test = stratified_split(
+        index, labels, cfg.test_fraction, cfg.seed, what="test", field="data.test_fraction", of="table"
+    )
+    train, val = stratified_split(
+        pool, labels, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction", of="train pool"
+    )
     split = np.empty(n, dtype=object)
     split[train], split[val], split[test] = "train", "val", "test"
     return split
@@ -212,8 +221,6 @@ def load_table_dataset(
     cfg: DataConfig, source: str | Path | pd.DataFrame | None = None, console: Console | None = None
 ):
     """Read, bind, check and load a table into a :class:`~mmtransfer.data.Dataset` (tensors in memory)."""
-    from mmtransfer.data import Dataset, Split
-
     df, base, name = read_table(source if source is not None else cfg.table)
     columns = bind_columns(df, cfg, name, console)
 
@@ -245,8 +252,10 @@ def load_table_dataset(
         if console is not None:
             reasons = Counter(f"{b.column}: {b.reason}" for b in bad)
             console.print(
-                f"[yellow]skipped {int((~keep).sum())} of {len(df)} rows[/]: "
-                + "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
+                f"skipped {int((~keep).sum())} of {len(df)} rows: "
+                + "; ".join(f"{n} x {r}" for r, n in reasons.most_common()),
+                style="yellow",
+                markup=False,
             )
 
     split = np.empty(len(df), dtype=object)

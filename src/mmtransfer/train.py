@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import confusion_matrix, f1_score
 from torch import nn
@@ -31,8 +32,8 @@ from mmtransfer.transfer.freeze import count_parameters, is_frozen, trainable_na
 
 @dataclass
 class FitResult:
-    best_epoch: int
-    best_val_loss: float
+    best_epoch: int  # without validation: the last epoch, whose weights are kept
+    best_val_loss: float | None  # None without validation
     epochs_run: int
     seconds: float
     history: list[dict] = field(default_factory=list)
@@ -61,42 +62,58 @@ def train_mode(model: nn.Module) -> None:
             module.eval()
 
 
-def progress_bar(enabled: bool) -> Progress:
+def progress_bar(enabled: bool, console: Console | None = None) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
+        console=console,
         disable=not enabled,
         transient=True,
     )
 
 
+def epoch_line(row: dict, epochs: int, seconds: float, best: bool) -> str:
+    """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time."""
+    line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
+    if row.get("val_loss") is not None:
+        line += f", val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}"
+        line += " (best)" if best else ""
+    return line + f", {seconds:.1f} s"
+
+
 def fit(
     model: nn.Module,
     train: Split,
-    val: Split,
+    val: Split | None,
     cfg: TrainConfig,
     *,
     checkpoint: str | Path | None = None,
     desc: str = "fit",
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    console: Console | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss.
+    """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss, or,
+    when ``val`` is None (no labels to select with), those of the last epoch after exactly ``cfg.epochs``.
 
     Only parameters with ``requires_grad`` when ``fit`` starts may train; ``cfg.strategy`` decides which of them
     do in each epoch and at what peak rate per layer group. ``history`` records per epoch the trainable
     parameter count (``trainable``), the head's learning rate (``lr``) and every group's (``lr_groups``). When
     ``checkpoint`` is given, the best weights are written there (safetensors, atomically) each time the
-    validation loss improves. ``augment`` maps input names to random transforms applied to training batches
-    (never to validation).
+    validation loss improves (every epoch without validation). ``augment`` maps input names to random transforms
+    applied to training batches (never to validation). Progress: a bar when ``cfg.progress`` and the output is a
+    terminal; otherwise, when a ``console`` is given, one plain line per epoch on it.
     """
     set_seed(cfg.seed)
     start = time.perf_counter()
     accelerator = Accelerator(cpu=cfg.cpu)
+    main = accelerator.is_main_process
+    show_bar = cfg.progress and main and (console or Console()).is_terminal
+    log = console if (console is not None and main and not show_bar) else None
     train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    val_loader = make_loader(val, max(cfg.batch_size, 256))
+    val_loader = make_loader(val, max(cfg.batch_size, 256)) if val is not None else None
     strategy = cfg.strategy
     strategies.prepare(model, strategy)  # lora: adapters into the HF backbones (a prepared model stays as it is)
     allowed = set(trainable_names(model))  # a strategy only freezes: what is frozen now stays frozen
@@ -113,21 +130,23 @@ def fit(
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
     loss_fn = nn.CrossEntropyLoss()
 
     best_loss, best_epoch, best_state, bad_epochs = math.inf, 0, None, 0
     history: list[dict] = []
-    with progress_bar(cfg.progress and accelerator.is_main_process) as bar:
+    with progress_bar(show_bar, console) as bar:
         task = bar.add_task(desc, total=cfg.epochs, status="")
         for epoch in range(1, cfg.epochs + 1):
             trainable = strategies.schedule(accelerator.unwrap_model(model), strategy, epoch, allowed)
             strategies.check_cached(trainable, train.inputs, strategy, epoch)
             n_trainable, n_total = count_parameters(accelerator.unwrap_model(model))
-            if epoch == 1 and cfg.progress and accelerator.is_main_process:
-                bar.console.print(strategies.describe(strategy, optimizer.param_groups, n_trainable, n_total))
+            if epoch == 1 and (show_bar or log is not None):
+                (log or bar.console).print(
+                    strategies.describe(strategy, optimizer.param_groups, n_trainable, n_total), highlight=False
+                )
             train_mode(accelerator.unwrap_model(model))
             train_loss, seen = 0.0, 0
             for inputs, labels in train_loader:
@@ -140,39 +159,47 @@ def fit(
                 scheduler.step()
                 train_loss += loss.item() * len(labels)
                 seen += len(labels)
-            val_metrics = _evaluate_loader(model, val_loader, accelerator, loss_fn)
             lr_groups = {group["name"]: group["lr"] for group in optimizer.param_groups}
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss / max(seen, 1),
-                    "val_loss": val_metrics["loss"],
-                    "val_accuracy": val_metrics["accuracy"],
-                    "lr": lr_groups.get("head", scheduler.get_last_lr()[-1]),
-                    "trainable": n_trainable,
-                    "lr_groups": lr_groups,
-                }
-            )
-            if val_metrics["loss"] < best_loss:
-                best_loss, best_epoch, bad_epochs = val_metrics["loss"], epoch, 0
-                best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-                if checkpoint is not None and accelerator.is_main_process:
-                    save_weights(best_state, checkpoint)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss / max(seen, 1),
+                "val_loss": None,
+                "val_accuracy": None,
+                "lr": lr_groups.get("head", scheduler.get_last_lr()[-1]),
+                "trainable": n_trainable,
+                "lr_groups": lr_groups,
+            }
+            history.append(row)
+            if val_loader is None:  # nothing selects: the latest weights are the result
+                best_epoch = epoch
+                if checkpoint is not None and main:
+                    save_weights(accelerator.unwrap_model(model).state_dict(), checkpoint)
+                status = f"train loss {row['train_loss']:.3f}"
             else:
-                bad_epochs += 1
-            bar.update(
-                task,
-                advance=1,
-                status=f"val loss {val_metrics['loss']:.3f} acc {val_metrics['accuracy']:.3f} (best ep {best_epoch})",
-            )
-            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                val_metrics = _evaluate_loader(model, val_loader, accelerator, loss_fn)
+                row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics["accuracy"]
+                if val_metrics["loss"] < best_loss:
+                    best_loss, best_epoch, bad_epochs = val_metrics["loss"], epoch, 0
+                    best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+                    if checkpoint is not None and main:
+                        save_weights(best_state, checkpoint)
+                else:
+                    bad_epochs += 1
+                status = f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} (best ep {best_epoch})"
+            bar.update(task, advance=1, status=status)
+            if log is not None:
+                seconds = time.perf_counter() - start
+                log.print(epoch_line(row, cfg.epochs, seconds, best_epoch == epoch), highlight=False, markup=False)
+            if val_loader is not None and cfg.patience is not None and bad_epochs >= cfg.patience:
+                if log is not None:
+                    log.print(f"early stop: no better validation loss for {cfg.patience} epochs", highlight=False)
                 break
     model = accelerator.unwrap_model(model)
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(
         best_epoch=best_epoch,
-        best_val_loss=best_loss,
+        best_val_loss=best_loss if val_loader is not None else None,
         epochs_run=len(history),
         seconds=time.perf_counter() - start,
         history=history,
@@ -181,10 +208,13 @@ def fit(
 
 
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, cpu: bool = False) -> dict:
-    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows: true class, columns: predicted);
+    ``classes`` names them where the model knows its class names."""
+    classes = getattr(model, "classes", None)
     accelerator = Accelerator(cpu=cpu)
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
-    return _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
+    out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
+    return {**out, "classes": classes} if classes is not None else out
 
 
 @torch.no_grad()

@@ -46,10 +46,12 @@ def _with_tokens(spec: InputSpec, build: Callable[..., nn.Module], output_dim: i
     return TokenEncoder(spec.vocab_size, TOKEN_DIM, inner, pad_id=spec.pad_id)
 
 
-def _cnn(shape: tuple[int, ...], output_dim: int, **kwargs) -> ConvEncoder:
+def _cnn(shape: tuple[int, ...], output_dim: int, readout: str = "auto", **kwargs) -> ConvEncoder:
     if len(shape) not in (2, 3):
         raise ValueError(f"cnn encoder expects an input of shape (C, L) or (C, H, W), got {shape}")
-    return ConvEncoder(shape[0], output_dim, dims=len(shape) - 1, **kwargs)
+    if readout == "auto":  # where a stroke or a formant is matters in 2-D; 1-D inputs vary in length
+        readout = "grid" if len(shape) == 3 else "mean"
+    return ConvEncoder(shape[0], output_dim, dims=len(shape) - 1, readout=readout, input_size=shape[1:], **kwargs)
 
 
 def _rnn(shape: tuple[int, ...], output_dim: int, **kwargs) -> RecurrentEncoder:
@@ -68,6 +70,8 @@ def build_cnn(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
     """(C, H, W) gives a 2-D CNN, (C, L) a 1-D CNN; text gives a 1-D CNN over token embeddings."""
     if spec.kind == "tokens" and kwargs.get("kernel_size", 3) % 2 == 0:
         raise ValueError("cnn over text needs an odd kernel_size, so that padding can be masked exactly")
+    if spec.kind == "tokens" and kwargs.get("readout", "auto") == "grid":
+        raise ValueError("cnn over text needs readout mean (or auto), so that padding is left out exactly")
     return _with_tokens(spec, _cnn, output_dim, **kwargs)
 
 

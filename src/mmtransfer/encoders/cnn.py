@@ -7,7 +7,12 @@ from torch import nn
 
 
 class ConvEncoder(nn.Module):
-    """Conv -> BatchNorm -> ReLU (-> max-pool) blocks, global average pooling, a projection to ``output_dim``.
+    """Conv -> BatchNorm -> ReLU (-> max-pool) blocks, a readout, a projection to ``output_dim``.
+
+    The readout is a global average (``mean``: where a feature fired is lost) or a coarse grid (``grid``: the last
+    map average-pooled to at most ``grid`` cells per side and flattened, so the projection sees where features
+    are, as the seed's Flatten -> Dense did). ``grid`` needs ``input_size`` (the spatial size) to size the
+    projection.
 
     >>> enc = ConvEncoder(in_channels=1, output_dim=16, dims=2)
     >>> enc(torch.zeros(4, 1, 8, 8)).shape
@@ -24,6 +29,9 @@ class ConvEncoder(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         pool: bool = True,
+        readout: str = "mean",
+        grid: int = 7,
+        input_size: tuple[int, ...] | None = None,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -45,9 +53,29 @@ class ConvEncoder(nn.Module):
                 )
             )
             c = out
+        if readout not in ("mean", "grid"):
+            raise ValueError(f"ConvEncoder: readout must be mean or grid, got {readout!r}")
+        self.readout = readout
+        self.cells: tuple[int, ...] = ()
+        features = c
+        if readout == "grid":
+            if input_size is None or len(input_size) != dims:
+                raise ValueError(f"ConvEncoder: readout grid needs the input's {dims} spatial size(s)")
+            self.cells = tuple(min(grid, n) for n in self.output_size(input_size))
+            features = c * int(torch.Size(self.cells).numel())
         self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(c, output_dim)
+        self.proj = nn.Linear(features, output_dim)
         self.output_dim = output_dim
+
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """The spatial size of the last feature map for an input of spatial ``size``."""
+        size = tuple(size)
+        k, pad = self.kernel_size, self.kernel_size // 2
+        for _ in self.blocks:
+            size = tuple((n + 2 * pad - k) // self.stride + 1 for n in size)
+            if self.pool and min(size) >= 2:
+                size = tuple(n // 2 for n in size)
+        return size
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` [B, L] (1-D only): True at real steps; padding is zeroed after every block and left out of
@@ -55,8 +83,8 @@ class ConvEncoder(nn.Module):
         BatchNorm's batch statistics still count the zeroed padding steps."""
         if x.dim() != self.dims + 2:
             raise ValueError(f"ConvEncoder(dims={self.dims}) expects [B, C, *{self.dims} sizes], got {list(x.shape)}")
-        if mask is not None and (self.dims != 1 or self.kernel_size % 2 == 0):
-            raise ValueError("ConvEncoder: a mask needs a 1-D CNN with an odd kernel_size")
+        if mask is not None and (self.dims != 1 or self.kernel_size % 2 == 0 or self.readout != "mean"):
+            raise ValueError("ConvEncoder: a mask needs a 1-D CNN with an odd kernel_size and the mean readout")
         keep = None if mask is None else mask[:, None].float()
         for block in self.blocks:
             x = block(x if keep is None else x * keep)
@@ -71,7 +99,10 @@ class ConvEncoder(nn.Module):
                     x = nn.functional.max_pool1d(x, 2, ceil_mode=keep is not None)
                     if keep is not None:
                         keep = nn.functional.max_pool1d(keep, 2, ceil_mode=True)
-        if keep is None:
+        if self.readout == "grid":
+            pool = nn.functional.adaptive_avg_pool2d if self.dims == 2 else nn.functional.adaptive_avg_pool1d
+            x = pool(x, self.cells).flatten(1)
+        elif keep is None:
             x = x.flatten(2).mean(-1)
         else:
             x = (x * keep).sum(-1) / keep.sum(-1).clamp(min=1)

@@ -1,4 +1,5 @@
-"""Image cells: a path to a PNG/JPEG/BMP/... file, read with Pillow, resized, as [C, H, W] in [0, 1]."""
+"""Image cells: a path to a PNG/JPEG/BMP/... file, read with Pillow, brought to one size (stretched, padded or
+centre-cropped), as [C, H, W] in [0, 1]."""
 
 from __future__ import annotations
 
@@ -25,10 +26,7 @@ class ImageModality:
         path = resolve_path(value, base)
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if self.cfg.channels == 1 else "RGB")
-                h, w = self.cfg.size
-                img = img.resize((w, h), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
+                array = np.asarray(fit_image(img.convert("L" if self.cfg.channels == 1 else "RGB"), self.cfg))
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise BadValue(f"unreadable or corrupt image: {err}", file=str(path)) from None
         if array.ndim == 2:
@@ -55,13 +53,44 @@ class ImageModality:
 
     def augment(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random translation of up to 1/8 of each side, per example; the border pixels fill the gap."""
-        n, _, h, w = batch.shape
+        n, c, h, w = batch.shape
         max_dy, max_dx = max(1, h // 8), max(1, w // 8)
-        dy = torch.randint(-max_dy, max_dy + 1, (n,), generator=generator).tolist()
-        dx = torch.randint(-max_dx, max_dx + 1, (n,), generator=generator).tolist()
+        dy = torch.randint(-max_dy, max_dy + 1, (n, 1), generator=generator)
+        dx = torch.randint(-max_dx, max_dx + 1, (n, 1), generator=generator)
         padded = torch.nn.functional.pad(batch, (max_dx, max_dx, max_dy, max_dy), mode="replicate")
-        out = torch.empty_like(batch)
-        for i in range(n):
-            y0, x0 = max_dy + dy[i], max_dx + dx[i]
-            out[i] = padded[i, :, y0 : y0 + h, x0 : x0 + w]
-        return out
+        rows = (max_dy + dy + torch.arange(h)).to(batch.device)  # [n, h]: the rows each example keeps
+        cols = (max_dx + dx + torch.arange(w)).to(batch.device)  # [n, w]
+        # One gather for the whole batch: example i, channel k, pixel (y, x) <- padded[i, k, rows[i, y], cols[i, x]]
+        i = torch.arange(n, device=batch.device)[:, None, None, None]
+        k = torch.arange(c, device=batch.device)[None, :, None, None]
+        return padded[i, k, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def fit_image(img, cfg: ImageColumn):
+    """A Pillow image brought to ``cfg.size`` (height, width) as ``cfg.resize`` says.
+
+    - ``stretch``: resized to exactly the size; the aspect ratio is lost.
+    - ``pad``: scaled (up or down) to fit inside the size less ``margin`` on each side, aspect kept, centred on a
+      canvas of ``fill`` (where the leftover is odd, the extra pixel goes right / below).
+    - ``crop``: scaled to cover the size, aspect kept, then the centre cut out (the usual resize + centre crop).
+    """
+    from PIL import Image
+
+    h, w = cfg.size
+    if cfg.resize == "stretch":
+        return img.resize((w, h), Image.BILINEAR)
+    iw, ih = img.size
+    if cfg.resize == "pad":
+        inner_w, inner_h = w - 2 * cfg.margin, h - 2 * cfg.margin
+        if inner_w < 1 or inner_h < 1:
+            raise BadValue(f"margin {cfg.margin} leaves no room in size {list(cfg.size)}")
+        scale = min(inner_w / iw, inner_h / ih)
+        nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+        fill = cfg.fill if img.mode == "L" else (cfg.fill,) * len(img.getbands())
+        canvas = Image.new(img.mode, (w, h), fill)
+        canvas.paste(img.resize((nw, nh), Image.BILINEAR), ((w - nw) // 2, (h - nh) // 2))
+        return canvas
+    scale = max(w / iw, h / ih)
+    nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return img.resize((nw, nh), Image.BILINEAR).crop((left, top, left + w, top + h))

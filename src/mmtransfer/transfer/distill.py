@@ -127,8 +127,12 @@ def transfer_across(
     seed: int = 0,
     progress: bool = True,
     cpu: bool = False,
+    exclude: list[str] | None = None,
 ) -> tuple[GraftReport, DistillStats]:
-    """Distil the source's encoders into the target's on unlabelled inputs, then graft the source's head."""
+    """Distil the source's encoders into the target's on unlabelled inputs, then graft the source's head.
+
+    The head moves by label name, as every graft does: both models need their ``classes`` (``build_model`` with
+    the class names) or its rows are not copied. ``exclude`` patterns leave tensors out of that graft."""
     inputs = unlabelled.inputs if isinstance(unlabelled, Split) else unlabelled
     stats = distill(source, target, inputs, cfg, seed=seed, progress=progress, cpu=cpu)
     report = graft(
@@ -136,5 +140,6 @@ def transfer_across(
         target,
         select=["head.*"],
         unselected_reason=f"encoder trained by feature distillation instead (R^2 {stats.r2_after:.2f})",
+        exclude=exclude,
     )
     return report, stats

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from rich.table import Table
+from rich.text import Text
 from torch import nn
 
+from mmtransfer.display import Grid
 from mmtransfer.transfer.adapt import BY_NAMES, DEFAULT_ADAPT, Context, adapt
 from mmtransfer.transfer.sources import Source, load_source
 
@@ -46,6 +47,7 @@ class TensorRecord:
     source_shape: list[int] | None = None
     reason: str = ""
     matched_by: str = ""
+    excluded_by: str | None = None  # the exclude pattern that left this tensor out
 
 
 @dataclass
@@ -115,19 +117,19 @@ class GraftReport:
             lines += ["", f"Source tensors not used ({len(self.unused_source)}): " + ", ".join(self.unused_source)]
         return "\n".join(lines) + "\n"
 
-    def table(self, title: str = "graft report") -> Table:
+    def table(self, title: str = "graft report") -> Grid:
+        """Every tensor, one row each, never cut: a rich table on a terminal, plain lines in a file or ``print``."""
         colours = {"copied": "green", "adapted": "magenta", "skipped": "yellow", "new": "cyan"}
-        t = Table(title=title + (" (dry run: nothing copied)" if self.dry_run else ""), title_justify="left")
-        for col in ("target tensor", "state", "shape", "source / how / why"):
-            t.add_column(col)
-        for r in self.records:
-            t.add_row(r.target, f"[{colours[r.state]}]{r.state}[/]", str(r.shape), self._detail(r))
-        t.caption = self.totals()
-        return t
+        rows = [[r.target, Text(r.state, style=colours[r.state]), str(r.shape), self._detail(r)] for r in self.records]
+        return Grid(
+            title + (" (dry run: nothing copied)" if self.dry_run else ""),
+            ["target tensor", "state", "shape", "source / how / why"],
+            rows,
+            caption=self.totals(),
+        )
 
     def __str__(self) -> str:
-        lines = [f"{r.target:50s} {r.state:8s} {r.shape!s:16s} {self._detail(r)}" for r in self.records]
-        return "\n".join(lines + [str(self.counts())])
+        return self.table(f"graft report: {self.source}").plain()
 
 
 def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> list[tuple[re.Pattern, str, str]]:
@@ -171,6 +173,7 @@ def graft(
     structure: bool = False,
     select: list[str] | None = None,
     unselected_reason: str = "not selected",
+    exclude: list[str] | None = None,
     adapt_with: tuple[str, ...] | list[str] = DEFAULT_ADAPT,
     target_classes: list[str] | None = None,
     source_classes: list[str] | None = None,
@@ -185,11 +188,19 @@ def graft(
     ``timm:NAME``. ``strict`` raises :class:`GraftError` (before copying anything) when a selected tensor that
     a source tensor was matched to is skipped, or when nothing at all would be transferred.
 
+    The classification head's output layer (``head.out.*``) is copied only by label name: its rows follow the
+    class names both sides share (``source_classes`` / ``target_classes``; by default the run folder's
+    labels.json and the models' ``classes``). With no shared name, or a side whose names are unknown, it is
+    skipped with the reason, never copied by position. ``exclude`` patterns (fnmatch, on the target or the
+    source name) leave tensors out; the report names the pattern.
+
     >>> src, dst = nn.Linear(4, 2), nn.Linear(4, 3)
     >>> graft(src, dst).counts()
     {'copied': 0, 'adapted': 0, 'skipped': 2, 'new': 0}
     """
     src = load_source(source)
+    if target_classes is None:
+        target_classes = getattr(target, "classes", None)
     if any("lora_A" in k for k in src.state):
         raise ValueError(
             f"graft source {src.name} holds LoRA adapters (lora_A / lora_B beside base_layer weights); "
@@ -206,12 +217,18 @@ def graft(
     ctx.first_convs = first_convs(targets)
     matches = _match(src, targets, compile_rules(rules), structure)
 
+    exclude = list(exclude or [])
+    used_patterns: set[str] = set()
     records, updates = [], {}
     for name, tensor in targets.items():
         shape = list(tensor.shape)
         found = matches.get(name)
-        if select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select):
-            rec = TensorRecord(name, "skipped", shape, reason=unselected_reason)
+        excluded = _excluded_by(exclude, name, found[0] if found else None)
+        if excluded is not None or (select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select)):
+            rec = TensorRecord(name, "skipped", shape, reason=unselected_reason, excluded_by=excluded)
+            if excluded is not None:
+                used_patterns.add(excluded)
+                rec.reason = f"excluded by pattern {excluded!r}"
             if found:
                 rec.source, rec.source_shape, rec.matched_by = found[0], list(src.state[found[0]].shape), found[1]
             records.append(rec)
@@ -224,8 +241,11 @@ def graft(
         rec = TensorRecord(name, "copied", shape, src_name, list(value.shape), matched_by=how)
         # Rows that follow label or token names are placed by name even when the shapes agree.
         by_name = adapt(name, value, tensor, ctx, keys=BY_NAMES)
+        head_refusal = _head_refusal(name, ctx) if by_name is None else None
         if by_name is not None:
             (updates[name], rec.reason), rec.state = by_name, "adapted"
+        elif head_refusal is not None:
+            rec.state, rec.reason = "skipped", head_refusal
         elif value.shape == tensor.shape:
             updates[name] = value
         else:
@@ -236,6 +256,12 @@ def graft(
                 (updates[name], rec.reason), rec.state = adapted, "adapted"
         records.append(rec)
 
+    unmatched = [p for p in exclude if p not in used_patterns]
+    if unmatched:
+        raise ValueError(
+            f"exclude pattern(s) {unmatched} match no tensor of the target (nor a source tensor matched to one); "
+            f"target tensors are named like {next(iter(targets), '(none)')!r}"
+        )
     used = {matches[r.target][0] for r in records if r.state in ("copied", "adapted")}
     report = GraftReport(records, sorted(set(src.state) - used), src.name, dry_run)
     unexpected = [r for r in records if r.state == "skipped" and r.source is not None and r.reason.startswith("shape")]
@@ -256,6 +282,46 @@ def graft(
     return report
 
 
+def _excluded_by(patterns: list[str], target: str, source: str | None) -> str | None:
+    """The first pattern matching the target name or the source name matched to it."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(target, pattern) or (source is not None and fnmatch.fnmatchcase(source, pattern)):
+            return pattern
+    return None
+
+
+def _head_refusal(name: str, ctx: Context) -> str | None:
+    """Why a classification head tensor that no label-name adaptation placed must not be copied, or None
+    (both sides name the same classes in the same order, so copying is copying by name)."""
+    if not name.startswith(ctx.head_prefix):
+        return None
+    src, dst = ctx.source_classes, ctx.target_classes
+    if src is None or dst is None:
+        side = "source" if src is None else "target"
+        return (
+            f"the {side}'s label names are unknown, and a head is never copied by position "
+            "(give source_classes / target_classes, or a run folder with labels.json)"
+        )
+    if src == dst:
+        return None
+    if "head_classes" not in ctx.enabled:
+        return "label names differ and the head_classes adaptation is off; a head is never copied by position"
+    if not set(src) & set(dst):
+        return (
+            f"no label name shared between source ({_names(src)}) and target ({_names(dst)}); "
+            "a head is never copied by position"
+        )
+    return (
+        f"label names differ and its rows do not follow the class lists ({len(src)} source, {len(dst)} target "
+        "names; or its input size differs); a head is never copied by position"
+    )
+
+
+def _names(classes: list[str], shown: int = 5) -> str:
+    more = f", ... {len(classes)} in all" if len(classes) > shown else ""
+    return ", ".join(map(str, classes[:shown])) + more
+
+
 def first_convs(targets: Mapping[str, torch.Tensor]) -> frozenset[str]:
     """The first convolution weight of the model and of each encoder (``encoders.NAME.``): where images or
     spectrograms come in, the only convolutions whose input channels follow the data."""
@@ -274,11 +340,13 @@ def _match(
 ) -> dict[str, tuple[str, str]]:
     """target name -> (source name, how it was matched)."""
     matches: dict[str, tuple[str, str]] = {}
+    taken: set[str] = set()
     for name in src.state:
         renamed = rename(name, rules) if rules else None
-        if renamed and renamed[0] in targets and renamed[0] not in matches:
-            matches[renamed[0]] = (name, renamed[1])
-    taken = {s for s, _ in matches.values()}
+        if renamed:
+            taken.add(name)  # a rule said where it goes: never also by its own name
+            if renamed[0] in targets and renamed[0] not in matches:
+                matches[renamed[0]] = (name, renamed[1])
     for name in targets:
         if name not in matches and name in src.state and name not in taken:
             matches[name] = (name, "name")

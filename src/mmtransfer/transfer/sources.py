@@ -32,7 +32,7 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
     if isinstance(source, Source):
         return source
     if isinstance(source, nn.Module):
-        return Source(dict(source.state_dict()), type(source).__name__)
+        return Source(dict(source.state_dict()), type(source).__name__, getattr(source, "classes", None))
     if isinstance(source, Mapping):
         return Source(dict(source), "state dict")
     text = str(source)
