@@ -59,7 +59,7 @@ def main() -> int:
 
     results = {}
     for arm in ("cached", "uncached"):
-        model = build_model(model_cfg, data.specs, len(data.classes), seed=0)
+        model = build_model(model_cfg, data.specs, data.classes, seed=0)
         freeze(model, ["encoders.*"])
         start = time.perf_counter()
         splits = {"train": data.train, "val": data.val, "test": data.test}

@@ -23,7 +23,13 @@ from mmtransfer.model import build_model
 from mmtransfer.train import evaluate, fit
 
 MODELS = {
-    "CNN": (ModelConfig(encoders={"signal": CNNConfig(channels=[64, 128, 128], kernel_size=5)}, embed_dim=128), 0.94),
+    # stride 1 + max-pool, as measured before the CNN's defaults changed to stride 2 (issue 7)
+    "CNN": (
+        ModelConfig(
+            encoders={"signal": CNNConfig(channels=[64, 128, 128], kernel_size=5, stride=1, pool=True)}, embed_dim=128
+        ),
+        0.94,
+    ),
     "GRU": (
         ModelConfig(
             encoders={"signal": RNNConfig(cell="gru", hidden_size=128, num_layers=2, bidirectional=True)},
@@ -49,7 +55,7 @@ def main() -> int:
         model_cfg, paper = MODELS[name]
         accs, seconds = [], []
         for seed in range(args.seeds):
-            model = build_model(model_cfg, data.input_shapes, len(data.classes))
+            model = build_model(model_cfg, data.input_shapes, data.classes)
             train_cfg = TrainConfig(
                 epochs=args.epochs, batch_size=64, lr=3e-3, patience=20, seed=seed, progress=sys.stdout.isatty()
             )

@@ -84,13 +84,17 @@ def few_shot_on_fsdd(
     rows, report = [], None
     for k in ks:
         for seed in range(seeds):
+            # Every label counts: of each class's k, round(0.15 k) (at least 1) select the best epoch, the rest
+            # train; k = 1 leaves none to select with, so that run trains all its epochs.
             split = load_dataset(
                 DataConfig(table=str(table), split_column="split", columns={"audio": audio}, k_per_class=k, seed=seed)
             )
+            if seed == 0:
+                console.print(f"k={k}: {split.labels.sentence()}", markup=False)
             budget = TrainConfig(epochs=epochs, batch_size=16, lr=lr, patience=15, seed=seed, progress=False)
-            result = {"k": k, "seed": seed}
+            result = {"k": k, "seed": seed, "labels": split.labels.to_dict()}
             for arm in ("scratch", "transfer"):
-                model = build_model(model_cfg, split.specs, len(split.classes), seed=seed)  # same init for both
+                model = build_model(model_cfg, split.specs, split.classes, seed=seed)  # same init for both
                 if arm == "transfer":
                     reason = "re-initialised: trained on the target"
                     report = graft(source, model, rules=rules, select=select, unselected_reason=reason)

@@ -5,8 +5,9 @@ class.
     python examples/cross_modal.py ../shared/data [--out runs/cross_modal] [--k 5 20] [--seeds 3]
 
 Source: the 10,000 MNIST t10k images (the only MNIST images in the shared data), 85/15 train/val, a CNN
-[16, 32, 64]. Target: FSDD, official split (index 0-4 = 300 test recordings), k recordings per class drawn
-from the train part; validation = 15 % of the train part, the same for both arms. The two CNNs have the same
+[16, 32, 64]. Target: FSDD, official split (index 0-4 = 300 test recordings), k labelled recordings per class
+drawn from the train part, and no other label: of each class's k, round(0.15 k) (at least 1) select the best
+epoch and the rest train, the same for both arms. The two CNNs have the same
 blocks, so every convolution and BatchNorm tensor is copied by name through the rule
 ``encoders.image -> encoders.audio`` (both are one channel in: the image's gray level, the spectrogram's
 log-energy); the projection and the head are re-initialised (``select``), since the classes are the same

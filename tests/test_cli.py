@@ -187,3 +187,190 @@ def test_linear_probe_caches_and_lora_run_reloads(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "e.json").read_text()) == saved
     names = load_weights(tmp_path / "lora").keys()
     assert any("lora_A" in n for n in names) and any("base_layer" in n for n in names)
+
+
+def test_a_k_shot_run_counts_every_label_it_used(tmp_path):
+    """k = 10 per class: 8 train, 2 select the best epoch; the run records and prints both."""
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text(CNN_YAML)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(out), "--set", "data.k_per_class=10"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == {
+        "train": 80,
+        "selection": 20,
+        "validation": "budget",
+        "budget": "k_per_class=10",
+        "note": "2 per class select it (data.val_fraction=0.15 of each class's labels)",
+        "total": 100,
+    }
+    assert metrics["val"]["n"] == 20 and metrics["test"]["n"] == 360  # the splits it evaluated
+    flat = " ".join(result.output.split())
+    assert "labels: 80 train the model, 20 select it (out of the same budget)" in flat
+    assert "80 labelled examples trained the model, 20 selected it" in flat
+
+    none = runner.invoke(
+        app,
+        ["fit", str(cfg), "--out", str(tmp_path / "none"), "--set", "train.validation=none", "--set", "train.epochs=4"],
+    )
+    assert none.exit_code == 0, none.output
+    metrics = json.loads((tmp_path / "none" / "metrics.json").read_text())
+    assert (metrics["epochs_run"], metrics["best_epoch"], metrics["val"]) == (4, 4, None)
+    assert (metrics["labels"]["train"], metrics["labels"]["selection"]) == (200, 0)
+    assert [line.split(":")[0] for line in none.output.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1/4",
+        "epoch 2/4",
+        "epoch 3/4",
+        "epoch 4/4",
+    ]
+
+
+def test_a_split_too_small_for_the_classes_is_refused_before_any_work(tmp_path):
+    import pandas as pd
+
+    rows = [{"note": f"word{i} and more words here", "label": f"class{i % 10}"} for i in range(30)]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "c.yaml").write_text("data: {table: t.csv}\ntrain: {progress: false}\n")
+    result = runner.invoke(app, ["fit", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert (
+        "error: the test split would hold 6 row(s) (data.test_fraction=0.2 of 30 table rows) but there are 10 "
+        "classes; a stratified split needs at least one row of each" in flat
+    )
+    assert "test_size" not in flat  # not scikit-learn's words
+    assert not (tmp_path / "run").exists()
+
+
+def test_relative_paths_in_a_config_follow_the_config_file(tmp_path, monkeypatch):
+    import pandas as pd
+
+    sub = tmp_path / "project"
+    sub.mkdir()
+    rows = [
+        {"note": f"{'good' if i % 2 else 'bad'} film number {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)
+    ]
+    pd.DataFrame(rows).to_csv(sub / "reviews.csv", index=False)
+    (sub / "c.yaml").write_text("data: {table: reviews.csv}\ntrain: {epochs: 1, progress: false}\n")
+    monkeypatch.chdir(tmp_path)  # elsewhere: reviews.csv is not here
+    result = runner.invoke(app, ["fit", "project/c.yaml", "--out", "run"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["table"] == str((sub / "reviews.csv").resolve())  # absolute in the run folder
+    # a path given with --set is relative to where the command runs
+    result = runner.invoke(
+        app, ["fit", "--set", "data.table=project/reviews.csv", "--set", "train.epochs=1", "--out", "run2"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_brackets_in_file_names_and_yaml_errors_print_literally(tmp_path):
+    import pandas as pd
+
+    rows = [{"picture": f"img/[scan {i}].png", "label": "ab"[i % 2]} for i in range(6)]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "c.yaml").write_text("data: {table: t.csv}\n")
+    result = runner.invoke(app, ["fit", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert f"file not found ({tmp_path / 'img' / '[scan 1].png'})" in " ".join(result.output.split())
+    assert "columns of" in result.output and "picture" in result.output
+
+    (tmp_path / "bad.yaml").write_text("train: {epochs: [1, 2}\n")
+    result = runner.invoke(app, ["fit", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {tmp_path / 'bad.yaml'}: not valid YAML")
+    assert "[1, 2}" in result.output or "'['" in result.output or "flow sequence" in result.output
+
+
+def test_a_bad_config_exits_2_in_a_fresh_process_quickly(tmp_path):
+    """Measured with a generous bound here; the 1 s target lives in bench/cli_errors.py."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "bad.yaml").write_text("train: {epochs: -3}\n")
+    (tmp_path / "missing.yaml").write_text("data: {table: nope.csv}\n")
+    for config, message in [
+        ("bad.yaml", "train.epochs: got -3"),
+        ("missing.yaml", f"data.table: no such file: {tmp_path / 'nope.csv'}"),
+    ]:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "mmtransfer.cli", "fit", str(tmp_path / config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        seconds = time.perf_counter() - start
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert done.stderr.startswith("error: ")
+        assert "Traceback" not in done.stderr + done.stdout
+        assert "torch" not in done.stderr
+        assert seconds < 3.0, seconds
+
+
+def test_output_to_a_file_keeps_names_whole_and_confusion_uses_class_names(tmp_path):
+    import pandas as pd
+
+    rows = [{"note": f"{w} {w} film {i}", "label": w} for i in range(30) for w in ("cat", "dog", "owl")][:60]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {table: t.csv}\ntrain: {epochs: 2, progress: false}\n")
+    out = tmp_path / "a_run_folder_with_a_rather_long_name_that_would_not_fit_in_eighty_columns"
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"run folder: {out}" in result.output  # one line, not wrapped at 80 columns
+    result = runner.invoke(app, ["evaluate", str(out)])
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.startswith("true \\ predicted"))
+    assert header.split() == ["true", "\\", "predicted", "cat", "dog", "owl"]
+    assert any(line.startswith("owl ") for line in lines)
+
+    deeper = ["--set", "model.encoders.note={type: cnn, channels: [8, 16, 32]}"]
+    graft = runner.invoke(app, ["graft", str(out), str(cfg), "--dry-run", *deeper])
+    assert graft.exit_code == 0, graft.output
+    assert any(
+        line.startswith("encoders.note.inner.blocks.2.1.num_batches_tracked  new") for line in graft.output.splitlines()
+    )
+
+
+def test_graft_command_skips_a_head_without_shared_names_and_takes_exclude(tmp_path):
+    import pandas as pd
+
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text(CNN_YAML)
+    assert runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "src")]).exit_code == 0
+    # a 10-class target whose classes are not digits
+    from mmtransfer.data import _digits
+
+    x, y = _digits()
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    sounds = ["dog", "rain", "siren", "bird", "engine", "crowd", "drum", "bell", "wind", "clock"]
+    rows = []
+    for i in range(100):
+        Image.fromarray((x[i, 0] * 255).astype("uint8")).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"image": f"img/{i}.png", "label": sounds[y[i]]})
+    pd.DataFrame(rows).to_csv(tmp_path / "sounds.csv", index=False)
+    target = tmp_path / "target.yaml"
+    target.write_text(
+        "data: {table: sounds.csv, columns: {image: {modality: image, size: [8, 8], channels: 1}}}\n"
+        "model: {embed_dim: 16, encoders: {image: {type: cnn, channels: [8, 16]}}}\n"
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("exclude: ['encoders.image.blocks.0.*']\n")
+    out = tmp_path / "g.safetensors"
+    result = runner.invoke(
+        app, ["graft", str(tmp_path / "src"), str(target), "--rules", str(rules), "-x", "*.proj.*", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "g.report.json").read_text())
+    states = {r["target"]: r for r in report["records"]}
+    assert states["head.out.weight"]["state"] == "skipped"
+    assert states["head.out.weight"]["reason"].startswith("no label name shared between source (0, 1, 2, 3, 4,")
+    assert states["encoders.image.blocks.0.0.weight"]["excluded_by"] == "encoders.image.blocks.0.*"
+    assert states["encoders.image.proj.weight"]["excluded_by"] == "*.proj.*"
+    assert states["encoders.image.blocks.1.0.weight"]["state"] == "copied"
+    assert report["counts"] == {"copied": 6, "adapted": 0, "skipped": 10, "new": 0}

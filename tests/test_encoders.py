@@ -12,7 +12,11 @@ SPECS = {
     "tokens": InputSpec("tokens", (12,), vocab_size=30, pad_id=0),
 }
 SETTINGS = {
-    "cnn": [{}, {"channels": [4, 8, 8, 8], "kernel_size": 5, "stride": 1}],
+    "cnn": [
+        {},
+        {"channels": [4, 8, 8, 8], "kernel_size": 5, "stride": 1, "pool": True},
+        {"channels": [8], "kernel_size": 3, "stride": 1, "readout": "mean"},
+    ],
     "rnn": [
         {"cell": "rnn"},
         {"cell": "lstm", "num_layers": 2, "dropout": 0.1},
@@ -155,3 +159,45 @@ def test_text_encoders_ignore_padding(kind, kwargs):
     torch.testing.assert_close(enc_long(padded), enc(ids), atol=1e-5, rtol=1e-5)
     empty = torch.zeros(1, 12, dtype=torch.long)  # a missing text: padding only
     assert torch.isfinite(enc(empty)).all()
+
+
+@pytest.mark.parametrize(
+    "shape,kwargs,cells",
+    [
+        ((1, 28, 28), {}, (7, 7)),  # the default: two stride-2 blocks, 28 -> 14 -> 7, the grid is the map
+        ((1, 8, 8), {}, (2, 2)),
+        ((3, 224, 160), {}, (7, 7)),  # 56 x 40 averaged down to 7 x 7
+        ((1, 40, 101), {"channels": [32, 64, 128], "stride": 1, "pool": True}, (5, 7)),  # 5 x 12 -> 5 x 7
+        ((1, 28, 28), {"channels": [8], "kernel_size": 4}, (7, 7)),  # even kernel: (28 + 4 - 4) // 2 + 1 = 15 -> 7
+        ((2, 50), {"readout": "grid", "grid": 4}, (4,)),  # 1-D on request
+    ],
+)
+def test_cnn_grid_readout_sizes_its_projection(shape, kwargs, cells):
+    enc = ENCODERS["cnn"](InputSpec("image" if len(shape) == 3 else "signal", shape), 12, **kwargs)
+    channels = kwargs.get("channels", [16, 32])[-1]
+    assert enc.cells == cells and enc.proj.in_features == channels * math.prod(cells)
+    seen = {}
+    enc.blocks[-1].register_forward_hook(lambda m, i, o: seen.update(map=tuple(o.shape[2:])))
+    assert enc(torch.randn(2, *shape)).shape == (2, 12)
+    pooled = tuple(n // 2 for n in seen["map"]) if kwargs.get("pool") and min(seen["map"]) >= 2 else seen["map"]
+    assert enc.output_size(shape[1:]) == tuple(pooled)
+
+
+def test_cnn_grid_readout_sees_where_a_feature_is():
+    """The mean readout cannot tell a blob top-left from the same blob bottom-right; the grid can."""
+    torch.manual_seed(0)
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, :, 4:8, 4:8], x[1, :, 20:24, 20:24] = 1.0, 1.0  # the same phase of the stride-2 grid
+    grid = ENCODERS["cnn"](InputSpec("image", (1, 28, 28)), 8).eval()
+    mean = ENCODERS["cnn"](InputSpec("image", (1, 28, 28)), 8, readout="mean").eval()
+    assert not torch.allclose(grid(x)[0], grid(x)[1], atol=1e-3)
+    torch.testing.assert_close(mean(x)[0], mean(x)[1], atol=1e-5, rtol=1e-5)
+
+
+def test_text_gets_max_over_time_by_default():
+    from mmtransfer.config import ModelConfig
+    from mmtransfer.model import build_model
+
+    model = build_model(ModelConfig(), {"note": SPECS["tokens"]}, 3)
+    inner = model.encoders["note"].inner
+    assert inner.readout == "max" and len(inner.blocks) == 1 and inner.blocks[0][0].out_channels == 128

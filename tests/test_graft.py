@@ -106,3 +106,81 @@ def test_loading_a_pickle_never_runs_its_code(tmp_path, capsys):
     with pytest.raises(ValueError, match="weights_only=True"):
         graft(tmp_path / "evil.pt", nn.Linear(4, 2))
     assert "this must never run" not in capsys.readouterr().out
+
+
+SOUNDS = ["dog", "rain", "siren", "bird", "engine", "crowd", "drum", "bell", "wind", "clock"]
+
+
+def test_a_head_with_no_shared_label_name_is_skipped_never_copied_by_position():
+    """A 10-class spoken-digit source into a 10-class sound target: same shapes, no shared name."""
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8)
+    src, dst = build_model(cfg, SHAPES, DIGITS, seed=0), build_model(cfg, SHAPES, SOUNDS, seed=1)
+    head_before = dst.head.out.weight.detach().clone()
+    report = graft(src, dst)
+    states = {r.target: r for r in report.records}
+    for name in ("head.out.weight", "head.out.bias"):
+        assert states[name].state == "skipped"
+        assert states[name].reason == (
+            "no label name shared between source (0, 1, 2, 3, 4, ... 10 in all) and target (dog, rain, siren, "
+            "bird, engine, ... 10 in all); a head is never copied by position"
+        )
+    assert torch.equal(dst.head.out.weight, head_before)
+    assert report.counts() == {"copied": len(dst.state_dict()) - 2, "adapted": 0, "skipped": 2, "new": 0}
+
+    # one shared name: that row moves by name, the other nine keep their initialisation
+    mixed = build_model(cfg, SHAPES, ["7", *SOUNDS[1:]], seed=1)
+    fresh = mixed.head.out.weight.detach().clone()
+    rec = {r.target: r for r in graft(src, mixed).records}["head.out.weight"]
+    assert rec.state == "adapted" and rec.reason == "rows of 1 classes kept by label name, 9 newly initialised"
+    assert torch.equal(mixed.head.out.weight[0], src.head.out.weight[7])
+    assert torch.equal(mixed.head.out.weight[1:], fresh[1:])
+
+    # the same names in another order: rows follow the names
+    shuffled = build_model(cfg, SHAPES, DIGITS[::-1], seed=1)
+    graft(src, shuffled)
+    assert torch.equal(shuffled.head.out.weight, src.head.out.weight.flip(0))
+
+
+def test_exclude_patterns_leave_tensors_untouched_and_say_which_pattern():
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8)
+    src, dst = build_model(cfg, SHAPES, DIGITS, seed=0), build_model(cfg, SHAPES, DIGITS, seed=1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    report = graft(src, dst, exclude=["encoders.image.blocks.0.*", "head.*"])
+    excluded = {r.target: r.excluded_by for r in report.records if r.excluded_by}
+    assert excluded == {
+        **{
+            f"encoders.image.blocks.0.{k}": "encoders.image.blocks.0.*"
+            for k in ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked")
+        },
+        "head.out.weight": "head.*",
+        "head.out.bias": "head.*",
+    }
+    for name in excluded:
+        assert torch.equal(dst.state_dict()[name], before[name])
+        rec = next(r for r in report.records if r.target == name)
+        assert rec.state == "skipped" and rec.reason == f"excluded by pattern {excluded[name]!r}"
+    assert torch.equal(
+        dst.state_dict()["encoders.image.blocks.1.0.weight"], src.state_dict()["encoders.image.blocks.1.0.weight"]
+    )
+    assert "excluded by pattern 'head.*'" in report.markdown()
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['hed.\*'\] match no tensor"):
+        graft(src, dst, exclude=["hed.*"])
+
+
+def test_a_rule_decides_where_a_source_tensor_goes_never_its_own_name_as_well():
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8)
+    src, dst = build_model(cfg, SHAPES, DIGITS, seed=0), build_model(cfg, SHAPES, DIGITS, seed=1)
+    report = graft(src, dst, rules={"encoders.image.proj": "elsewhere.proj"})  # a target that does not exist
+    states = {r.target: r.state for r in report.records}
+    assert states["encoders.image.proj.weight"] == "new" and states["encoders.image.proj.bias"] == "new"
+    assert "encoders.image.proj.weight" in report.unused_source
+
+
+def test_the_graft_table_prints_whole_with_print():
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8)
+    src, dst = build_model(cfg, SHAPES, DIGITS), build_model(cfg, SHAPES, SOUNDS)
+    text = str(graft(src, dst).table("graft report"))
+    assert "rich.table" not in text and text.startswith("graft report\ntarget tensor")
+    lines = text.splitlines()
+    assert any(line.startswith("encoders.image.blocks.1.1.num_batches_tracked  copied") for line in lines)
+    assert any("a head is never copied by position" in line for line in lines)

@@ -280,3 +280,28 @@ def test_audio_models_get_their_own_feature_extractor(tmp_path):
     with pytest.raises(FileNotFoundError, match="no feature extractor"):
         bad = AudioColumn(extractor=str(tmp_path / "missing"), sample_rate=16000)
         load_table_dataset(DataConfig(table=str(tmp_path / "t.csv"), columns={"clip": bad}))
+
+
+def test_a_hub_id_not_in_the_cache_fails_at_once_without_the_network(monkeypatch, tmp_path):
+    """local_files_only means no request at all: every socket connection and DNS lookup is refused and counted."""
+    import socket
+
+    from mmtransfer.modalities.text import load_tokenizer
+    from mmtransfer.transfer.sources import load_source
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:2])
+        raise OSError("the test forbids the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="'no-such/model' is not a folder, and not in the local Hugging Face"):
+        load_source("hf:no-such/model")
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
+        build_hf(tokens(), 8, path="no-such/model")
+    with pytest.raises(FileNotFoundError, match="text tokenizer 'no-such/model'"):
+        load_tokenizer("no-such/model")
+    assert attempts == []

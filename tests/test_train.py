@@ -87,3 +87,43 @@ class ConstantModel(torch.nn.Module):
         logits = torch.zeros(n, 10) + self.dummy
         logits[:, self.cls] = 5.0
         return logits
+
+
+def test_no_validation_trains_exactly_the_set_epochs_and_keeps_the_last(small_run, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    small_run.train.epochs, small_run.train.patience, small_run.train.lr = 7, 1, 5e-2  # patience has no say
+    data = load_dataset(small_run.data, validation="none")
+    assert data.val is None and len(data.train) == 200 and data.labels.selection == 0
+    model = build_model(small_run.model, data.input_shapes, data.classes, seed=0)
+    log = Console(file=StringIO(), width=60)  # a file: one plain line per epoch, whatever the width
+    result = fit(model, data.train, None, small_run.train, checkpoint=tmp_path / "w.safetensors", console=log)
+    assert result.epochs_run == 7 and result.best_epoch == 7 and result.best_val_loss is None
+    assert [h["val_loss"] for h in result.history] == [None] * 7
+    saved = load_weights(tmp_path / "w.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # the last epoch's weights
+    lines = [line for line in log.file.getvalue().splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 7
+    assert lines[0].startswith("epoch 1/7: train loss ") and lines[0].endswith(" s")
+
+
+def test_one_line_per_epoch_without_a_bar(small_run):
+    from io import StringIO
+
+    from rich.console import Console
+
+    data = load_dataset(small_run.data)
+    model = build_model(small_run.model, data.input_shapes, data.classes, seed=0)
+    small_run.train.progress = True  # asked for, but the output is not a terminal: lines instead
+    log = Console(file=StringIO())
+    result = fit(model, data.train, data.val, small_run.train, console=log)
+    lines = [line for line in log.file.getvalue().splitlines() if line.startswith("epoch ")]
+    assert len(lines) == result.epochs_run == 4
+    first = result.history[0]
+    assert lines[0].startswith(
+        f"epoch 1/4: train loss {first['train_loss']:.4f}, val loss {first['val_loss']:.4f}, "
+        f"val accuracy {first['val_accuracy']:.4f}"
+    )
+    assert sum("(best)" in line for line in lines) >= 1

@@ -134,11 +134,12 @@ class CNNConfig(_Strict):
     kernel_size: int = Field(3, ge=1)
     stride: int = Field(2, ge=1, description="Stride of each convolution (2 halves each side per block).")
     pool: bool = Field(False, description="Max-pool by 2 after each block while the input is larger than 1.")
-    readout: Literal["auto", "grid", "mean"] = Field(
+    readout: Literal["auto", "grid", "mean", "max"] = Field(
         "auto",
         description="How the last feature map becomes one vector: grid = average-pooled to at most grid x grid "
-        "cells and flattened (keeps where things are); mean = global average; auto = grid for images and "
-        "spectrograms, mean for 1-D inputs (text, signals).",
+        "cells and flattened (keeps where things are); mean = global average; max = global maximum (text: "
+        "did a phrase occur anywhere); auto = grid for images and spectrograms, max for text, mean for other 1-D "
+        "inputs (signals, waveforms).",
     )
     grid: int = Field(7, ge=1, description="readout grid: cells per side (28x28 MNIST after two stride-2 blocks: 7).")
     dropout: float = Field(0.0, ge=0, lt=1)

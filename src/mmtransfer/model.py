@@ -77,14 +77,21 @@ def as_spec(spec: InputSpec | tuple[int, ...]) -> InputSpec:
     return InputSpec(kind, tuple(spec))
 
 
+# Measured in bench/default_encoders.py (AG News, 7,600 texts): 83.9 % against 73.2 % for the image default.
+TEXT_CNN = CNNConfig(channels=[128], kernel_size=3, stride=1, pool=False, readout="max", dropout=0.5)
+
+
 def default_encoder(spec: InputSpec):
-    """The encoder an input gets when model.encoders does not name one."""
+    """The encoder an input gets when model.encoders does not name one: for images and spectrograms the
+    CNN's own defaults (bench/seed_cnn.py, bench/default_encoders.py), for text ``TEXT_CNN``."""
     if spec.kind == "tabular":
         return MLPConfig()
     if spec.kind == "tokens" and spec.tokenizer:
         return HFConfig(path=spec.tokenizer)  # a pretrained tokenizer comes with its model
+    if spec.kind == "tokens":  # a word vocabulary: one layer of phrase detectors, max over the text (Kim 2014)
+        return TEXT_CNN
     if spec.kind == "waveform":
-        return CNNConfig(channels=[32, 64, 64, 64], kernel_size=9, stride=2)
+        return CNNConfig(channels=[32, 64, 64, 64], kernel_size=9, stride=2, pool=True)  # as before issue 7
     if spec.kind == "audio_features":
         raise ValueError("an audio column prepared by a model's extractor needs that model: {type: hf, path: ...}")
     return CNNConfig()

@@ -124,8 +124,12 @@ def fit(
         raise ValueError(f"fit: strategy {strategy.name} changes what trains between epochs; run it on one process")
     # One optimizer for the whole run, holding every group, frozen ones too: AdamW skips a parameter without a
     # gradient (its weights and moments stay as they are), so a group unfrozen later simply starts training.
+    # The fused kernel (CPU and CUDA) updates every tensor in one call: a third of the optimiser's time here.
     optimizer = torch.optim.AdamW(
-        strategies.param_groups(model, strategy, cfg.lr, allowed), lr=cfg.lr, weight_decay=cfg.weight_decay
+        strategies.param_groups(model, strategy, cfg.lr, allowed),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=all(p.is_floating_point() for p in model.parameters()),
     )
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)

@@ -71,7 +71,9 @@ def build_cnn(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
     if spec.kind == "tokens" and kwargs.get("kernel_size", 3) % 2 == 0:
         raise ValueError("cnn over text needs an odd kernel_size, so that padding can be masked exactly")
     if spec.kind == "tokens" and kwargs.get("readout", "auto") == "grid":
-        raise ValueError("cnn over text needs readout mean (or auto), so that padding is left out exactly")
+        raise ValueError("cnn over text needs readout max, mean or auto, so that padding is left out exactly")
+    if spec.kind == "tokens" and kwargs.get("readout", "auto") == "auto":
+        kwargs["readout"] = "max"  # did a phrase occur anywhere in the text
     return _with_tokens(spec, _cnn, output_dim, **kwargs)
 
 

@@ -25,10 +25,10 @@ class ConvEncoder(nn.Module):
         output_dim: int,
         *,
         dims: int = 2,
-        channels: tuple[int, ...] | list[int] = (32, 64),
+        channels: tuple[int, ...] | list[int] = (16, 32),
         kernel_size: int = 3,
-        stride: int = 1,
-        pool: bool = True,
+        stride: int = 2,
+        pool: bool = False,
         readout: str = "mean",
         grid: int = 7,
         input_size: tuple[int, ...] | None = None,
@@ -53,8 +53,8 @@ class ConvEncoder(nn.Module):
                 )
             )
             c = out
-        if readout not in ("mean", "grid"):
-            raise ValueError(f"ConvEncoder: readout must be mean or grid, got {readout!r}")
+        if readout not in ("mean", "max", "grid"):
+            raise ValueError(f"ConvEncoder: readout must be mean, max or grid, got {readout!r}")
         self.readout = readout
         self.cells: tuple[int, ...] = ()
         features = c
@@ -83,8 +83,8 @@ class ConvEncoder(nn.Module):
         BatchNorm's batch statistics still count the zeroed padding steps."""
         if x.dim() != self.dims + 2:
             raise ValueError(f"ConvEncoder(dims={self.dims}) expects [B, C, *{self.dims} sizes], got {list(x.shape)}")
-        if mask is not None and (self.dims != 1 or self.kernel_size % 2 == 0 or self.readout != "mean"):
-            raise ValueError("ConvEncoder: a mask needs a 1-D CNN with an odd kernel_size and the mean readout")
+        if mask is not None and (self.dims != 1 or self.kernel_size % 2 == 0 or self.readout == "grid"):
+            raise ValueError("ConvEncoder: a mask needs a 1-D CNN with an odd kernel_size and a mean or max readout")
         keep = None if mask is None else mask[:, None].float()
         for block in self.blocks:
             x = block(x if keep is None else x * keep)
@@ -100,8 +100,12 @@ class ConvEncoder(nn.Module):
                     if keep is not None:
                         keep = nn.functional.max_pool1d(keep, 2, ceil_mode=True)
         if self.readout == "grid":
-            pool = nn.functional.adaptive_avg_pool2d if self.dims == 2 else nn.functional.adaptive_avg_pool1d
-            x = pool(x, self.cells).flatten(1)
+            if tuple(x.shape[2:]) != self.cells:  # where the map is already the grid, pooling would copy it
+                pool = nn.functional.adaptive_avg_pool2d if self.dims == 2 else nn.functional.adaptive_avg_pool1d
+                x = pool(x, self.cells)
+            x = x.flatten(1)
+        elif self.readout == "max":  # ReLU outputs are >= 0, so zeroed padding never changes a maximum
+            x = x.flatten(2).amax(-1)
         elif keep is None:
             x = x.flatten(2).mean(-1)
         else:

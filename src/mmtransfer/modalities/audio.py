@@ -133,10 +133,12 @@ class AudioModality:
             from transformers import AutoFeatureExtractor
 
             from mmtransfer.encoders.hf import resolve_model_path
+            from mmtransfer.hub import offline
 
             folder = resolve_model_path(self.cfg.extractor)
             try:
-                self._extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
+                with offline():
+                    self._extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
             except (OSError, ValueError) as err:
                 raise FileNotFoundError(
                     f"audio column {self.name}: no feature extractor at {folder!r}: {err}"

@@ -124,6 +124,8 @@ def load_tokenizer(name: str, lowercase: bool = True):
     """
     from transformers import AutoTokenizer, BertTokenizer
 
+    from mmtransfer.hub import offline, why_not_loaded
+
     folder = resolve_model_path(name)
     path = Path(folder)
     bare_vocab = (path / "vocab.txt").is_file() and not any(
@@ -133,12 +135,10 @@ def load_tokenizer(name: str, lowercase: bool = True):
         if bare_vocab:
             tokenizer = BertTokenizer(vocab=str(path / "vocab.txt"), do_lower_case=lowercase)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            with offline():
+                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"text tokenizer {name!r} ({folder}): not a tokenizer folder nor a hub id in the local cache "
-            f"(nothing is downloaded). {err}"
-        ) from None
+        raise FileNotFoundError(f"text tokenizer {name!r}: {why_not_loaded(folder, err, True)}") from None
     if tokenizer.pad_token is None:  # GPT-style tokenizers have none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     _check_vocabulary(tokenizer, name)

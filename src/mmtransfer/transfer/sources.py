@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mmtransfer.checkpoint import load_weights
+from mmtransfer.hub import offline, why_not_loaded
 
 
 @dataclass
@@ -72,10 +73,10 @@ def _hf(name: str, local_files_only: bool) -> Source:
 
     path = resolve_model_path(name)
     try:
-        model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+        with offline(local_files_only):
+            model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
     except (OSError, ValueError) as err:
-        where = f"no Hugging Face model at {path!r} (local_files_only={local_files_only})"
-        raise FileNotFoundError(f"{where}: {err}") from None
+        raise FileNotFoundError(f"graft source hf:{name}: {why_not_loaded(path, err, local_files_only)}") from None
     return Source(dict(model.state_dict()), f"hf:{path}")
 
 
