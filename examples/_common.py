@@ -8,12 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from mmtransfer.config import RunConfig
+from mmtransfer.display import make_console
 from mmtransfer.runs import fit_run
 
-console = Console()
+console = make_console()
 
 
 def command() -> str:

@@ -56,7 +56,7 @@ def test_a_label_budget_counts_the_labels_that_select_the_model():
     assert "2 per class select it (data.val_fraction=0.15" in d.labels.note
     assert not _rows(d.train) & _rows(d.val)  # disjoint
     assert (_rows(d.train) | _rows(d.val)) <= _rows(d.train_pool)  # both from the train split
-    assert len(d.train_pool) == 1221
+    assert len(d.train_pool) == 1437  # every digit not in the test split: the budget draws from them all
     sentence = d.labels.sentence()
     assert "80 train the model, 20 select it (out of the same budget)" in sentence
     assert "100 labelled examples in all, budget k_per_class=10" in sentence

@@ -162,7 +162,13 @@ def test_exclude_patterns_leave_tensors_untouched_and_say_which_pattern():
     assert torch.equal(
         dst.state_dict()["encoders.image.blocks.1.0.weight"], src.state_dict()["encoders.image.blocks.1.0.weight"]
     )
-    assert "excluded by pattern 'head.*'" in report.markdown()
+    assert "excluded by pattern 'head.\\*'" in report.markdown()  # * escaped: not Markdown emphasis
+    # overlapping patterns: each counts as used; the first one is reported
+    again = graft(src, dst, exclude=["head.*", "head.out.weight"])
+    assert {r.target: r.excluded_by for r in again.records if r.excluded_by} == {
+        "head.out.weight": "head.*",
+        "head.out.bias": "head.*",
+    }
     with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['hed.\*'\] match no tensor"):
         graft(src, dst, exclude=["hed.*"])
 

@@ -282,7 +282,7 @@ def test_audio_models_get_their_own_feature_extractor(tmp_path):
         load_table_dataset(DataConfig(table=str(tmp_path / "t.csv"), columns={"clip": bad}))
 
 
-def test_a_hub_id_not_in_the_cache_fails_at_once_without_the_network(monkeypatch, tmp_path):
+def test_a_hub_id_not_in_the_cache_fails_at_once_without_the_network(monkeypatch):
     """local_files_only means no request at all: every socket connection and DNS lookup is refused and counted."""
     import socket
 
@@ -297,7 +297,6 @@ def test_a_hub_id_not_in_the_cache_fails_at_once_without_the_network(monkeypatch
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="'no-such/model' is not a folder, and not in the local Hugging Face"):
         load_source("hf:no-such/model")
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):

@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from mmtransfer.config import DataConfig, ImageColumn
-from mmtransfer.modalities.base import BadValue
 from mmtransfer.modalities.image import ImageModality
 
 # a 4-wide, 2-high grayscale image; every pixel distinct
@@ -56,9 +55,12 @@ def test_rgb_pad_fills_every_channel(tmp_path):
     assert (out[0, 1:3] == 100).all() and (out[1:, 1:3] == 0).all()
 
 
-def test_a_margin_that_leaves_no_room_is_a_bad_value(tmp_path):
-    with pytest.raises(BadValue, match="margin 2 leaves no room"):
-        load(tmp_path, WIDE, size=(4, 4), resize="pad", margin=2)
+def test_a_margin_that_leaves_no_room_is_a_config_error():
+    from mmtransfer.config import ConfigError, validate
+
+    message = r"data.columns.x.image: margin 2 on each side leaves no room in size \[4, 4\]"
+    with pytest.raises(ConfigError, match=message):
+        validate({"data": {"columns": {"x": {"modality": "image", "size": [4, 4], "resize": "pad", "margin": 2}}}})
 
 
 def test_resize_is_stored_with_the_preprocessing(tmp_path):

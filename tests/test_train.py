@@ -98,7 +98,7 @@ def test_no_validation_trains_exactly_the_set_epochs_and_keeps_the_last(small_ru
     data = load_dataset(small_run.data, validation="none")
     assert data.val is None and len(data.train) == 200 and data.labels.selection == 0
     model = build_model(small_run.model, data.input_shapes, data.classes, seed=0)
-    log = Console(file=StringIO(), width=60)  # a file: one plain line per epoch, whatever the width
+    log = Console(file=StringIO(), width=30)  # a file: one plain line per epoch, never wrapped at the width
     result = fit(model, data.train, None, small_run.train, checkpoint=tmp_path / "w.safetensors", console=log)
     assert result.epochs_run == 7 and result.best_epoch == 7 and result.best_val_loss is None
     assert [h["val_loss"] for h in result.history] == [None] * 7

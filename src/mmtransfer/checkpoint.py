@@ -39,7 +39,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"no weights at {path}")
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: expected a .safetensors file or a run folder")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError (truncated, corrupt header) derives from Exception directly
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "weights") -> None:

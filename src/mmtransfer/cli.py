@@ -7,6 +7,7 @@ a mistake in it, or a missing file it names, is reported at once.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,9 +28,17 @@ console = make_console()
 errors = make_console(stderr=True)
 
 
+# What a user's input or environment can cause: a bad value, a missing or unreadable file, a missing optional
+# package, a tensor that does not fit. Each becomes one error line; MMTRANSFER_DEBUG=1 shows the traceback.
+USER_ERRORS = (ConfigError, ValueError, OSError, ImportError, KeyError, RuntimeError)
+
+
 def _fail(err: Exception) -> None:
     """One ``error:`` line (details below it), on stderr, exit code 2; the message is printed literally."""
-    errors.print(Text.assemble(("error:", "red"), " ", str(err)), highlight=False, soft_wrap=True)
+    if os.environ.get("MMTRANSFER_DEBUG"):
+        raise err
+    message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
+    errors.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -44,21 +53,22 @@ def fit(
 ) -> None:
     """Train a model from a config (validated before any work starts) and write a run folder.
 
-    The run folder holds config.yaml, model.safetensors (best validation loss), labels.json, inputs.json,
-    history.json, metrics.json, preprocessing.json (tables) and, when transfer.source is set,
+    The run folder holds config.yaml, model.safetensors (the epoch with the best validation loss; the last
+    epoch with train.validation=none), labels.json, inputs.json, history.json, metrics.json (with how many
+    labels trained and selected the model), preprocessing.json (tables) and, when transfer.source is set,
     transfer_report.json / .md. Fine-tuning strategy: --set train.strategy.name=full | linear_probe |
     freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
     """
     try:
         cfg = load_config(config, set_ or [])
         check_files(cfg, str(config) if config else "config")
-    except ConfigError as err:
+    except USER_ERRORS as err:
         _fail(err)
     from mmtransfer.runs import fit_run  # torch and the rest load only for a config that is good
 
     try:
         metrics = fit_run(cfg, out, console)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         _fail(err)
     _print_metrics(metrics["test"], f"test metrics ({out})", metrics["classes"])
     labels = metrics["labels"]
@@ -83,11 +93,11 @@ def evaluate(
 
     try:
         metrics = evaluate_run(run_dir, split)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        _print_metrics(metrics, f"{split} metrics ({run_dir})", metrics.get("classes"))
+        if json_out:
+            json_out.write_text(json.dumps(metrics, indent=1))
+    except USER_ERRORS as err:
         _fail(err)
-    _print_metrics(metrics, f"{split} metrics ({run_dir})", metrics.get("classes"))
-    if json_out:
-        json_out.write_text(json.dumps(metrics, indent=1))
 
 
 @app.command()
@@ -119,8 +129,8 @@ def graft(
     rules: Annotated[
         Path | None,
         typer.Option(
-            help="YAML mapping of source-name prefixes to target-name prefixes ({i}: a number); an exclude: list "
-            "in it leaves tensors out."
+            help="YAML mapping of source-name prefixes to target-name prefixes ({i}: a number); they replace the "
+            "config's transfer.rules. An exclude: list in it adds to transfer.exclude."
         ),
     ] = None,
     exclude: Annotated[
@@ -144,10 +154,13 @@ def graft(
         cfg = load_config(target_config, [*(set_ or []), f"transfer.source={json.dumps(source)}"])
         check_files(cfg, str(target_config))
         if rules is not None or exclude:
-            file_rules, file_exclude = read_rules_file(rules) if rules is not None else (cfg.transfer.rules, [])
-            update = {"rules": file_rules, "exclude": [*cfg.transfer.exclude, *file_exclude, *(exclude or [])]}
+            file_rules, file_exclude = read_rules_file(rules) if rules is not None else ({}, [])
+            update = {
+                "rules": file_rules or cfg.transfer.rules,  # a file's rules replace the config's; exclude adds up
+                "exclude": list(dict.fromkeys([*cfg.transfer.exclude, *file_exclude, *(exclude or [])])),
+            }
             cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update=update)})
-    except ConfigError as err:
+    except USER_ERRORS as err:
         _fail(err)
     from mmtransfer.checkpoint import save_weights
     from mmtransfer.data import load_dataset
@@ -158,14 +171,17 @@ def graft(
         data = load_dataset(cfg.data, console=console)
         model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed)
         report = graft_from_config(cfg, model, data, dry_run=dry_run)
-    except (ConfigError, ValueError, FileNotFoundError) as err:  # GraftError is a ValueError
+    except USER_ERRORS as err:  # GraftError is a ValueError
         _fail(err)
     console.print(report.table(f"graft report: {source} -> {target_config}"))
     if dry_run:
         console.print("dry run: nothing written")
         return
-    save_weights(model, out)
-    report.save(out.with_suffix(".report.json"))
+    try:
+        save_weights(model, out)
+        report.save(out.with_suffix(".report.json"))
+    except OSError as err:
+        _fail(err)
     console.print(f"grafted weights: {out}; report: {out.with_suffix('.report.json')} and .md", markup=False)
 
 

@@ -40,6 +40,12 @@ class ImageColumn(_Strict):
         0, ge=0, description="pad: pixels of border kept on every side (MNIST frames 20x20 digits in 28x28: 4)."
     )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
+
+    @model_validator(mode="after")
+    def _room_inside_margin(self):
+        if self.resize == "pad" and 2 * self.margin >= min(self.size):
+            raise ValueError(f"margin {self.margin} on each side leaves no room in size {list(self.size)}")
+        return self
     mean: float = Field(0.5, description="Normalise pixels in [0, 1] as (x - mean) / std.")
     std: float = Field(0.5, gt=0)
     augment: bool = Field(True, description="Light augmentation in training: random shifts of up to 1/8 size.")
@@ -89,7 +95,9 @@ class DataConfig(_Strict):
         "digits", description="Built-in dataset (no network); ignored when table is set."
     )
     table: str | None = Field(
-        None, description="A CSV or Parquet file; relative paths in it resolve against its folder."
+        None,
+        description="A CSV or Parquet file (in a config file, relative to that file's folder); relative paths in "
+        "it resolve against its own folder.",
     )
     label: str = Field("label", description="The label column of the table.")
     columns: dict[str, ColumnConfig] = Field(
@@ -277,7 +285,7 @@ class TransferConfig(_Strict):
     source: str | None = Field(
         None,
         description="A run folder, a .safetensors or .pt/.pth state-dict file, a Hugging Face folder or hf:ID, "
-        "or timm:NAME to transfer from.",
+        "or timm:NAME to transfer from (a path in a config file is relative to that file's folder).",
     )
     distill: DistillConfig | None = Field(
         None,
@@ -319,10 +327,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raw = _read_yaml(path, str(path))
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, transfer)")
         resolve_paths(raw, path.parent)  # a path written in the file is relative to the file
@@ -338,6 +343,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             apply_override(raw, item)
         resolve_paths(raw, Path.cwd())  # a path given on the command line is relative to where it was typed
     return validate(raw, where)
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, or a ConfigError naming the file (unreadable, not UTF-8, not YAML)."""
+    try:
+        with path.open(encoding="utf-8") as stream:  # a stream, so that YAML's messages name the file
+            return yaml.safe_load(stream) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot read: {err.strerror or err}") from None
 
 
 def resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -361,6 +379,7 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> None:
             return
         candidate = Path(value).expanduser()
         if candidate.is_absolute():
+            node[key] = str(candidate)  # ~ expanded
             return
         resolved = (base / candidate).resolve()
         if not only_existing or resolved.exists():
@@ -393,7 +412,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
         node = child
-    parsed = yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
     if parts[-1] == "type" and isinstance(node.get("type"), str) and node["type"] != parsed:
         node.clear()  # another encoder type: its other fields start from that type's defaults
     # YAML 1.1 reads 3e-4 as a string; numbers are what people mean, unless they quoted the value.
@@ -435,10 +457,7 @@ def read_rules_file(path: str | Path) -> tuple[dict[str, str], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--rules {path}: no such file")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--rules {path}: not valid YAML: {err}") from None
+    loaded = _read_yaml(path, f"--rules {path}")
     if not isinstance(loaded, dict):
         raise ConfigError(f"--rules {path}: expected a YAML mapping of source prefix: target prefix")
     loaded = dict(loaded)

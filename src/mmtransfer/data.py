@@ -110,50 +110,42 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
     (``train.validation``: auto, none or split); ``data.labels`` counts both.
 
-    Under a budget the labelled examples are drawn from the train split; with ``auto`` a stratified part of
-    them (``val_fraction`` of each class, at least one) selects the model, so the labels that choose the best
-    epoch come out of the same budget. Without a budget ``auto`` keeps the validation split. ``none`` uses no
-    selection labels: the validation split's rows (no budget) train too.
+    Without a budget, ``auto`` (and ``split``) hold a validation split out of the rows that are not test rows;
+    ``none`` holds nothing out: every such row trains. Under a budget, the labelled examples are drawn from
+    every row that is not a test row; with ``auto`` a stratified part of them (``val_fraction`` of each class,
+    at least one) selects the model, so the labels that choose the best epoch come out of the same budget;
+    ``none`` selects with nothing; ``split`` holds the validation split out first and selects with it.
     """
     if validation not in ("auto", "none", "split"):
         raise ValueError(f"validation must be auto, none or split, got {validation!r}")
-    if cfg.table is not None:
-        from mmtransfer.tables import load_table_dataset
-
-        data = load_table_dataset(cfg, console=console)
-    else:
-        data = _builtin(cfg)
     budget = None
     if cfg.k_per_class is not None:
         budget = f"k_per_class={cfg.k_per_class}"
     elif cfg.label_fraction is not None:
         budget = f"label_fraction={cfg.label_fraction:g}"
-    note = ""
-    if budget is None:
-        if validation == "none":
-            data.train, data.val = data.train.concat(data.val), None
-        data.train_pool = data.train
-        used = "none" if validation == "none" else "split"
+    hold_out = validation == "split" or (validation == "auto" and budget is None)
+    if cfg.table is not None:
+        from mmtransfer.tables import load_table_dataset
+
+        data = load_table_dataset(cfg, console=console, hold_out=hold_out)
     else:
-        data.train_pool = data.train
+        data = _builtin(cfg, hold_out=hold_out)
+    data.train_pool = data.train  # every input of it serves as unlabelled data (distillation)
+    note, used = "", "split" if hold_out else "none"
+    if budget is not None:
         if cfg.k_per_class is not None:
             labelled = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed, classes=data.classes)
         else:
             labelled = label_fraction(data.train, cfg.label_fraction, seed=cfg.seed, classes=data.classes)
-        used = validation if validation != "auto" else "budget"
-        if used == "budget":
+        data.train = labelled
+        if validation == "auto":
             parts = split_budget(labelled, cfg.val_fraction, seed=cfg.seed)
             if parts is None:
-                used, note = "none", "a class has a single label in the budget, so none is left to select with"
-                data.train, data.val = labelled, None
+                note = "a class has a single label in the budget, so none is left to select with"
             else:
-                data.train, data.val = parts
+                used, (data.train, data.val) = "budget", parts
                 per_class = np.bincount(data.val.labels.numpy(), minlength=len(data.classes))
                 note = _per_class_note(per_class, f"data.val_fraction={cfg.val_fraction:g} of each class's labels")
-        elif used == "none":
-            data.train, data.val = labelled, None
-        else:
-            data.train = labelled
     data.labels = LabelUse(len(data.train), 0 if data.val is None else len(data.val), used, budget, note)
     return data
 
@@ -163,7 +155,8 @@ def _per_class_note(per_class: np.ndarray, why: str) -> str:
     return f"{low if low == high else f'{low}-{high}'} per class select it ({why})"
 
 
-def _builtin(cfg: DataConfig) -> Dataset:
+def _builtin(cfg: DataConfig, hold_out: bool = True) -> Dataset:
+    """The built-in dataset's train / validation / test splits; without ``hold_out`` no validation split."""
     if cfg.dataset == "digits":
         x, y = _digits()
         pool, test = stratified_split(
@@ -176,16 +169,17 @@ def _builtin(cfg: DataConfig) -> Dataset:
         name, kind, classes = "signal", "signal", [str(i) for i in range(10)]
     else:  # the config's Literal makes this unreachable for validated configs
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        return Split({name: torch.from_numpy(x).float()}, torch.from_numpy(y).long())
+
+    spec = InputSpec(kind, tuple(x_pool.shape[1:]))
+    if not hold_out:
+        return Dataset(cfg.dataset, classes, split(x_pool, y_pool), None, split(x_test, y_test), specs={name: spec})
     train, val = stratified_split(
         np.arange(len(y_pool)), y_pool, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction",
         of="train pool",
     )
     x_train, x_val, y_train, y_val = x_pool[train], x_pool[val], y_pool[train], y_pool[val]
-
-    def split(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split({name: torch.from_numpy(x).float()}, torch.from_numpy(y).long())
-
-    spec = InputSpec(kind, tuple(x_pool.shape[1:]))
     return Dataset(
         cfg.dataset, classes, split(x_train, y_train), split(x_val, y_val), split(x_test, y_test), specs={name: spec}
     )
@@ -264,7 +258,17 @@ def stratified_split(
     A part too small to hold one row of every class is refused in our words, naming the split (``what``), its
     size, the field that sets it and the number of classes, before scikit-learn says it its way.
     """
-    n, classes = len(index), len(np.unique(labels[index]))
+    names, counts = np.unique(labels[index], return_counts=True)
+    if counts.min() < 2:
+        rare = names[counts.argmin()]
+        fixes = ""
+        if what == "validation":
+            fixes = ", give validation rows in the split column, or set train.validation=none"
+        raise DataError(
+            f"class '{rare}' has a single row in the {of}, so a stratified {what} split cannot hold one of it and "
+            f"keep one: add rows{fixes}"
+        )
+    n, classes = len(index), len(names)
     held = int(np.ceil(fraction * n))
     for part, size in ((f"the {what} split", held), (f"what the {what} split leaves of the {of}", n - held)):
         if size < classes:

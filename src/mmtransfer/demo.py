@@ -23,7 +23,7 @@ from rich.text import Text
 
 from mmtransfer.config import CNNConfig, DataConfig, DistillConfig, ModelConfig, RNNConfig, TrainConfig
 from mmtransfer.data import k_per_class, load_dataset, split_budget, stratified_halves
-from mmtransfer.display import Grid
+from mmtransfer.display import Grid, make_console
 from mmtransfer.model import build_model
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer.distill import transfer_across
@@ -44,7 +44,7 @@ def run_demo(
     console: Console | None = None,
 ) -> dict:
     """Run the demo; write ``report.md``, ``metrics.json`` and ``demo.png`` into ``out``; return the metrics."""
-    console = console or Console()
+    console = console or make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

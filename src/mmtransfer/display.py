@@ -73,7 +73,8 @@ class Grid:
         return "\n".join(out)
 
     def rich_table(self) -> Table:
-        table = Table(title=Text(self.title), title_justify="left", caption=self.caption, caption_justify="left")
+        caption = Text(self.caption) if self.caption else None
+        table = Table(title=Text(self.title), title_justify="left", caption=caption, caption_justify="left")
         for j, name in enumerate(self.columns):
             table.add_column(Text(name), overflow="fold", justify="right" if j in self.right else "left")
         for row in self.rows:

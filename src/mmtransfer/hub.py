@@ -35,11 +35,21 @@ def why_not_loaded(name: str, err: Exception, local_files_only: bool) -> str:
 
     if Path(name).is_dir():
         return f"the folder {name} holds no loadable model ({err})"
-    if not local_files_only:
-        return str(err)
+    if not local_files_only or _cached(name):
+        return f"{name!r}: {err}"
     import huggingface_hub.constants as hub
 
     return (
         f"{name!r} is not a folder, and not in the local Hugging Face cache ({hub.HF_HUB_CACHE}); nothing is "
         f"downloaded (local_files_only is on): fetch it once (huggingface-cli download {name}) or give a folder"
     )
+
+
+def _cached(name: str) -> bool:
+    """Whether the local Hub cache holds a config.json for the id ``name``."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid hub id, or an older huggingface_hub
+        return False

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from accelerate import PartialState
 from rich.console import Console
 
 from mmtransfer.cache import add_cached_features
 from mmtransfer.checkpoint import load_into, load_weights
 from mmtransfer.config import RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, load_dataset
+from mmtransfer.display import make_console
 from mmtransfer.modalities.base import InputSpec
-from mmtransfer.model import Classifier, build_model
+from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.distill import transfer_across
@@ -59,12 +61,18 @@ def read_specs(path: Path) -> dict[str, InputSpec]:
 
 
 def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> dict:
-    """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder."""
-    console = console or Console()
+    """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder.
+
+    Nothing is written until the data, the model and the transfer are known to be good. ``config.yaml`` names
+    every input's encoder, defaults included, so the run rebuilds the same model whatever later defaults are.
+    Under ``accelerate launch`` only the main process prints.
+    """
+    console = console or make_console()
+    if not PartialState().is_main_process:
+        console = Console(quiet=True)
     out = Path(out)
     data = load_dataset(cfg.data, console=console, validation=cfg.train.validation)
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed)
-    out.mkdir(parents=True, exist_ok=True)  # only once the data and the model are known to be good
     console.print(
         "encoders: "
         + ", ".join(
@@ -76,16 +84,23 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
         markup=False,
         highlight=False,
     )
+    encoders = {name: cfg.model.encoders.get(name) or default_encoder(spec) for name, spec in data.specs.items()}
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
+    transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source else None
+    if cfg.transfer.freeze:
+        freeze(model, cfg.transfer.freeze)
+
+    out.mkdir(parents=True, exist_ok=True)  # only once the data, the model and the transfer are known to be good
     dump_config(cfg, out / "config.yaml")
     (out / "labels.json").write_text(json.dumps(data.classes))
     write_specs(data.specs, out / "inputs.json")
     if data.preprocessing:
         (out / "preprocessing.json").write_text(json.dumps(data.preprocessing, indent=1))
+    if transferred is not None:
+        record, report = transferred
+        (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
+        (out / "transfer_report.md").write_text(report.markdown())
 
-    if cfg.transfer.source:
-        _transfer_in(cfg, model, data, out, console)
-    if cfg.transfer.freeze:
-        freeze(model, cfg.transfer.freeze)
     strategy = cfg.train.strategy
     strategies.prepare(model, strategy)  # lora adapters go in after grafting, before training
     if strategy.name == "linear_probe":  # encoders frozen from the start, so their features can be cached
@@ -126,7 +141,10 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
     return metrics
 
 
-def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, console: Console) -> None:
+def _transfer_in(
+    cfg: RunConfig, model: Classifier, data: Dataset, out: Path, console: Console
+) -> tuple[dict, GraftReport]:
+    """Move the source's knowledge into ``model``; print the report; return what is to be written."""
     source = Path(cfg.transfer.source)
     record: dict = {"source": str(source)}
     if cfg.transfer.distill is not None:
@@ -144,6 +162,7 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
             progress=cfg.train.progress,
             cpu=cfg.train.cpu,
             exclude=cfg.transfer.exclude,
+            console=console,
         )
         record["distill"] = stats.to_dict()
         console.print(
@@ -155,8 +174,7 @@ def _transfer_in(cfg: RunConfig, model: Classifier, data: Dataset, out: Path, co
         report = graft_from_config(cfg, model, data)
     console.print(report.table(f"graft report: {source} -> {out}"))
     record["graft"] = report.to_dict()
-    (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
-    (out / "transfer_report.md").write_text(report.markdown())
+    return record, report
 
 
 def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_run: bool = False) -> GraftReport:
@@ -204,5 +222,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
         )
     part = getattr(data, split)
     if part is None:
-        raise ValueError(f"{run_dir}: this run selected its model on no labels (train.validation none): no val split")
+        raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
     return evaluate(model, part, cpu=cfg.train.cpu)

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn, TabularColumn, TextColumn
 from mmtransfer.data import DataError, Dataset, Split, stratified_split
-from mmtransfer.display import Grid
+from mmtransfer.display import Grid, escape
 from mmtransfer.modalities.audio import AudioModality
 from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 from mmtransfer.modalities.image import ImageModality
@@ -163,12 +163,16 @@ def check_labels(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, bad_rows
     return bad
 
 
-def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """'train' / 'val' / 'test' for every row: from the split column, or stratified and seeded."""
+def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, hold_out: bool = True) -> np.ndarray:
+    """'train' / 'val' / 'test' for every row: from the split column, or stratified and seeded. Without
+    ``hold_out`` (no validation wanted, or a label budget that selects with its own labels) every row that is
+    not a test row is a train row."""
     n = len(df)
     if cfg.split_column:
         split = split_values(df, cfg.split_column).to_numpy(dtype=object)
-        if not (split == "val").any():  # no validation rows given: hold some out of train
+        if not hold_out:
+            split[split == "val"] = "train"
+        elif not (split == "val").any():  # no validation rows given: hold some out of train
             train_idx = np.flatnonzero(split == "train")
             _, val_idx = stratified_split(
                 train_idx, labels, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction", of="train"
@@ -179,10 +183,13 @@ def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig) -> np.n
     pool, test = stratified_split(
         index, labels, cfg.test_fraction, cfg.seed, what="test", field="data.test_fraction", of="table"
     )
+    split = np.empty(n, dtype=object)
+    if not hold_out:
+        split[pool], split[test] = "train", "test"
+        return split
     train, val = stratified_split(
         pool, labels, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction", of="train pool"
     )
-    split = np.empty(n, dtype=object)
     split[train], split[val], split[test] = "train", "val", "test"
     return split
 
@@ -198,7 +205,7 @@ def load_cells(df, columns, base, name, console) -> tuple[dict[str, list], dict[
         values = df[col].tolist()
         rows = range(len(values))
         if col in files and console is not None:
-            rows = track(rows, description=f"reading {col}", console=console, transient=True)
+            rows = track(rows, description=f"reading {escape(str(col))}", console=console, transient=True)
         out, here = [], []
         for i in rows:
             value = values[i]
@@ -218,7 +225,10 @@ def load_cells(df, columns, base, name, console) -> tuple[dict[str, list], dict[
 
 
 def load_table_dataset(
-    cfg: DataConfig, source: str | Path | pd.DataFrame | None = None, console: Console | None = None
+    cfg: DataConfig,
+    source: str | Path | pd.DataFrame | None = None,
+    console: Console | None = None,
+    hold_out: bool = True,
 ):
     """Read, bind, check and load a table into a :class:`~mmtransfer.data.Dataset` (tensors in memory)."""
     df, base, name = read_table(source if source is not None else cfg.table)
@@ -259,7 +269,7 @@ def load_table_dataset(
             )
 
     split = np.empty(len(df), dtype=object)
-    split[keep] = assign_splits(df[keep], labels_str[keep], cfg)
+    split[keep] = assign_splits(df[keep], labels_str[keep], cfg, hold_out=hold_out)
     classes = sorted(set(labels_str[keep & (split == "train")]))
     label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
 
@@ -287,8 +297,10 @@ def load_table_dataset(
         specs[TABULAR] = InputSpec("tabular", (len(tab_cols),), categorical=categorical)
     parts = {s: make(np.flatnonzero(keep & (split == s))) for s in ("train", "val", "test")}
     for s, part in parts.items():
-        if len(part) == 0:
+        if len(part) == 0 and (s != "val" or hold_out):
             raise DataError(f"{name}: the {s} split is empty")
+    if not hold_out:
+        parts["val"] = None
     augment = {c: modalities[c].augment for c in columns if columns[c].modality == "image" and columns[c].augment}
     data = Dataset(Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=specs, augment=augment)
     data.preprocessing = {

@@ -75,6 +75,12 @@ def progress_bar(enabled: bool, console: Console | None = None) -> Progress:
     )
 
 
+def _can_fuse(model: nn.Module) -> bool:
+    """The fused AdamW kernel runs on the CPU from torch 2.4 on (before, only on CUDA-like devices)."""
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4) and all(p.is_floating_point() for p in model.parameters())
+
+
 def epoch_line(row: dict, epochs: int, seconds: float, best: bool) -> str:
     """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time."""
     line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
@@ -129,7 +135,7 @@ def fit(
         strategies.param_groups(model, strategy, cfg.lr, allowed),
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
-        fused=all(p.is_floating_point() for p in model.parameters()),
+        fused=_can_fuse(model),
     )
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup_fraction * total)
@@ -193,10 +199,11 @@ def fit(
             bar.update(task, advance=1, status=status)
             if log is not None:
                 seconds = time.perf_counter() - start
-                log.print(epoch_line(row, cfg.epochs, seconds, best_epoch == epoch), highlight=False, markup=False)
+                line = epoch_line(row, cfg.epochs, seconds, best_epoch == epoch)
+                log.print(line, highlight=False, markup=False, soft_wrap=True)
             if val_loader is not None and cfg.patience is not None and bad_epochs >= cfg.patience:
                 if log is not None:
-                    log.print(f"early stop: no better validation loss for {cfg.patience} epochs", highlight=False)
+                    log.print(f"early stop: no better validation loss for {cfg.patience} epochs", markup=False)
                 break
     model = accelerator.unwrap_model(model)
     if best_state is not None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from rich.console import Console
 from torch import nn
 
 from mmtransfer.config import DistillConfig
@@ -71,6 +72,7 @@ def distill(
     seed: int = 0,
     progress: bool = True,
     cpu: bool = False,
+    console: Console | None = None,
 ) -> DistillStats:
     """Train ``target.encoders`` (and fusion) so ``target.embed(x)`` matches ``source.embed(x)`` on ``inputs``.
 
@@ -97,9 +99,12 @@ def distill(
     # of every process are averaged (calling ``target.embed`` directly would bypass the wrapper).
     student, optimizer, loader, scheduler = accelerator.prepare(_Embedder(target), optimizer, loader, scheduler)
     mse_before = float(nn.functional.mse_loss(embed_all(target, inputs), teacher))
-    with progress_bar(progress and accelerator.is_main_process) as bar:
+    main = accelerator.is_main_process
+    show_bar = progress and main and (console or Console()).is_terminal
+    log = console if (console is not None and main and not show_bar) else None
+    with progress_bar(show_bar, console) as bar:
         task = bar.add_task("distil", total=cfg.epochs, status="")
-        for _ in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
             student.train()
             running, seen = 0.0, 0
             for batch, wanted in loader:
@@ -111,6 +116,9 @@ def distill(
                 running += loss.item() * len(wanted)
                 seen += len(wanted)
             bar.update(task, advance=1, status=f"feature mse {running / max(seen, 1):.4f}")
+            if log is not None:
+                line = f"distil epoch {epoch}/{cfg.epochs}: feature mse {running / max(seen, 1):.4f}, "
+                log.print(line + f"{time.perf_counter() - start:.1f} s", markup=False, highlight=False, soft_wrap=True)
     learned = embed_all(target, inputs)
     mse = float(nn.functional.mse_loss(learned, teacher))
     cosine = float(nn.functional.cosine_similarity(learned, teacher, dim=-1).mean())
@@ -128,13 +136,14 @@ def transfer_across(
     progress: bool = True,
     cpu: bool = False,
     exclude: list[str] | None = None,
+    console: Console | None = None,
 ) -> tuple[GraftReport, DistillStats]:
     """Distil the source's encoders into the target's on unlabelled inputs, then graft the source's head.
 
     The head moves by label name, as every graft does: both models need their ``classes`` (``build_model`` with
     the class names) or its rows are not copied. ``exclude`` patterns leave tensors out of that graft."""
     inputs = unlabelled.inputs if isinstance(unlabelled, Split) else unlabelled
-    stats = distill(source, target, inputs, cfg, seed=seed, progress=progress, cpu=cpu)
+    stats = distill(source, target, inputs, cfg, seed=seed, progress=progress, cpu=cpu, console=console)
     report = graft(
         source,
         target,

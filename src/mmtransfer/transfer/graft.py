@@ -112,7 +112,7 @@ class GraftReport:
             "| target tensor | state | shape | source / how / why |",
             "|---|---|---|---|",
         ]
-        lines += [f"| `{r.target}` | {r.state} | {r.shape} | {self._detail(r)} |" for r in self.records]
+        lines += [f"| `{r.target}` | {r.state} | {r.shape} | {_md(self._detail(r))} |" for r in self.records]
         if self.unused_source:
             lines += ["", f"Source tensors not used ({len(self.unused_source)}): " + ", ".join(self.unused_source)]
         return "\n".join(lines) + "\n"
@@ -130,6 +130,11 @@ class GraftReport:
 
     def __str__(self) -> str:
         return self.table(f"graft report: {self.source}").plain()
+
+
+def _md(text: str) -> str:
+    """A table cell for Markdown: pipes escaped, and ``*`` (fnmatch patterns) not read as emphasis."""
+    return text.replace("|", "\\|").replace("*", "\\*")
 
 
 def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> list[tuple[re.Pattern, str, str]]:
@@ -215,19 +220,22 @@ def graft(
     )
     targets = target.state_dict(keep_vars=True)
     ctx.first_convs = first_convs(targets)
-    matches = _match(src, targets, compile_rules(rules), structure)
-
     exclude = list(exclude or [])
+    # A tensor excluded by its own name takes no part in structure matching (it would use up a pairing).
+    left_out = {t for t in targets if any(fnmatch.fnmatchcase(t, p) for p in exclude)}
+    matches = _match(src, targets, compile_rules(rules), structure, left_out)
+
     used_patterns: set[str] = set()
     records, updates = [], {}
     for name, tensor in targets.items():
         shape = list(tensor.shape)
         found = matches.get(name)
-        excluded = _excluded_by(exclude, name, found[0] if found else None)
+        hits = _excluded_by(exclude, name, found[0] if found else None)
+        used_patterns.update(hits)
+        excluded = hits[0] if hits else None  # the first pattern that matches is the one reported
         if excluded is not None or (select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select)):
             rec = TensorRecord(name, "skipped", shape, reason=unselected_reason, excluded_by=excluded)
             if excluded is not None:
-                used_patterns.add(excluded)
                 rec.reason = f"excluded by pattern {excluded!r}"
             if found:
                 rec.source, rec.source_shape, rec.matched_by = found[0], list(src.state[found[0]].shape), found[1]
@@ -241,7 +249,7 @@ def graft(
         rec = TensorRecord(name, "copied", shape, src_name, list(value.shape), matched_by=how)
         # Rows that follow label or token names are placed by name even when the shapes agree.
         by_name = adapt(name, value, tensor, ctx, keys=BY_NAMES)
-        head_refusal = _head_refusal(name, ctx) if by_name is None else None
+        head_refusal = _head_refusal(name, src_name, ctx) if by_name is None else None
         if by_name is not None:
             (updates[name], rec.reason), rec.state = by_name, "adapted"
         elif head_refusal is not None:
@@ -282,25 +290,28 @@ def graft(
     return report
 
 
-def _excluded_by(patterns: list[str], target: str, source: str | None) -> str | None:
-    """The first pattern matching the target name or the source name matched to it."""
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(target, pattern) or (source is not None and fnmatch.fnmatchcase(source, pattern)):
-            return pattern
-    return None
+def _excluded_by(patterns: list[str], target: str, source: str | None) -> list[str]:
+    """Every pattern matching the target name or the source name matched to it, in the order given."""
+    return [
+        p for p in patterns if fnmatch.fnmatchcase(target, p) or (source is not None and fnmatch.fnmatchcase(source, p))
+    ]
 
 
-def _head_refusal(name: str, ctx: Context) -> str | None:
+def _head_refusal(name: str, source: str, ctx: Context) -> str | None:
     """Why a classification head tensor that no label-name adaptation placed must not be copied, or None
     (both sides name the same classes in the same order, so copying is copying by name)."""
-    if not name.startswith(ctx.head_prefix):
+    target_head, source_head = name.startswith(ctx.head_prefix), source.startswith(ctx.head_prefix)
+    if not target_head and not source_head:
         return None
+    if target_head != source_head:
+        return "a head's rows stand for classes: it is never copied into or from another kind of tensor"
     src, dst = ctx.source_classes, ctx.target_classes
     if src is None or dst is None:
         side = "source" if src is None else "target"
         return (
-            f"the {side}'s label names are unknown, and a head is never copied by position "
-            "(give source_classes / target_classes, or a run folder with labels.json)"
+            f"the {side}'s label names are unknown, and a head is never copied by position (a run folder "
+            "carries them in labels.json, a bare weights file does not; in Python pass source_classes / "
+            "target_classes or build the models with their class names)"
         )
     if src == dst:
         return None
@@ -336,7 +347,11 @@ def first_convs(targets: Mapping[str, torch.Tensor]) -> frozenset[str]:
 
 
 def _match(
-    src: Source, targets: Mapping[str, torch.Tensor], rules: list[tuple[re.Pattern, str, str]], structure: bool
+    src: Source,
+    targets: Mapping[str, torch.Tensor],
+    rules: list[tuple[re.Pattern, str, str]],
+    structure: bool,
+    left_out: set[str] = frozenset(),
 ) -> dict[str, tuple[str, str]]:
     """target name -> (source name, how it was matched)."""
     matches: dict[str, tuple[str, str]] = {}
@@ -352,7 +367,7 @@ def _match(
             matches[name] = (name, "name")
             taken.add(name)
     if structure:
-        _match_structure(src, targets, matches, taken)
+        _match_structure(src, {t: v for t, v in targets.items() if t not in left_out}, matches, taken)
     return matches
 
 
