@@ -21,7 +21,7 @@ def command() -> str:
 
 def run(cfg: RunConfig, out: Path, title: str) -> dict:
     """Fit + evaluate one configuration into ``out``; print and return test metrics and wall time."""
-    console.rule(title)
+    console.print(f"== {title} ==", markup=False)
     start = time.perf_counter()
     metrics = fit_run(cfg, out, console)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -108,7 +108,7 @@ def few_shot_on_fsdd(
             )
     console.print(report.table(f"graft report: {title}"))
     report.save(out / "graft_report.json")
-    console.rule(f"{title}: FSDD test accuracy (300 recordings), mean ± std over {seeds} seeds")
+    console.print(f"== {title}: FSDD test accuracy (300 recordings), mean ± std over {seeds} seeds ==", markup=False)
     for k in ks:
         s = np.array([r["scratch"] for r in rows if r["k"] == k])
         g = np.array([r["transfer"] for r in rows if r["k"] == k])

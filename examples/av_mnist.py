@@ -85,7 +85,7 @@ def main() -> None:
             train=train,
         )
         results[arm] = run(cfg, args.out / arm, f"AV-MNIST, {arm}")
-    console.rule("AV-MNIST test accuracy (3,000 test pairs)")
+    console.print("== AV-MNIST test accuracy (3,000 test pairs) ==")
     for arm, m in results.items():
         console.print(f"{arm:6s} {m['test']['accuracy']:.4f}  ({m['wall_seconds']:.0f} s)")
     best_single = max(results["image"]["test"]["accuracy"], results["audio"]["test"]["accuracy"])

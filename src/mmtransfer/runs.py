@@ -1,11 +1,11 @@
 """A run folder: what ``mmtransfer fit`` writes and ``mmtransfer evaluate`` reads.
 
-RUN_DIR/config.yaml            the validated config that built the model (seeds included)
-RUN_DIR/model.safetensors      the best weights (lowest validation loss)
+RUN_DIR/config.yaml            the validated config that built the model (seeds, every encoder, absolute paths)
+RUN_DIR/model.safetensors      the best weights (lowest validation loss; without validation, the last epoch's)
 RUN_DIR/labels.json            class names in output order
 RUN_DIR/inputs.json            what each encoder was built for (kind and shape of each input)
 RUN_DIR/history.json           per epoch: losses, accuracy, trainable count, learning rate of each group
-RUN_DIR/metrics.json           validation and test metrics
+RUN_DIR/metrics.json           validation and test metrics, and how many labels trained / selected the model
 RUN_DIR/preprocessing.json     tables: column bindings, what the modalities learned on train, skipped rows
 RUN_DIR/transfer_report.json   when the run started from a source: the graft report (+ distillation)
 RUN_DIR/transfer_report.md     the same graft report as Markdown
