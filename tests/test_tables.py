@@ -266,3 +266,15 @@ def test_dotted_column_names_are_refused(tmp_path):
     df = write_files(tmp_path).rename(columns={"caption": "caption.en"})
     with pytest.raises(DataError, match=r"column names may not contain '.': \['caption.en'\]"):
         load_table_dataset(DataConfig(), source=df)
+
+
+def test_a_label_budget_on_a_table_selects_with_its_own_labels(table):
+    from mmtransfer.data import load_dataset
+
+    data = load_dataset(config(table, k_per_class=4))  # 3 classes: 3 train + 1 selects, per class
+    assert (len(data.train), len(data.val)) == (9, 3)
+    assert data.labels.to_dict()["budget"] == "k_per_class=4" and data.labels.validation == "budget"
+    assert data.val.inputs["picture"].shape[1:] == data.train.inputs["picture"].shape[1:]
+    assert len(data.train_pool) == N - 6  # every row outside the test split (20 % of 30) is in the pool
+    none = load_dataset(config(table, k_per_class=4), validation="none")
+    assert none.val is None and len(none.train) == 12

@@ -295,12 +295,14 @@ def load_table_dataset(
         for j, c in enumerate(tab_cols):
             categorical.update({j + k: n for k, n in modalities[c].spec().categorical.items()})
         specs[TABULAR] = InputSpec("tabular", (len(tab_cols),), categorical=categorical)
-    parts = {s: make(np.flatnonzero(keep & (split == s))) for s in ("train", "val", "test")}
-    for s, part in parts.items():
-        if len(part) == 0 and (s != "val" or hold_out):
+    wanted = ("train", "val", "test") if hold_out else ("train", "test")  # without hold_out: no val rows
+    parts = {}
+    for s in wanted:
+        rows = np.flatnonzero(keep & (split == s))
+        if len(rows) == 0:
             raise DataError(f"{name}: the {s} split is empty")
-    if not hold_out:
-        parts["val"] = None
+        parts[s] = make(rows)
+    parts.setdefault("val", None)
     augment = {c: modalities[c].augment for c in columns if columns[c].modality == "image" and columns[c].augment}
     data = Dataset(Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=specs, augment=augment)
     data.preprocessing = {
