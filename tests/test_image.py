@@ -83,5 +83,5 @@ def test_resize_is_stored_with_the_preprocessing(tmp_path):
     column = data.preprocessing["columns"]["picture"]
     assert (column["resize"], column["fill"], column["margin"]) == ("pad", 0, 1)
     # 5 high x 3 wide in 6 x 6 (8 less the margins): scaled by 1.2 to 6 x 4, pasted at column 2, row 1.
-    x = data.train.inputs["picture"]  # normalised: the fill 0 becomes (0 - 0.5) / 0.5 = -1
+    x = data.train.to_memory().inputs["picture"]  # normalised: the fill 0 becomes (0 - 0.5) / 0.5 = -1
     assert x.shape[1:] == (1, 8, 8) and torch.all(x[:, :, 0] == -1) and torch.all(x[:, :, :, :2] == -1)

@@ -76,9 +76,8 @@ def test_mixed_table_with_missing_values_loads_and_trains(table):
     assert data.specs["tabular"].shape == (2,)  # colour (categorical) and weight (numeric), sorted by name
     assert data.specs["tabular"].categorical == {0: 3}  # two colours + unseen
     assert data.specs["caption"].kind == "tokens"
-    everything = {
-        k: torch.cat([getattr(data, s).inputs[k] for s in ("train", "val", "test")]) for k in data.train.inputs
-    }
+    splits = {s: getattr(data, s).to_memory() for s in ("train", "val", "test")}  # small: load every row
+    everything = {k: torch.cat([split.inputs[k] for split in splits.values()]) for k in splits["train"].inputs}
     for col in ("picture", "sound", "caption"):
         assert int((~everything[f"{col}.present"]).sum()) == 1, col
     assert "tabular.present" not in everything  # numbers are always there (NaN -> train mean)
@@ -86,7 +85,7 @@ def test_mixed_table_with_missing_values_loads_and_trains(table):
 
     for fusion in ("concat", "attention", "gated"):
         model = build_model(ModelConfig(fusion=fusion, embed_dim=16), data.specs, 3, seed=0)
-        logits = model(data.train.inputs)
+        logits = model(splits["train"].inputs)
         assert logits.shape == (len(data.train), 3) and torch.isfinite(logits).all()
         logits.sum().backward()
 
@@ -96,7 +95,7 @@ def test_parquet_and_dataframe_give_the_same_data(table, tmp_path):
     df.to_parquet(tmp_path / "data.parquet")
     a = load_table_dataset(config(table))
     b = load_table_dataset(config(tmp_path / "data.parquet"))
-    assert torch.equal(a.train.inputs["picture"], b.train.inputs["picture"])
+    assert torch.equal(a.train.to_memory().inputs["picture"], b.train.to_memory().inputs["picture"])
     assert torch.equal(a.test.labels, b.test.labels)
     with pytest.raises(DataError, match="file not found"):
         # a DataFrame's relative paths resolve against the working directory, not the table's folder
@@ -257,7 +256,7 @@ def test_na_words_are_values_and_nullable_numbers_are_missing(tmp_path):
     df.loc[5, "weight"] = pd.NA
     df[["picture", "sound"]] = df[["picture", "sound"]].map(lambda p: str(tmp_path / p))
     cfg = DataConfig(columns={"weight": TabularColumn(missing="mean")})
-    assert torch.isfinite(load_table_dataset(cfg, source=df).train.inputs["tabular"]).all()
+    assert torch.isfinite(load_table_dataset(cfg, source=df).train.to_memory().inputs["tabular"]).all()
     with pytest.raises(DataError, match=r"row 5, column 'weight': NaN in a numeric column"):
         load_table_dataset(DataConfig(), source=df)
 
@@ -274,7 +273,7 @@ def test_a_label_budget_on_a_table_selects_with_its_own_labels(table):
     data = load_dataset(config(table, k_per_class=4))  # 3 classes: 3 train + 1 selects, per class
     assert (len(data.train), len(data.val)) == (9, 3)
     assert data.labels.to_dict()["budget"] == "k_per_class=4" and data.labels.validation == "budget"
-    assert data.val.inputs["picture"].shape[1:] == data.train.inputs["picture"].shape[1:]
+    assert data.val.batch([0])["picture"].shape[1:] == data.train.batch([0, 1])["picture"].shape[1:]
     assert len(data.train_pool) == N - 6  # every row outside the test split (20 % of 30) is in the pool
     none = load_dataset(config(table, k_per_class=4), validation="none")
     assert none.val is None and len(none.train) == 12

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mmtransfer.checkpoint import save_weights
-from mmtransfer.data import Split
+from mmtransfer.data import Examples, batches
 from mmtransfer.model import Classifier
 from mmtransfer.transfer.freeze import is_frozen
 
@@ -50,45 +50,53 @@ def encoder_key(encoder: nn.Module) -> str:
 
 
 @torch.no_grad()
-def compute_features(encoder: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The encoder's output on ``x`` in eval mode, on the device Accelerate would use (a GPU where present)."""
+def compute_features(encoder: nn.Module, x: torch.Tensor | Examples, name: str | None = None, batch_size: int = 256):
+    """The encoder's output on ``x`` in eval mode, on the device Accelerate would use (a GPU where present).
+
+    ``x`` is the input tensor, or a split whose input ``name`` is read batch by batch (a table's split decodes
+    its files as it goes)."""
     was_training = encoder.training
     encoder.eval()
     device = PartialState().device
     encoder.to(device)
-    out = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    if isinstance(x, torch.Tensor):
+        chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    else:
+        chunks = (inputs[name] for _, inputs in batches(x, batch_size))
+    out = torch.cat([encoder(chunk.to(device)).cpu() for chunk in chunks])
     encoder.train(was_training)
     return out
 
 
 def add_cached_features(
     model: Classifier,
-    splits: dict[str, Split],
+    splits: dict[str, Examples],
     *,
     directory: str | Path | None = None,
     console: Console | None = None,
-) -> dict[str, Split]:
-    """Return the splits with ``name.features`` added for every frozen encoder (cached on disk)."""
+) -> dict[str, Examples]:
+    """Return the splits with ``name.features`` added for every frozen encoder (cached on disk); the splits
+    given are not changed. The key of a split's features is its fingerprint of that input (its tensor, or for
+    a table its cells, files and preprocessing state)."""
     names = frozen_encoders(model)
     if not names:
         return splits
     directory = Path(directory) if directory is not None else cache_dir()
-    out = {key: Split(dict(split.inputs), split.labels) for key, split in splits.items()}
+    out = dict(splits)
     state = PartialState()
     for name in names:
         encoder = model.encoders[name]
         enc_key = encoder_key(encoder)
         for key, split in out.items():
-            x = split.inputs[name]
-            path = directory / f"{name}-{enc_key}-{_digest(x)}.safetensors"
+            path = directory / f"{name}-{enc_key}-{split.fingerprint(name)}.safetensors"
             start = time.perf_counter()
             with state.main_process_first():  # under `accelerate launch`, one process computes, the rest read
                 if path.is_file():
                     features, how = load_file(str(path))["features"], "read from cache"
                 else:
-                    features, how = compute_features(encoder, x), "computed"
+                    features, how = compute_features(encoder, split, name), "computed"
                     save_weights({"features": features}, path)
-            split.inputs[f"{name}.features"] = features
+            out[key] = split = split.with_features(name, features)
             if console is not None and state.is_main_process:
                 console.print(
                     f"frozen encoder {name}: {key} features {list(features.shape)} {how} "

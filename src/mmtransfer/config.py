@@ -128,6 +128,9 @@ class DataConfig(_Strict):
         description="Label budget: this share of the train split's labels (stratified); the same rule as k_per_class.",
     )
     seed: int = Field(0, description="Seed of the stratified splits and of the label-budget draw.")
+    num_workers: int = Field(
+        0, ge=0, description="Processes that read and transform table rows ahead of training (0: in the main one)."
+    )
 
     @model_validator(mode="after")
     def _one_budget(self):

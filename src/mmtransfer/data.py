@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,18 +20,49 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
 from mmtransfer.config import DataConfig
-from mmtransfer.modalities.base import InputSpec
+from mmtransfer.modalities.base import DataError, InputSpec
+
+
+class Examples(Protocol):
+    """What training, evaluation, caching and distillation need of a split: labels [N] in memory, and the inputs
+    of any rows as one batch. :class:`Split` holds its tensors; a table's
+    :class:`~mmtransfer.preprocess.RowSplit` makes them per batch."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def names(self) -> list[str]: ...
+
+    def batch(self, indices) -> dict[str, torch.Tensor]: ...
+
+    def subset(self, index) -> Examples: ...
+
+    def concat(self, other) -> Examples: ...
+
+    def with_labels(self, labels: torch.Tensor) -> Examples: ...
+
+    def with_features(self, name: str, features: torch.Tensor) -> Examples: ...
+
+    def fingerprint(self, name: str) -> str: ...
 
 
 @dataclass
 class Split:
-    """Inputs keyed by name, each [N, ...], and integer labels [N]."""
+    """Inputs keyed by name, each [N, ...], and integer labels [N], in memory."""
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def names(self) -> list[str]:
+        return list(self.inputs)
+
+    def batch(self, indices) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in self.inputs.items()}
 
     def subset(self, index: np.ndarray | torch.Tensor) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
@@ -42,9 +75,21 @@ class Split:
         inputs = {k: torch.cat([v, other.inputs[k]]) for k, v in self.inputs.items()}
         return Split(inputs, torch.cat([self.labels, other.labels]))
 
+    def with_labels(self, labels: torch.Tensor) -> Split:
+        return Split(dict(self.inputs), labels)
 
-class DataError(ValueError):
-    """Bad input data or splits that cannot be drawn; the message names the rows, columns, files or split."""
+    def with_features(self, name: str, features: torch.Tensor) -> Split:
+        return Split({**self.inputs, f"{name}.features": features}, self.labels)
+
+    def fingerprint(self, name: str) -> str:
+        """A hash of input ``name``'s tensor: dtype, shape and bytes."""
+        t = self.inputs[name].detach().cpu().contiguous()
+        h = hashlib.sha256(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:32]
+
+    def to_memory(self) -> Split:
+        return self
 
 
 @dataclass
@@ -91,14 +136,15 @@ class Dataset:
 
     name: str
     classes: list[str]
-    train: Split
-    val: Split | None
-    test: Split
+    train: Examples
+    val: Examples | None
+    test: Examples
     specs: dict[str, InputSpec] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
-    train_pool: Split | None = None
+    train_pool: Examples | None = None
     labels: LabelUse | None = None
+    preprocessor: Any = None  # tables: the fitted TablePreprocessor, which new rows go through
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -289,9 +335,10 @@ def stratified_halves(split: Split, fraction: float = 0.5, seed: int = 0) -> tup
 
 
 class _SplitDataset(torch.utils.data.Dataset):
-    """Serves whole batches by slicing the in-memory tensors (``__getitems__``), not one example at a time."""
+    """Serves whole batches (``__getitems__``), not one example at a time: an in-memory split slices its
+    tensors, a table's split reads and transforms the batch's rows (in a worker process where there are any)."""
 
-    def __init__(self, split: Split):
+    def __init__(self, split: Examples):
         self.split = split
 
     def __len__(self) -> int:
@@ -301,16 +348,18 @@ class _SplitDataset(torch.utils.data.Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.split.inputs.items()}, self.split.labels[idx]
+        return self.split.batch(indices), self.split.labels[torch.as_tensor(indices, dtype=torch.long)]
 
 
 def _already_batched(batch):
     return batch
 
 
-def make_loader(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader of (inputs, labels) batches; Accelerate can shard it across processes."""
+def make_loader(
+    split: Examples, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
+    """A DataLoader of (inputs, labels) batches; Accelerate can shard it across processes. ``num_workers``
+    processes prepare batches ahead of the model (``data.num_workers``)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         _SplitDataset(split),
@@ -318,6 +367,15 @@ def make_loader(split: Split, batch_size: int, *, shuffle: bool = False, seed: i
         shuffle=shuffle,
         generator=generator,
         collate_fn=_already_batched,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
         # A lone last example would break BatchNorm in training; drop it (it is redrawn next epoch).
         drop_last=shuffle and len(split) % batch_size == 1,
     )
+
+
+def batches(split: Examples, batch_size: int = 256) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(row positions, inputs) of ``split`` in order, ``batch_size`` rows at a time, in this process."""
+    for start in range(0, len(split), batch_size):
+        index = np.arange(start, min(start + batch_size, len(split)))
+        yield index, split.batch(index)

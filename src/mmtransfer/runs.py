@@ -126,6 +126,7 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
         checkpoint=out / "model.safetensors",
         augment=data.augment,
         console=console,
+        num_workers=cfg.data.num_workers,
     )
     metrics = {
         "classes": data.classes,

@@ -1,6 +1,7 @@
-"""Tables in: read a CSV / Parquet file or a DataFrame, bind columns to modalities, check and load every cell.
+"""Tables in: read a CSV / Parquet file or a DataFrame, bind columns to modalities, check every cell, split.
 
-Every referenced file is opened before training starts. A bad cell (missing or corrupt file, empty text,
+Every referenced file is opened before training starts (and decoded again batch by batch while training,
+:mod:`mmtransfer.preprocess`). A bad cell (missing or corrupt file, empty text,
 NaN in a number column, unknown label) stops the run with an error naming the row, column and file, or, with
 ``on_bad_rows: skip``, its row is dropped and the skips are counted by reason.
 
@@ -11,37 +12,22 @@ a quoted cell may span lines).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
-from rich.progress import track
 from rich.text import Text
 
 from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn, TabularColumn, TextColumn
-from mmtransfer.data import DataError, Dataset, Split, stratified_split
-from mmtransfer.display import Grid, escape
-from mmtransfer.modalities.audio import AudioModality
-from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
-from mmtransfer.modalities.image import ImageModality
-from mmtransfer.modalities.tabular import TabularModality
-from mmtransfer.modalities.text import TextModality
+from mmtransfer.data import Dataset, stratified_split
+from mmtransfer.display import Grid
+from mmtransfer.modalities.base import BadCell, DataError, is_missing
+from mmtransfer.preprocess import MODALITIES, TABULAR, TablePreprocessor
 
-MODALITIES = {"image": ImageModality, "text": TextModality, "audio": AudioModality, "tabular": TabularModality}
+__all__ = ["MODALITIES", "DataError", "load_table_dataset", "read_table"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
-TABULAR = "tabular"  # the one input that all number / category columns form together
-
-
-@dataclass
-class BadCell:
-    row: int
-    column: str
-    reason: str
-    file: str | None = None
 
 
 def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, str]:
@@ -194,51 +180,25 @@ def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, hold_ou
     return split
 
 
-def load_cells(df, columns, base, name, console) -> tuple[dict[str, list], dict[str, list[bool]], list[BadCell], dict]:
-    """Load every cell of every input column; collect bad ones instead of stopping at the first."""
-    modalities = {col: MODALITIES[c.modality](col, c) for col, c in columns.items()}
-    examples: dict[str, list] = {}
-    present: dict[str, list[bool]] = {}
-    bad: list[BadCell] = []
-    files = [col for col, c in columns.items() if c.modality in ("image", "audio")]
-    for col, mod in modalities.items():
-        values = df[col].tolist()
-        rows = range(len(values))
-        if col in files and console is not None:
-            rows = track(rows, description=f"reading {escape(str(col))}", console=console, transient=True)
-        out, here = [], []
-        for i in rows:
-            value = values[i]
-            if is_missing(value) and columns[col].modality != TABULAR:
-                out.append(mod.placeholder())
-                here.append(False)
-                continue
-            try:
-                out.append(mod.load(value, base))
-                here.append(True)
-            except BadValue as err:
-                bad.append(BadCell(i, col, err.reason, err.file))
-                out.append(mod.placeholder())
-                here.append(False)
-        examples[col], present[col] = out, here
-    return examples, present, bad, modalities
-
-
 def load_table_dataset(
     cfg: DataConfig,
     source: str | Path | pd.DataFrame | None = None,
     console: Console | None = None,
     hold_out: bool = True,
 ):
-    """Read, bind, check and load a table into a :class:`~mmtransfer.data.Dataset` (tensors in memory)."""
+    """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
+    :class:`~mmtransfer.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at once.
+    ``data.preprocessor`` is the fitted :class:`~mmtransfer.preprocess.TablePreprocessor`."""
     df, base, name = read_table(source if source is not None else cfg.table)
     columns = bind_columns(df, cfg, name, console)
+    pre = TablePreprocessor(columns)
 
     labels_str = np.array(["" if is_missing(v) else str(v).strip() for v in df[cfg.label]], dtype=object)
     bad = [BadCell(i, cfg.label, "missing label") for i in np.flatnonzero(labels_str == "")]
-    examples, present, bad_cells, modalities = load_cells(df, columns, base, name, console)
+    cells, bad_cells = pre.check(df, base, name, console)
+    present = cells.present
     bad += bad_cells
-    if not any(c.modality == TABULAR for c in columns.values()):  # number columns are always present
+    if not pre.tab_cols:  # number columns are always present
         for i in sorted(set(range(len(df))) - {b.row for b in bad}):
             if not any(present[c][i] for c in columns):
                 bad.append(BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty"))
@@ -273,42 +233,22 @@ def load_table_dataset(
     classes = sorted(set(labels_str[keep & (split == "train")]))
     label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
 
-    train_rows = np.flatnonzero(keep & (split == "train"))
-    for col, mod in modalities.items():
-        mod.fit([examples[col][i] for i in train_rows if present[col][i]])
-    tab_cols = [c for c in sorted(columns) if columns[c].modality == TABULAR]
-
-    def make(rows: np.ndarray) -> Split:
-        inputs: dict[str, torch.Tensor] = {}
-        for col in sorted(columns):
-            if col in tab_cols:
-                continue
-            inputs[col] = modalities[col].collate([examples[col][i] for i in rows])
-            inputs[f"{col}.present"] = torch.tensor([present[col][i] for i in rows], dtype=torch.bool)
-        if tab_cols:
-            inputs[TABULAR] = torch.cat([modalities[c].collate([examples[c][i] for i in rows]) for c in tab_cols], 1)
-        return Split(inputs, torch.as_tensor(label_ids[rows], dtype=torch.long))
-
-    specs = {col: modalities[col].spec() for col in columns if col not in tab_cols}
-    if tab_cols:
-        categorical = {}
-        for j, c in enumerate(tab_cols):
-            categorical.update({j + k: n for k, n in modalities[c].spec().categorical.items()})
-        specs[TABULAR] = InputSpec("tabular", (len(tab_cols),), categorical=categorical)
+    pre.fit(cells, np.flatnonzero(keep & (split == "train")))
     wanted = ("train", "val", "test") if hold_out else ("train", "test")  # without hold_out: no val rows
     parts = {}
     for s in wanted:
         rows = np.flatnonzero(keep & (split == s))
         if len(rows) == 0:
             raise DataError(f"{name}: the {s} split is empty")
-        parts[s] = make(rows)
+        parts[s] = pre.split(cells, rows, label_ids[rows])
     parts.setdefault("val", None)
-    augment = {c: modalities[c].augment for c in columns if columns[c].modality == "image" and columns[c].augment}
-    data = Dataset(Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=specs, augment=augment)
+    augment = {c: pre.modalities[c].augment for c, cfg in columns.items() if cfg.modality == "image" and cfg.augment}
+    data = Dataset(
+        Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=pre.specs(), augment=augment
+    )
+    data.preprocessor = pre
     data.preprocessing = {
-        "columns": {c: columns[c].model_dump(mode="json") for c in sorted(columns)},
-        "state": {c: modalities[c].state() for c in sorted(columns)},
-        "tabular_columns": tab_cols,
+        **pre.state(),
         "skipped_rows": [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file} for b in bad],
     }
     return data

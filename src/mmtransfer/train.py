@@ -25,7 +25,7 @@ from torch import nn
 
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import TrainConfig
-from mmtransfer.data import Split, make_loader
+from mmtransfer.data import Examples, make_loader
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.freeze import count_parameters, is_frozen, trainable_names
 
@@ -92,14 +92,15 @@ def epoch_line(row: dict, epochs: int, seconds: float, best: bool) -> str:
 
 def fit(
     model: nn.Module,
-    train: Split,
-    val: Split | None,
+    train: Examples,
+    val: Examples | None,
     cfg: TrainConfig,
     *,
     checkpoint: str | Path | None = None,
     desc: str = "fit",
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     console: Console | None = None,
+    num_workers: int = 0,
 ) -> FitResult:
     """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss, or,
     when ``val`` is None (no labels to select with), those of the last epoch after exactly ``cfg.epochs``.
@@ -118,8 +119,8 @@ def fit(
     main = accelerator.is_main_process
     show_bar = cfg.progress and main and (console or Console()).is_terminal
     log = console if (console is not None and main and not show_bar) else None
-    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    val_loader = make_loader(val, max(cfg.batch_size, 256)) if val is not None else None
+    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=num_workers)
+    val_loader = make_loader(val, max(cfg.batch_size, 256), num_workers=num_workers) if val is not None else None
     strategy = cfg.strategy
     strategies.prepare(model, strategy)  # lora: adapters into the HF backbones (a prepared model stays as it is)
     allowed = set(trainable_names(model))  # a strategy only freezes: what is frozen now stays frozen
@@ -151,7 +152,7 @@ def fit(
         task = bar.add_task(desc, total=cfg.epochs, status="")
         for epoch in range(1, cfg.epochs + 1):
             trainable = strategies.schedule(accelerator.unwrap_model(model), strategy, epoch, allowed)
-            strategies.check_cached(trainable, train.inputs, strategy, epoch)
+            strategies.check_cached(trainable, train.names(), strategy, epoch)
             n_trainable, n_total = count_parameters(accelerator.unwrap_model(model))
             if epoch == 1 and (show_bar or log is not None):
                 (log or bar.console).print(
@@ -218,7 +219,7 @@ def fit(
     )
 
 
-def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, cpu: bool = False) -> dict:
+def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> dict:
     """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows: true class, columns: predicted);
     ``classes`` names them where the model knows its class names."""
     classes = getattr(model, "classes", None)

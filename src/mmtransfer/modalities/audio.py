@@ -6,6 +6,7 @@ The mel filter bank is HTK-scale triangles without area normalisation (torchaudi
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -114,15 +115,25 @@ class AudioModality:
             out[i : i + chunk] = self.log_mel(torch.stack(examples[i : i + chunk]).float())
         return out
 
-    def fit(self, examples: list[torch.Tensor]) -> None:
+    def fit(self, examples, chunk: int = 256) -> None:
+        """The log-mel mean and standard deviation over every train clip, read ``chunk`` clips at a time."""
         if self.cfg.extractor:
-            self.extract(examples[:1])  # load it now: a missing extractor fails before training
+            self.extract([self.placeholder()])  # load it now: a missing extractor fails before training
             return
-        if self.cfg.features != "logmel" or not examples:
+        if self.cfg.features != "logmel":
             return
-        x = self.log_mels(examples).double()
-        self.mean = float(x.mean())
-        self.std = float(x.std(unbiased=False)) or 1.0
+        total, square, count = 0.0, 0.0, 0
+        pending: list[torch.Tensor] = []
+        for example in itertools.chain(examples, [None]):  # None: flush the last chunk
+            if example is not None:
+                pending.append(example)
+            if pending and (example is None or len(pending) == chunk):
+                x = self.log_mels(pending).double()
+                total, square, count = total + float(x.sum()), square + float(x.square().sum()), count + x.numel()
+                pending = []
+        if count:
+            self.mean = total / count
+            self.std = max(square / count - self.mean**2, 0.0) ** 0.5 or 1.0
 
     def placeholder(self) -> torch.Tensor:
         return torch.zeros(self.samples)

@@ -11,17 +11,37 @@ The contract (:class:`Modality`), in the order the table loader calls it:
    ``placeholder()`` gives the example used where a cell is missing; the loader then sets the presence mask
    ``{name}.present`` to False, so fusion ignores it.
 4. ``spec()``: what an encoder needs to know about the batch tensor (:class:`InputSpec`).
-5. ``state()``: the learned state as JSON, saved beside a run's weights.
+5. ``state()``: the learned state as JSON, saved beside a run's weights; ``from_state(name, cfg, state)``
+   rebuilds the fitted modality from it, so new data is transformed as the train data was, never refitted.
+
+``fit`` receives an iterable: for image and audio columns a stream that reads one file at a time, so fitting
+on a large table does not hold it in memory. Image and audio cells are decoded again for every batch
+(:mod:`mmtransfer.preprocess`).
 
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+
+class DataError(ValueError):
+    """Bad input data or splits that cannot be drawn; the message names the rows, columns, files or split."""
+
+
+@dataclass
+class BadCell:
+    """A cell found bad while checking a table: its row (the table's own number), column, reason and file."""
+
+    row: int
+    column: str
+    reason: str
+    file: str | None = None
 
 
 class BadValue(ValueError):
@@ -58,9 +78,12 @@ class InputSpec:
 class Modality(Protocol):
     name: str
 
+    @classmethod
+    def from_state(cls, name: str, cfg: Any, state: dict) -> Modality: ...
+
     def load(self, value: Any, base: Path) -> Any: ...
 
-    def fit(self, examples: list[Any]) -> None: ...
+    def fit(self, examples: Iterable[Any]) -> None: ...
 
     def collate(self, examples: list[Any]) -> torch.Tensor: ...
 

@@ -20,6 +20,10 @@ class ImageModality:
         self.name = name
         self.cfg = cfg or ImageColumn()
 
+    @classmethod
+    def from_state(cls, name: str, cfg: ImageColumn | None, state: dict) -> ImageModality:
+        return cls(name, cfg)  # nothing is learned: size, resize and normalisation are all configuration
+
     def load(self, value: Any, base: Path) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
 
@@ -35,7 +39,7 @@ class ImageModality:
             array = array.transpose(2, 0, 1)
         return torch.from_numpy(array.copy())  # uint8 [C, H, W]: a quarter of the memory of float
 
-    def fit(self, examples: list[Any]) -> None:
+    def fit(self, examples) -> None:
         pass
 
     def placeholder(self) -> torch.Tensor:

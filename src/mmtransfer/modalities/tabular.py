@@ -25,6 +25,14 @@ class TabularModality:
         self.categories: list[str] = []
         self._codes: dict[str, int] = {}
 
+    @classmethod
+    def from_state(cls, name: str, cfg: TabularColumn | None, state: dict) -> TabularModality:
+        column = cls(name, cfg)
+        column.mean, column.std = float(state.get("mean", 0.0)), float(state.get("std", 1.0))
+        column.categories = list(state.get("categories", []))
+        column._codes = {c: i + 1 for i, c in enumerate(column.categories)}
+        return column
+
     def load(self, value: Any, base: Path) -> Any:
         if is_missing(value):
             if self.cfg.kind == "numeric" and self.cfg.missing == "mean":

@@ -19,7 +19,7 @@ from rich.console import Console
 from torch import nn
 
 from mmtransfer.config import DistillConfig
-from mmtransfer.data import Split, make_loader
+from mmtransfer.data import Examples, Split, batches, make_loader
 from mmtransfer.model import Classifier
 from mmtransfer.train import progress_bar, warmup_cosine
 from mmtransfer.transfer.graft import GraftReport, graft
@@ -51,14 +51,22 @@ class _Embedder(nn.Module):
     forward = Classifier.embed
 
 
+def as_examples(data: Examples | dict[str, torch.Tensor]) -> Examples:
+    """A split as it is; a dict of input tensors as an in-memory split without labels."""
+    if isinstance(data, dict):
+        n = len(next(iter(data.values())))
+        return Split(data, torch.zeros(n, dtype=torch.long))
+    return data
+
+
 @torch.no_grad()
-def embed_all(model: Classifier, inputs: dict[str, torch.Tensor], batch_size: int = 512) -> torch.Tensor:
+def embed_all(model: Classifier, data: Examples | dict[str, torch.Tensor], batch_size: int = 512) -> torch.Tensor:
+    """The model's fused embedding of every example, in order, in eval mode."""
     model.eval()
-    n = len(next(iter(inputs.values())))
     device = next(model.parameters()).device
     chunks = [
-        model.embed({k: v[i : i + batch_size].to(device) for k, v in inputs.items()}).cpu()
-        for i in range(0, n, batch_size)
+        model.embed({k: v.to(device) for k, v in inputs.items()}).cpu()
+        for _, inputs in batches(as_examples(data), batch_size)
     ]
     return torch.cat(chunks)
 
@@ -66,7 +74,7 @@ def embed_all(model: Classifier, inputs: dict[str, torch.Tensor], batch_size: in
 def distill(
     source: Classifier,
     target: Classifier,
-    inputs: dict[str, torch.Tensor],
+    data: Examples | dict[str, torch.Tensor],
     cfg: DistillConfig,
     *,
     seed: int = 0,
@@ -74,23 +82,24 @@ def distill(
     cpu: bool = False,
     console: Console | None = None,
 ) -> DistillStats:
-    """Train ``target.encoders`` (and fusion) so ``target.embed(x)`` matches ``source.embed(x)`` on ``inputs``.
+    """Train ``target.encoders`` (and fusion) so ``target.embed(x)`` matches ``source.embed(x)`` on ``data``
+    (a split, whose labels are never read, or a dict of input tensors).
 
     The source is only read. Its embeddings are computed once; the target's head is not touched.
     """
     set_seed(seed)
     start = time.perf_counter()
-    teacher = embed_all(source, inputs)
-    student_dim = embed_all(target, {k: v[:2] for k, v in inputs.items()}).shape[-1]
+    data = as_examples(data)
+    teacher = embed_all(source, data)
+    student_dim = embed_all(target, data.subset([0, 1])).shape[-1]
     if student_dim != teacher.shape[-1]:
         raise ValueError(
             f"distill: target embedding has {student_dim} values, source {teacher.shape[-1]}; "
             "set the same model.embed_dim for both so the source head can be grafted"
         )
-    # Teacher embeddings ride in the labels slot of a Split, so the same loader (and sharding) serves both.
-    data = Split(inputs, teacher)
+    # Teacher embeddings ride in the labels slot of the split, so the same loader (and sharding) serves both.
     accelerator = Accelerator(cpu=cpu)
-    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=seed)
+    loader = make_loader(data.with_labels(teacher), cfg.batch_size, shuffle=True, seed=seed)
     params = [p for n, p in target.named_parameters() if not n.startswith("head.") and p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     total = cfg.epochs * len(loader)
@@ -98,7 +107,7 @@ def distill(
     # The student is trained through a module whose forward is ``embed``, so that under DDP the gradients
     # of every process are averaged (calling ``target.embed`` directly would bypass the wrapper).
     student, optimizer, loader, scheduler = accelerator.prepare(_Embedder(target), optimizer, loader, scheduler)
-    mse_before = float(nn.functional.mse_loss(embed_all(target, inputs), teacher))
+    mse_before = float(nn.functional.mse_loss(embed_all(target, data), teacher))
     main = accelerator.is_main_process
     show_bar = progress and main and (console or Console()).is_terminal
     log = console if (console is not None and main and not show_bar) else None
@@ -119,7 +128,7 @@ def distill(
             if log is not None:
                 line = f"distil epoch {epoch}/{cfg.epochs}: feature mse {running / max(seen, 1):.4f}, "
                 log.print(line + f"{time.perf_counter() - start:.1f} s", markup=False, highlight=False, soft_wrap=True)
-    learned = embed_all(target, inputs)
+    learned = embed_all(target, data)
     mse = float(nn.functional.mse_loss(learned, teacher))
     cosine = float(nn.functional.cosine_similarity(learned, teacher, dim=-1).mean())
     r2 = 1.0 - mse / float(teacher.var(dim=0, unbiased=False).mean())
@@ -129,7 +138,7 @@ def distill(
 def transfer_across(
     source: Classifier,
     target: Classifier,
-    unlabelled: Split | dict[str, torch.Tensor],
+    unlabelled: Examples | dict[str, torch.Tensor],
     cfg: DistillConfig,
     *,
     seed: int = 0,
@@ -142,8 +151,7 @@ def transfer_across(
 
     The head moves by label name, as every graft does: both models need their ``classes`` (``build_model`` with
     the class names) or its rows are not copied. ``exclude`` patterns leave tensors out of that graft."""
-    inputs = unlabelled.inputs if isinstance(unlabelled, Split) else unlabelled
-    stats = distill(source, target, inputs, cfg, seed=seed, progress=progress, cpu=cpu, console=console)
+    stats = distill(source, target, unlabelled, cfg, seed=seed, progress=progress, cpu=cpu, console=console)
     report = graft(
         source,
         target,
