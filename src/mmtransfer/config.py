@@ -92,13 +92,19 @@ ColumnConfig = Annotated[ImageColumn | TextColumn | AudioColumn | TabularColumn,
 
 class DataConfig(_Strict):
     dataset: Literal["digits", "mnist1d"] | None = Field(
-        "digits", description="Built-in dataset (no network); ignored when table is set."
+        "digits", description="Built-in dataset (no network); ignored when table or folder is set."
     )
     table: str | None = Field(
         None,
         description="A CSV or Parquet file (in a config file, relative to that file's folder); relative paths in "
         "it resolve against its own folder.",
     )
+    folder: str | None = Field(
+        None,
+        description="A folder of class folders holding image or audio files (torchvision's ImageFolder layout), "
+        "optionally under train/, val/ and test/; read as a table with columns image (or audio), label, split.",
+    )
+    encoding: str = Field("utf-8", description="Text encoding of a CSV / TSV table, e.g. latin-1 or cp1252.")
     label: str = Field("label", description="The label column of the table.")
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="Columns bound to modalities; the other columns are inferred."
@@ -136,6 +142,8 @@ class DataConfig(_Strict):
     def _one_budget(self):
         if self.k_per_class is not None and self.label_fraction is not None:
             raise ValueError("set k_per_class or label_fraction, not both")
+        if self.table is not None and self.folder is not None:
+            raise ValueError("set table or folder, not both")
         return self
 
 
@@ -389,6 +397,7 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> None:
             node[key] = str(resolved)
 
     path(section("data"), "table")
+    path(section("data"), "folder")
     path(section("transfer"), "source")
     for column in section("data", "columns").values():
         if isinstance(column, dict):
@@ -446,6 +455,9 @@ def check_files(cfg: RunConfig, where: str = "config") -> None:
     table = cfg.data.table
     if table is not None and not Path(table).is_file():
         raise ConfigError(f"{where}: data.table: no such file: {table}")
+    folder = cfg.data.folder
+    if folder is not None and not Path(folder).is_dir():
+        raise ConfigError(f"{where}: data.folder: no such folder: {folder}")
     source = cfg.transfer.source
     if source is not None and not source.startswith(("hf:", "timm:")) and not Path(source).exists():
         raise ConfigError(

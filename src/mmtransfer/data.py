@@ -170,7 +170,7 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     elif cfg.label_fraction is not None:
         budget = f"label_fraction={cfg.label_fraction:g}"
     hold_out = validation == "split" or (validation == "auto" and budget is None)
-    if cfg.table is not None:
+    if cfg.table is not None or cfg.folder is not None:
         from mmtransfer.tables import load_table_dataset
 
         data = load_table_dataset(cfg, console=console, hold_out=hold_out)

@@ -103,18 +103,20 @@ def build_model(
     num_classes: int | list[str],
     *,
     seed: int | None = None,
+    pretrained: bool = True,
 ) -> Classifier:
     """Build from a validated config. Encoder names must be input names; inputs without one get the default.
 
     ``num_classes`` is a count, or the class names in output order (kept as ``model.classes``, so a graft
     from or into the model can place head rows by name). With ``seed``, initialisation draws from its own
     generator state and leaves the global one untouched, so the same seed gives the same weights whatever ran
-    before.
+    before. ``pretrained=False`` builds pretrained encoders (hf, timm) as architecture only, for weights that
+    are loaded next (a run folder's model.safetensors holds them all).
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_model(cfg, specs, num_classes)
+            return build_model(cfg, specs, num_classes, pretrained=pretrained)
     classes = None
     if not isinstance(num_classes, int):
         classes = [str(c) for c in num_classes]
@@ -130,6 +132,10 @@ def build_model(
     for name, spec in sorted(specs.items()):
         enc_cfg = cfg.encoders.get(name) or default_encoder(spec)
         kwargs = enc_cfg.model_dump(exclude={"type"})
+        if not pretrained and enc_cfg.type == "hf":
+            kwargs["weights"] = False
+        elif not pretrained and enc_cfg.type == "timm":
+            kwargs.update(pretrained=False, weights=None)
         try:
             encoders[name] = ENCODERS[enc_cfg.type](spec, cfg.embed_dim, **kwargs)
         except ValueError as err:

@@ -62,10 +62,14 @@ class TablePreprocessor:
     # ------------------------------------------------------------ check, fit
 
     def check(self, df: pd.DataFrame, base: Path, name: str, console: Console | None = None) -> tuple[Cells, list]:
-        """Open every cell once (files are decoded and dropped); collect bad ones instead of stopping at the first."""
+        """Open every cell once (files are decoded and dropped); collect bad ones instead of stopping at the first.
+
+        Rows are named by the table's index (``read_table`` numbers them from 0 after the header; a subset of
+        rows keeps its numbers)."""
         values: dict[str, list] = {}
         present: dict[str, np.ndarray] = {}
         bad: list[BadCell] = []
+        ids = df.index.to_numpy()
         for col, mod in self.modalities.items():
             if col not in df.columns:
                 raise DataError(f"{name}: no column {col!r}, which the model reads; columns are {list(df.columns)}")
@@ -85,10 +89,10 @@ class TablePreprocessor:
                     out.append(value if streamed else example)
                     here[i] = True
                 except BadValue as err:
-                    bad.append(BadCell(i, col, err.reason, err.file))
+                    bad.append(BadCell(int(ids[i]), col, err.reason, err.file))
                     out.append(None)
             values[col], present[col] = out, here
-        return Cells(name, base, values, present, np.arange(len(df))), bad
+        return Cells(name, base, values, present, ids), bad
 
     def fit(self, cells: Cells, rows: np.ndarray) -> None:
         """Learn every modality's state on ``rows`` (the train rows), files read one at a time."""
@@ -160,13 +164,17 @@ class TablePreprocessor:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> TablePreprocessor:
-        """Rebuild from :meth:`state`: the same bindings and fitted state, nothing learned again."""
+    def from_state(cls, state: dict, base: Path | None = None) -> TablePreprocessor:
+        """Rebuild from :meth:`state`: the same bindings and fitted state, nothing learned again. A modality's
+        ``files`` (a run folder's copy of a tokenizer or feature extractor) resolve against ``base``."""
         adapter = TypeAdapter(ColumnConfig)
         columns = {c: adapter.validate_python(cfg) for c, cfg in state["columns"].items()}
-        modalities = {
-            c: MODALITIES[cfg.modality].from_state(c, cfg, state["state"].get(c, {})) for c, cfg in columns.items()
-        }
+        modalities = {}
+        for c, cfg in columns.items():
+            own = dict(state["state"].get(c, {}))
+            if "files" in own and base is not None:
+                own["files"] = str(Path(base) / own["files"])
+            modalities[c] = MODALITIES[cfg.modality].from_state(c, cfg, own)
         return cls(columns, modalities)
 
 

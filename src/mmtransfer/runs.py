@@ -1,14 +1,6 @@
-"""A run folder: what ``mmtransfer fit`` writes and ``mmtransfer evaluate`` reads.
+"""Runs: ``fit_run`` trains and writes a run folder, ``evaluate_run`` scores one on its own held-out rows.
 
-RUN_DIR/config.yaml            the validated config that built the model (seeds, every encoder, absolute paths)
-RUN_DIR/model.safetensors      the best weights (lowest validation loss; without validation, the last epoch's)
-RUN_DIR/labels.json            class names in output order
-RUN_DIR/inputs.json            what each encoder was built for (kind and shape of each input)
-RUN_DIR/history.json           per epoch: losses, accuracy, trainable count, learning rate of each group
-RUN_DIR/metrics.json           validation and test metrics, and how many labels trained / selected the model
-RUN_DIR/preprocessing.json     tables: column bindings, what the modalities learned on train, skipped rows
-RUN_DIR/transfer_report.json   when the run started from a source: the graft report (+ distillation)
-RUN_DIR/transfer_report.md     the same graft report as Markdown
+The run folder's layout (an artifact that needs nothing outside it) is :mod:`mmtransfer.artifact`'s.
 """
 
 from __future__ import annotations
@@ -19,12 +11,11 @@ from pathlib import Path
 from accelerate import PartialState
 from rich.console import Console
 
+from mmtransfer import artifact
 from mmtransfer.cache import add_cached_features
-from mmtransfer.checkpoint import load_into, load_weights
-from mmtransfer.config import RunConfig, dump_config, load_config
+from mmtransfer.config import RunConfig, dump_config
 from mmtransfer.data import Dataset, load_dataset
 from mmtransfer.display import make_console
-from mmtransfer.modalities.base import InputSpec
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer import strategies
@@ -33,31 +24,10 @@ from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
 from mmtransfer.transfer.graft import GraftReport, graft
 
 
-def load_run(run_dir: str | Path) -> tuple[RunConfig, Classifier, list[str]]:
-    """Rebuild the model of a run folder from its config and load its weights (strictly)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
-    cfg = load_config(run_dir / "config.yaml")
-    classes = json.loads((run_dir / "labels.json").read_text())
-    model = build_model(cfg.model, read_specs(run_dir / "inputs.json"), classes)
-    strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
-    load_into(model, load_weights(run_dir / "model.safetensors"), where=str(run_dir / "model.safetensors"))
-    return cfg, model, classes
-
-
-def write_specs(specs: dict[str, InputSpec], path: Path) -> None:
-    path.write_text(json.dumps({name: spec.to_dict() for name, spec in specs.items()}, indent=1))
-
-
-def read_specs(path: Path) -> dict[str, InputSpec]:
-    raw = json.loads(path.read_text())
-    specs = {}
-    for name, d in raw.items():
-        d["shape"] = tuple(d["shape"])
-        d["categorical"] = {int(k): v for k, v in d["categorical"].items()}  # JSON keys are strings
-        specs[name] = InputSpec(**d)
-    return specs
+def load_run(run_dir: str | Path, *, allow_unfinished: bool = False) -> tuple[RunConfig, Classifier, list[str]]:
+    """Verify a run folder and rebuild its model with its weights: (config, model, classes)."""
+    run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
+    return run.cfg, run.model, run.classes
 
 
 def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> dict:
@@ -90,12 +60,16 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
     if cfg.transfer.freeze:
         freeze(model, cfg.transfer.freeze)
 
-    out.mkdir(parents=True, exist_ok=True)  # only once the data, the model and the transfer are known to be good
+    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end.
+    artifact.start(out)
     dump_config(cfg, out / "config.yaml")
     (out / "labels.json").write_text(json.dumps(data.classes))
-    write_specs(data.specs, out / "inputs.json")
-    if data.preprocessing:
-        (out / "preprocessing.json").write_text(json.dumps(data.preprocessing, indent=1))
+    artifact.write_specs(data.specs, out / "inputs.json")
+    preprocessing = artifact.write_assets(out, cfg, data)
+    if preprocessing:
+        (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
+    artifact.write_splits(out, cfg, data)
+    (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
     if transferred is not None:
         record, report = transferred
         (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
@@ -139,6 +113,8 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
     }
     (out / "history.json").write_text(json.dumps(result.history, indent=1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if PartialState().is_main_process:
+        artifact.finish(out)
     return metrics
 
 
@@ -210,18 +186,37 @@ def _single_vocab(preprocessing: dict) -> list[str] | None:
     return vocabs[0] if len(vocabs) == 1 else None
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
-    """Evaluate a run folder's model on a split of the data its config names."""
+def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: bool = False) -> dict:
+    """Evaluate a run folder's model on one of its own splits: exactly the rows it recorded (splits.json).
+
+    A table that changed since training (another SHA-256) is refused: its rows would not be the held-out ones.
+    Built-in data is rebuilt from the run's seed and checked against the recorded labels.
+    """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
-    cfg, model, classes = load_run(run_dir)
-    data = load_dataset(cfg.data, validation=cfg.train.validation)
-    if data.classes != classes:
-        raise ValueError(
-            f"{run_dir}: the data now has classes {data.classes}, the model was trained on {classes}; "
-            "the table changed since training, so its splits and metrics would not be the trained ones"
-        )
-    part = getattr(data, split)
-    if part is None:
-        raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
-    return evaluate(model, part, cpu=cfg.train.cpu)
+    run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
+    record = json.loads((Path(run_dir) / "splits.json").read_text())
+    rows = record.get("rows")
+    if rows is not None:
+        if split not in rows:
+            raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
+        table = Path(record["table"])
+        if not table.is_file():
+            raise FileNotFoundError(f"{run_dir}: its table {table} is not there any more; give the data to score")
+        if artifact.table_sha256(table) != record["table_sha256"]:
+            raise ValueError(
+                f"{run_dir}: the table {table} changed since training (its SHA-256 differs from splits.json), so "
+                f"the recorded {split} rows may not be the held-out ones; evaluate it as new data: "
+                f"mmtransfer evaluate {run_dir} TABLE"
+            )
+        from mmtransfer.inference import labelled_rows
+
+        part = labelled_rows(run, table, rows=rows[split])
+    else:
+        data = load_dataset(run.cfg.data, validation=run.cfg.train.validation)
+        part = getattr(data, split)
+        if part is None:
+            raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
+        if artifact.labels_hash(part.labels) != record["labels_sha256"].get(split):
+            raise ValueError(f"{run_dir}: the built-in {run.cfg.data.dataset} {split} split is not the recorded one")
+    return evaluate(run.model, part, cpu=run.cfg.train.cpu)

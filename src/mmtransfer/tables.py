@@ -25,13 +25,14 @@ from mmtransfer.display import Grid
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.preprocess import MODALITIES, TABULAR, TablePreprocessor
 
-__all__ = ["MODALITIES", "DataError", "load_table_dataset", "read_table"]
+__all__ = ["MODALITIES", "DataError", "load_table_dataset", "read_folder", "read_table"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 
 
-def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, str]:
-    """(table, folder that relative paths resolve against, a name for messages)."""
+def read_table(source: str | Path | pd.DataFrame, encoding: str | None = None) -> tuple[pd.DataFrame, Path, str]:
+    """(table, folder that relative paths resolve against, a name for messages). ``encoding`` is the text
+    encoding of a CSV / TSV file (UTF-8 by default); a byte it cannot decode is reported with its line."""
     if isinstance(source, pd.DataFrame):
         return source.reset_index(drop=True), Path.cwd(), "DataFrame"
     path = Path(source)
@@ -44,14 +45,82 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, s
         elif suffix in (".csv", ".tsv", ".txt"):
             # Only empty cells (and NaN) are missing: a label or category "NA" or "None" is a value.
             sep = "\t" if suffix == ".tsv" else ","
-            df = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=["", "nan", "NaN"])
+            df = pd.read_csv(
+                path, sep=sep, keep_default_na=False, na_values=["", "nan", "NaN"], encoding=encoding or "utf-8"
+            )
         else:
-            raise DataError(f"{path}: expected a .csv, .tsv or .parquet table")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
+            raise DataError(f"{path}: expected a .csv, .tsv or .parquet table, or a folder of class folders")
+    except UnicodeDecodeError as err:
+        line = _undecodable_line(path, encoding or "utf-8")
+        raise DataError(
+            f"{path}: line {line}: not {encoding or 'utf-8'} text ({err.reason}); set data.encoding "
+            "(--encoding), e.g. latin-1 or cp1252"
+        ) from None
+    except LookupError:
+        raise DataError(f"{path}: unknown text encoding {encoding!r} (data.encoding)") from None
+    except (pd.errors.ParserError, ValueError, OSError) as err:
         if isinstance(err, DataError):
             raise
         raise DataError(f"{path}: cannot read the table: {err}") from None
     return df.reset_index(drop=True), path.parent.resolve(), str(path)
+
+
+def _undecodable_line(path: Path, encoding: str) -> int:
+    """The first line (from 1, the header included) that ``encoding`` cannot decode."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode(encoding)
+        except UnicodeDecodeError:
+            return number
+    return 0
+
+
+def read_folder(folder: str | Path, label: str = "label") -> tuple[pd.DataFrame, Path, str]:
+    """A folder laid out as torchvision's ImageFolder, as a table: one subfolder per class holding image or
+    audio files, optionally under ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/``.
+
+    Columns: ``image`` or ``audio`` (paths relative to the folder, by the files' suffixes), ``label`` (the class
+    folder's name) and, with split folders, ``split``. Every file is listed (hidden ones aside): one that is
+    not an image or audio file becomes a bad cell, named by row, rather than vanishing."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"data.folder: no such folder: {root}")
+    splits = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+    children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = [p for p in children if p.name.lower() in splits]
+    if split_dirs and len(split_dirs) != len(children):
+        others = [p.name for p in children if p not in split_dirs]
+        raise DataError(f"{root}: mixes split folders ({[p.name for p in split_dirs]}) with others ({others})")
+    rows = []
+    for part in split_dirs or [root]:
+        classes = sorted(p for p in part.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise DataError(f"{part}: no class folders (expected {part}/<class name>/<files>)")
+        for cls in classes:
+            files = sorted(f for f in cls.rglob("*") if f.is_file() and not f.name.startswith("."))
+            for f in files:
+                row = {"file": f.relative_to(root).as_posix(), label: cls.name}
+                if split_dirs:
+                    row["split"] = splits[part.name.lower()]
+                rows.append(row)
+    if not rows:
+        raise DataError(f"{root}: no files in its class folders")
+    df = pd.DataFrame(rows)
+    suffixes = df["file"].map(lambda v: Path(v).suffix.lower())
+    kind = "audio" if suffixes.isin(AUDIO_SUFFIXES).sum() > suffixes.isin(IMAGE_SUFFIXES).sum() else "image"
+    return df.rename(columns={"file": kind}), root.resolve(), str(root)
+
+
+def read_source(cfg: DataConfig, source=None) -> tuple[pd.DataFrame, Path, str, DataConfig]:
+    """The table a data config names (``table`` or ``folder``, or ``source`` given), and the config to use
+    with it: a folder with split subfolders brings its own split column."""
+    if source is None and cfg.folder is not None:
+        df, base, name = read_folder(cfg.folder, cfg.label)
+        if "split" in df.columns and cfg.split_column is None:
+            cfg = cfg.model_copy(update={"split_column": "split"})
+        return df, base, name, cfg
+    df, base, name = read_table(source if source is not None else cfg.table, encoding=cfg.encoding)
+    return df, base, name, cfg
 
 
 def infer_columns(df: pd.DataFrame, skip: set[str]) -> dict[str, tuple[ColumnConfig, str]]:
@@ -189,7 +258,7 @@ def load_table_dataset(
     """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
     :class:`~mmtransfer.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at once.
     ``data.preprocessor`` is the fitted :class:`~mmtransfer.preprocess.TablePreprocessor`."""
-    df, base, name = read_table(source if source is not None else cfg.table)
+    df, base, name, cfg = read_source(cfg, source)
     columns = bind_columns(df, cfg, name, console)
     pre = TablePreprocessor(columns)
 

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sklearn.metrics import confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
 
 from mmtransfer.checkpoint import save_weights
@@ -220,8 +220,8 @@ def fit(
 
 
 def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> dict:
-    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows: true class, columns: predicted);
-    ``classes`` names them where the model knows its class names."""
+    """Accuracy, macro-F1, mean cross-entropy, the confusion matrix (rows: true class, columns: predicted) and
+    each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
     classes = getattr(model, "classes", None)
     accelerator = Accelerator(cpu=cpu)
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
@@ -249,5 +249,11 @@ def _evaluate_loader(model, loader, accelerator, loss_fn, with_confusion: bool =
     }
     if with_confusion:
         out["confusion"] = confusion_matrix(y_true, y_pred, labels=classes).tolist()
-        out["f1_per_class"] = f1_score(y_true, y_pred, labels=classes, average=None, zero_division=0).tolist()
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=classes, zero_division=0
+        )
+        out["f1_per_class"] = f1.tolist()
+        out["precision_per_class"] = precision.tolist()
+        out["recall_per_class"] = recall.tolist()
+        out["support_per_class"] = support.tolist()
     return out

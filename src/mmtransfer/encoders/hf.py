@@ -45,9 +45,13 @@ def build_hf(
     pooling: str = "mean",
     tower: str | None = None,
     local_files_only: bool = True,
+    weights: bool = True,
 ) -> HFEncoder:
-    """Load a pretrained model and wrap it as an encoder of ``spec``'s input (checked against its config)."""
-    from transformers import AutoModel  # imported here: transformers takes seconds to import
+    """Load a pretrained model and wrap it as an encoder of ``spec``'s input (checked against its config).
+
+    ``weights=False`` builds the architecture from the folder's config.json alone (a run folder's assets),
+    for weights loaded next."""
+    from transformers import AutoConfig, AutoModel  # imported here: transformers takes seconds to import
 
     if spec.kind not in KINDS:
         raise ValueError(f"hf encoder: inputs of kind {spec.kind!r} are not supported; supported: {', '.join(KINDS)}")
@@ -64,7 +68,10 @@ def build_hf(
         raise FileNotFoundError(f"hf encoder: no config.json in the model folder {folder}{note}")
     try:
         with offline(local_files_only):
-            model = AutoModel.from_pretrained(folder, local_files_only=local_files_only)
+            if weights:
+                model = AutoModel.from_pretrained(folder, local_files_only=local_files_only)
+            else:
+                model = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=local_files_only))
     except OSError as err:
         raise FileNotFoundError(f"hf encoder: {why_not_loaded(folder, err, local_files_only)}") from None
 

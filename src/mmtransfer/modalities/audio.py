@@ -73,6 +73,8 @@ class AudioModality:
 
     @classmethod
     def from_state(cls, name: str, cfg: AudioColumn | None, state: dict) -> AudioModality:
+        if state.get("files"):  # a run folder's own copy of the feature extractor's settings
+            cfg = (cfg or AudioColumn()).model_copy(update={"extractor": state["files"]})
         modality = cls(name, cfg)
         modality.mean, modality.std = float(state["mean"]), float(state["std"])
         return modality

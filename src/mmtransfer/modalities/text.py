@@ -36,7 +36,8 @@ class TextModality:
     @classmethod
     def from_state(cls, name: str, cfg: TextColumn | None, state: dict) -> TextModality:
         """Rebuild from :meth:`state`; the state (what the weights were trained with) wins over ``cfg``."""
-        cfg = (cfg or TextColumn()).model_copy(update={"tokenizer": state.get("tokenizer")})
+        # a run folder's own copy of the tokenizer's files, where it has one
+        cfg = (cfg or TextColumn()).model_copy(update={"tokenizer": state.get("files") or state.get("tokenizer")})
         text = cls(name, cfg)
         if "vocab" in state:
             text.set_vocab(state["vocab"])

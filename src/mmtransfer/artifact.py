@@ -1,0 +1,294 @@
+"""A run folder is a self-contained artifact: this module alone writes and reads its layout.
+
+    RUN/config.yaml          the validated config that built the model (every encoder named)
+    RUN/model.safetensors    every weight, pretrained backbones included
+    RUN/labels.json          class names in output order
+    RUN/inputs.json          what each encoder was built for (kind and shape of each input)
+    RUN/preprocessing.json   tables: column bindings and the fitted state of each modality
+    RUN/assets/...           what a pretrained backbone needs besides weights: its config.json, a tokenizer's
+                             files, an audio feature extractor's settings (copied in; never a path outside)
+    RUN/splits.json          which rows were train / validation / test (a table's row numbers and SHA-256)
+    RUN/versions.json        mmtransfer, torch, transformers and Python that wrote it
+    RUN/history.json, metrics.json, transfer_report.json / .md
+    RUN/manifest.json        size and SHA-256 of every file above; "complete": false until fit has finished
+
+Loading verifies the manifest first: a missing, truncated or changed file, or an edited manifest, is refused
+with the file named. Weights are read as safetensors, JSON and YAML as data: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmtransfer.config import HFConfig, RunConfig, TimmConfig, load_config
+
+MANIFEST = "manifest.json"
+ASSETS = "assets"
+
+
+class ArtifactError(ValueError):
+    """A run folder that cannot be trusted or used as it is; the message names the file."""
+
+
+# ---------------------------------------------------------------- versions, manifest
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    import mmtransfer
+
+    out = {"mmtransfer": mmtransfer.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def start(run_dir: Path) -> None:
+    """Mark a run folder as being written: until :func:`finish`, loading it is refused unless asked."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"complete": False, "files": {}}
+    _write_json(run_dir / MANIFEST, {**manifest, "digest": _digest(manifest)})
+
+
+def finish(run_dir: Path) -> dict:
+    """Give every file the same permissions, then write the manifest of the finished run folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            continue  # a killed write's leftover
+        os.chmod(path, 0o666 & ~umask)
+        files[path.relative_to(run_dir).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"complete": True, "files": files}
+    _write_json(run_dir / MANIFEST, {**manifest, "digest": _digest(manifest)})
+    os.chmod(run_dir / MANIFEST, 0o666 & ~umask)
+    return manifest
+
+
+def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
+    """Check the manifest and every file it lists; return the manifest. Raises :class:`ArtifactError`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ArtifactError(f"{run_dir} is not a run folder: no config.yaml")
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; this run folder was not written by a finished `mmtransfer fit`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("digest") != _digest(manifest):
+        raise ArtifactError(f"{path}: edited or damaged (its digest does not match its contents)")
+    if not manifest.get("complete"):
+        if allow_unfinished:
+            return manifest
+        raise ArtifactError(
+            f"{run_dir}: this run did not finish (manifest.json says so); its weights may be from any epoch. "
+            "Refit, or pass --allow-unfinished to use it anyway"
+        )
+    for name, entry in manifest["files"].items():
+        file = run_dir / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: missing from the run folder (listed in manifest.json)")
+        if file.stat().st_size != entry["size"]:
+            raise ArtifactError(f"{file}: {file.stat().st_size} bytes, the manifest says {entry['size']} (truncated?)")
+        if _sha256(file) != entry["sha256"]:
+            raise ArtifactError(f"{file}: changed since the run was written (SHA-256 differs from manifest.json)")
+    return manifest
+
+
+def version_differences(run_dir: Path) -> list[str]:
+    """'torch: run 2.13.0, here 2.14.1' for each package whose version differs from the one that wrote the run."""
+    path = run_dir / "versions.json"
+    if not path.is_file():
+        return []
+    written, here = json.loads(path.read_text()), versions()
+    return [f"{k}: run {v}, here {here.get(k, 'not installed')}" for k, v in written.items() if here.get(k) != v]
+
+
+# ---------------------------------------------------------------- assets
+
+
+def write_assets(run_dir: Path, cfg: RunConfig, data) -> dict:
+    """Copy into the run folder what its pretrained parts need besides weights (their weights are in
+    model.safetensors): each Hugging Face encoder's config.json, each pretrained tokenizer's files, each audio
+    extractor's settings. Returns the preprocessing state with those files named (relative to the run)."""
+    assets = run_dir / ASSETS
+    for name, enc in cfg.model.encoders.items():
+        if isinstance(enc, HFConfig):
+            from transformers import AutoConfig
+
+            from mmtransfer.encoders.hf import resolve_model_path
+            from mmtransfer.hub import offline
+
+            with offline(enc.local_files_only):
+                config = AutoConfig.from_pretrained(resolve_model_path(enc.path), local_files_only=enc.local_files_only)
+            config.save_pretrained(str(assets / "encoders" / name))
+    state = json.loads(json.dumps(data.preprocessing)) if data.preprocessing else {}
+    pre = getattr(data, "preprocessor", None)
+    if pre is not None:
+        for col, modality in pre.modalities.items():
+            tokenizer = getattr(modality, "tokenizer", None) if pre.columns[col].modality == "text" else None
+            if tokenizer is not None:
+                where = Path(ASSETS) / "tokenizers" / col
+                tokenizer.save_pretrained(str(run_dir / where))
+                state["state"][col]["files"] = where.as_posix()
+            if pre.columns[col].modality == "audio" and pre.columns[col].extractor:
+                where = Path(ASSETS) / "extractors" / col
+                modality.extract([modality.placeholder()])  # loaded
+                modality._extractor.save_pretrained(str(run_dir / where))
+                state["state"][col]["files"] = where.as_posix()
+    return state
+
+
+def portable_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """The config with every pretrained encoder pointed at the run's own assets (architecture only: the
+    weights are in model.safetensors), so nothing outside the run folder is needed."""
+    encoders = dict(cfg.model.encoders)
+    for name, enc in encoders.items():
+        if isinstance(enc, HFConfig):
+            folder = run_dir / ASSETS / "encoders" / name
+            if not (folder / "config.json").is_file():
+                raise ArtifactError(f"{folder / 'config.json'}: missing; the run folder cannot rebuild encoder {name}")
+            encoders[name] = enc.model_copy(update={"path": str(folder)})
+        elif isinstance(enc, TimmConfig):
+            encoders[name] = enc.model_copy(update={"pretrained": False, "weights": None})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
+
+
+# ---------------------------------------------------------------- splits
+
+
+def table_sha256(path: str | Path) -> str:
+    """A table file's SHA-256; for a folder of class folders, of its listing (every file's path and size)."""
+    path = Path(path)
+    if not path.is_dir():
+        return _sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(path).as_posix()}\t{f.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def write_splits(run_dir: Path, cfg: RunConfig, data) -> None:
+    """Which rows were train / validation / test: a table's own row numbers and the table's SHA-256, or, for a
+    built-in dataset, the seed and a hash of each split's labels."""
+    record: dict = {"validation": data.labels.validation if data.labels else None}
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    table = cfg.data.table or cfg.data.folder
+    if table is not None and all(hasattr(p, "row_ids") for p in parts.values() if p is not None):
+        record["table"] = str(table)
+        record["table_sha256"] = table_sha256(table)
+        record["rows"] = {k: [int(r) for r in p.row_ids] for k, p in parts.items() if p is not None}
+    else:
+        record["dataset"] = cfg.data.dataset
+        record["seed"] = cfg.data.seed
+        record["labels_sha256"] = {k: labels_hash(p.labels) for k, p in parts.items() if p is not None}
+    _write_json(run_dir / "splits.json", record)
+
+
+def labels_hash(labels) -> str:
+    return hashlib.sha256(labels.numpy().astype("int64").tobytes()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class Run:
+    """A verified run folder, loaded: its config, model (weights in), classes and fitted preprocessing."""
+
+    path: Path
+    cfg: RunConfig
+    model: object
+    classes: list[str]
+    specs: dict
+    preprocessor: object | None = None
+    manifest: dict = field(default_factory=dict)
+    differences: list[str] = field(default_factory=list)
+
+
+def load(run_dir: str | Path, *, allow_unfinished: bool = False, verify_files: bool = True) -> Run:
+    """Verify and load a run folder; nothing outside it is read (pretrained parts come from its assets)."""
+    from mmtransfer.checkpoint import load_into, load_weights
+    from mmtransfer.model import build_model
+    from mmtransfer.transfer import strategies
+
+    run_dir = Path(run_dir)
+    manifest = verify(run_dir, allow_unfinished=allow_unfinished) if verify_files else {}
+    cfg = load_config(run_dir / "config.yaml")
+    classes = _json(run_dir / "labels.json")
+    specs = read_specs(run_dir / "inputs.json")
+    model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False)
+    strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
+    weights = run_dir / "model.safetensors"
+    load_into(model, load_weights(weights), where=str(weights))
+    model.eval()
+    preprocessor = None
+    if (run_dir / "preprocessing.json").is_file():
+        from mmtransfer.preprocess import TablePreprocessor
+
+        preprocessor = TablePreprocessor.from_state(_json(run_dir / "preprocessing.json"), base=run_dir)
+    return Run(run_dir, cfg, model, classes, specs, preprocessor, manifest, version_differences(run_dir))
+
+
+def _json(path: Path):
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing from the run folder")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+
+
+def write_specs(specs: dict, path: Path) -> None:
+    path.write_text(json.dumps({name: spec.to_dict() for name, spec in specs.items()}, indent=1))
+
+
+def read_specs(path: Path) -> dict:
+    from mmtransfer.modalities.base import InputSpec
+
+    specs = {}
+    for name, d in _json(path).items():
+        d["shape"] = tuple(d["shape"])
+        d["categorical"] = {int(k): v for k, v in d["categorical"].items()}  # JSON keys are strings
+        specs[name] = InputSpec(**d)
+    return specs
+
+
+def copy_run(src: str | Path, dst: str | Path) -> Path:
+    """Copy a finished run folder elsewhere (it stays valid: nothing in it names its own location)."""
+    verify(src)
+    shutil.copytree(src, dst)
+    return Path(dst)

@@ -1,0 +1,219 @@
+"""Using a trained run on data: rows go through the run's fitted preprocessing (never refitted), in batches.
+
+- :func:`read_rows`: a table, folder or DataFrame checked cell by cell against the run's columns; bad rows are
+  listed (``on_bad_rows: error``) or set aside with their reasons (``skip``), never dropped silently.
+- :func:`predict`: one output row per input row (its id, the predicted class, one probability per class),
+  written to CSV as batches finish, so memory stays bounded on large inputs.
+- :func:`evaluate_data`: metrics on a new labelled table, and a confusion-matrix PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+
+from mmtransfer.modalities.base import BadCell, DataError, is_missing
+from mmtransfer.preprocess import RowSplit
+
+
+@dataclass
+class Rows:
+    """The usable rows of some data, as a split through the run's preprocessing; ``labels`` is -1 where a row
+    has no label; ``rejected`` are the rows set aside (``on_bad_rows: skip``) with why."""
+
+    split: RowSplit
+    has_labels: bool
+    ids: list
+    rejected: list[BadCell] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+
+
+def read_data(source, encoding: str | None = None) -> tuple[pd.DataFrame, Path, str]:
+    """(table, folder that relative paths resolve against, name): a CSV / TSV / Parquet file, a folder of class
+    subfolders (``data.folder`` layout), or a DataFrame."""
+    from mmtransfer.tables import read_folder, read_table
+
+    if not isinstance(source, pd.DataFrame) and Path(source).is_dir():
+        return read_folder(source)
+    return read_table(source, encoding=encoding)
+
+
+def read_rows(
+    run,
+    source,
+    *,
+    rows: list[int] | None = None,
+    need_labels: bool = False,
+    on_bad_rows: str = "error",
+    id_column: str | None = None,
+    encoding: str | None = None,
+    console: Console | None = None,
+) -> Rows:
+    """Check ``source`` (or only its ``rows``) against the run's input columns and return the usable rows."""
+    pre = run.preprocessor
+    if pre is None:
+        raise DataError(
+            f"{run.path}: this run was trained on the built-in {run.cfg.data.dataset} data, not a table; "
+            "it reads no table columns (use the Python API on the built-in name)"
+        )
+    df, base, name = read_data(source, encoding)
+    missing = [c for c in pre.columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{name}: no column {missing[0]!r}, which the model reads"
+            + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + f"; the table has {list(df.columns)}"
+        )
+    if id_column is not None and id_column not in df.columns:
+        raise DataError(f"{name}: --id-column {id_column!r} is not a column; the table has {list(df.columns)}")
+    if rows is not None:
+        if max(rows, default=-1) >= len(df):
+            raise DataError(f"{name}: has {len(df)} rows, the run recorded row {max(rows)}")
+        df = df.iloc[rows]
+    label = run.cfg.data.label
+    has_labels = label in df.columns
+    if need_labels and not has_labels:
+        raise DataError(f"{name}: no label column {label!r} to evaluate against; the table has {list(df.columns)}")
+    ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column)]
+    if ignored and console is not None:
+        console.print(f"columns the model does not read, ignored: {', '.join(map(str, ignored))}", markup=False)
+
+    cells, bad = pre.check(df, base, name, console)
+    ids = df.index.to_numpy()
+    label_ids = np.full(len(df), -1)
+    if has_labels:
+        where = {c: i for i, c in enumerate(run.classes)}
+        for i, value in enumerate(df[label].tolist()):
+            text = "" if is_missing(value) else str(value).strip()
+            if text in where:
+                label_ids[i] = where[text]
+            elif need_labels:
+                reason = "missing label" if not text else f"label {text!r} is not one of the run's classes"
+                bad.append(BadCell(int(ids[i]), label, reason))
+    if not pre.tab_cols:
+        flagged = {b.row for b in bad}
+        for i, row in enumerate(ids):
+            if row not in flagged and not any(cells.present[c][i] for c in pre.columns):
+                bad.append(BadCell(int(row), ", ".join(pre.columns), "every input of this row is empty"))
+    bad.sort(key=lambda b: (b.row, b.column))
+    if bad and on_bad_rows == "error":
+        lines = [f"  row {b.row}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "") for b in bad]
+        more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+        raise DataError(
+            f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
+            f"header); nothing was done (--on-bad-rows skip sets them aside in a file of their own)\n"
+            + "\n".join(lines[:20])
+            + more
+        )
+    flagged = {b.row for b in bad}
+    keep = np.array([row not in flagged for row in ids], dtype=bool)
+    positions = np.flatnonzero(keep)
+    split = pre.split(cells, positions, torch.as_tensor(label_ids[positions]))
+    shown = df[id_column].to_numpy()[positions] if id_column else ids[positions]
+    return Rows(split, has_labels, list(shown), bad, df)
+
+
+def labelled_rows(run, table, rows: list[int]) -> RowSplit:
+    """The recorded rows of the run's own table (``evaluate RUN``), every one labelled and readable."""
+    return read_rows(run, table, rows=rows, need_labels=True).split
+
+
+@torch.no_grad()
+def probabilities(model, split, batch_size: int = 256) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(row positions, class probabilities [B, C]) batch by batch, in eval mode, on the model's device."""
+    from mmtransfer.data import batches
+
+    model.eval()
+    device = next(model.parameters()).device
+    for index, inputs in batches(split, batch_size):
+        logits = model({k: v.to(device) for k, v in inputs.items()})
+        yield index, torch.softmax(logits.float(), dim=-1).cpu()
+
+
+def predict(
+    run,
+    source,
+    out: str | Path,
+    *,
+    id_column: str | None = None,
+    on_bad_rows: str = "error",
+    batch_size: int = 256,
+    encoding: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``out`` (CSV): id, predicted class, one probability per class (``p_<class>``), and the true label
+    where the data has one; rows set aside go to ``<out stem>.rejected.csv`` with their reasons."""
+    from mmtransfer.train import progress_bar
+
+    rows = read_rows(run, source, on_bad_rows=on_bad_rows, id_column=id_column, encoding=encoding, console=console)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    label = run.cfg.data.label
+    header = [id_column or "row", "prediction", *[f"p_{c}" for c in run.classes]]
+    labels = rows.table[label].to_numpy()[np.asarray(rows.split.rows)] if rows.has_labels else None
+    header += [label] if rows.has_labels else []
+    show = progress and console is not None and console.is_terminal
+    written = 0
+    with out.open("w", newline="") as f, progress_bar(show, console) as bar:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        task = bar.add_task("predict", total=len(rows.split), status="")
+        for index, p in probabilities(run.model, rows.split, batch_size):
+            best = p.argmax(-1).tolist()
+            for j, i in enumerate(index):
+                line = [rows.ids[i], run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
+                writer.writerow(line + ([labels[i]] if labels is not None else []))
+            written += len(index)
+            bar.update(task, advance=len(index))
+    rejected_path = None
+    if rows.rejected:
+        rejected_path = out.with_name(f"{out.stem}.rejected.csv")
+        pd.DataFrame(
+            [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file or ""} for b in rows.rejected]
+        ).to_csv(rejected_path, index=False)
+    return {"rows": written, "rejected_rows": len({b.row for b in rows.rejected}), "out": str(out),
+            "rejected": str(rejected_path) if rejected_path else None}
+
+
+def evaluate_data(run, source, png: str | Path | None = None, encoding: str | None = None, console=None) -> dict:
+    """Metrics of the run on a new labelled table (its fitted preprocessing), and a confusion-matrix PNG."""
+    from mmtransfer.train import evaluate
+
+    rows = read_rows(run, source, need_labels=True, encoding=encoding, console=console)
+    metrics = evaluate(run.model, rows.split, cpu=run.cfg.train.cpu)
+    if png is not None:
+        plot_confusion(metrics["confusion"], run.classes, png, f"{run.path.name} on {Path(str(source)).name}")
+        metrics["confusion_png"] = str(png)
+    return metrics
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if cm[i, j] > cm.max() / 2 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
