@@ -22,3 +22,112 @@ def small_run() -> RunConfig:
 @pytest.fixture
 def gru_model_config() -> ModelConfig:
     return ModelConfig(encoders={"image": RNNConfig(cell="gru", hidden_size=32)}, embed_dim=16)
+
+
+# ---------------------------------------------------------------- run folders for the artifact, predict and export
+# One small table with an image, a sound, a text and two number columns, and five models fitted on it once per
+# test session (2 epochs on 36 rows each): a CNN, a GRU, an attention text encoder, a tiny Hugging Face BERT
+# built from a config, and all four inputs fused.
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "owl", "sits", "here", "number", "the"]
+
+
+def write_mixed_table(folder, n: int = 36):
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    (folder / "wav").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        k = i % 3
+        label = ["cat", "dog", "owl"][k]
+        pixels = (rng.random((12, 10, 3)) * 80).astype(np.uint8)
+        pixels[2 + 3 * k : 5 + 3 * k, 2:8] = 250  # a bar whose height says the class
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        tone = np.sin(2 * np.pi * (300 + 200 * k) * np.arange(4000) / 8000).astype(np.float32)
+        sf.write(folder / "wav" / f"{i}.wav", tone * 0.5, 8000)
+        rows.append(
+            {
+                "picture": f"img/{i}.png",
+                "sound": f"wav/{i}.wav",
+                "caption": f"a {label} sits here number {i}",
+                "weight": float(k) + 0.01 * i,
+                "colour": ["red", "green"][i % 2],
+                "label": label,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df.to_csv(folder / "table.csv", index=False)
+    return folder / "table.csv"
+
+
+def tiny_bert(folder):
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    transformers.BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    config = transformers.BertConfig(
+        vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    transformers.BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+IMAGE = {"modality": "image", "size": [12, 12], "channels": 3}
+AUDIO = {"modality": "audio", "sample_rate": 8000, "seconds": 0.5, "n_mels": 16, "n_fft": 128, "hop_length": 64}
+
+
+def run_configs(table, bert):
+    """name -> (data columns, model encoders): the five models of the issue."""
+    return {
+        "cnn": ({"picture": IMAGE}, {"picture": {"type": "cnn", "channels": [8, 16]}}),
+        "gru": ({"picture": IMAGE}, {"picture": {"type": "rnn", "cell": "gru", "hidden_size": 16}}),
+        "attention": (
+            {"caption": {"modality": "text", "max_length": 12}},
+            {"caption": {"type": "attention", "d_model": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 32}},
+        ),
+        "bert": (
+            {"caption": {"modality": "text", "tokenizer": str(bert), "max_length": 12}},
+            {"caption": {"type": "hf", "path": str(bert)}},
+        ),
+        "fused": (
+            {"picture": IMAGE, "sound": AUDIO, "caption": {"modality": "text", "max_length": 12}},
+            {},
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def fitted_runs(tmp_path_factory):
+    """name -> run folder, fitted once per session from the mixed table (plus the BERT folder and table)."""
+    from mmtransfer.config import validate
+    from mmtransfer.display import make_console
+    from mmtransfer.runs import fit_run
+
+    root = tmp_path_factory.mktemp("artifacts")
+    table = write_mixed_table(root / "data")
+    bert = tiny_bert(root / "tiny-bert-model")
+    runs = {}
+    for name, (columns, encoders) in run_configs(table, bert).items():
+        ignore = [c for c in ("picture", "sound", "caption", "weight", "colour") if c not in columns]
+        if name == "fused":
+            ignore = []
+        cfg = validate(
+            {
+                "data": {"table": str(table), "columns": columns, "ignore": ignore, "test_fraction": 0.25},
+                "model": {
+                    "embed_dim": 16,
+                    "encoders": encoders,
+                    "fusion": "attention" if name == "fused" else "concat",
+                },
+                "train": {"epochs": 2, "batch_size": 8, "progress": False},
+            }
+        )
+        fit_run(cfg, root / name, make_console(quiet=True))
+        runs[name] = root / name
+    runs["_table"], runs["_bert"] = table, bert
+    return runs

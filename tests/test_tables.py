@@ -138,8 +138,8 @@ def bad_table(tmp_path, change):
             r"row 6, column 'caption': empty text",
         ),
         (
-            lambda df, d: df.__setitem__("weight", df["weight"].replace(df["weight"][9], np.nan)),
-            r"row 9, column 'weight': NaN in a numeric column",
+            lambda df, d: df.__setitem__("weight", df["weight"].replace(df["weight"][9], np.inf)),
+            r"row 9, column 'weight': infinite value",
         ),
         (
             lambda df, d: df.__setitem__("label", df["label"].replace("owl", None)),
@@ -258,7 +258,10 @@ def test_na_words_are_values_and_nullable_numbers_are_missing(tmp_path):
     cfg = DataConfig(columns={"weight": TabularColumn(missing="mean")})
     assert torch.isfinite(load_table_dataset(cfg, source=df).train.to_memory().inputs["tabular"]).all()
     with pytest.raises(DataError, match=r"row 5, column 'weight': NaN in a numeric column"):
-        load_table_dataset(DataConfig(), source=df)
+        load_table_dataset(DataConfig(columns={"weight": TabularColumn(missing="error")}), source=df)
+    # by default an empty number cell is a missing value: filled with the train mean
+    data = load_table_dataset(DataConfig(), source=df)
+    assert len(data.train) + len(data.val) + len(data.test) == len(df)
 
 
 def test_dotted_column_names_are_refused(tmp_path):

@@ -207,7 +207,10 @@ def write_splits(run_dir: Path, cfg: RunConfig, data) -> None:
     record: dict = {"validation": data.labels.validation if data.labels else None}
     parts = {"train": data.train, "val": data.val, "test": data.test}
     table = cfg.data.table or cfg.data.folder
-    if table is not None and all(hasattr(p, "row_ids") for p in parts.values() if p is not None):
+    if table is None and all(hasattr(p, "row_ids") for p in parts.values() if p is not None):
+        record["table"] = None  # a DataFrame given in Python: its rows are recorded, the table itself is not
+        record["rows"] = {k: [int(r) for r in p.row_ids] for k, p in parts.items() if p is not None}
+    elif table is not None and all(hasattr(p, "row_ids") for p in parts.values() if p is not None):
         record["table"] = str(table)
         record["table_sha256"] = table_sha256(table)
         record["rows"] = {k: [int(r) for r in p.row_ids] for k, p in parts.items() if p is not None}
@@ -239,8 +242,11 @@ class Run:
     differences: list[str] = field(default_factory=list)
 
 
-def load(run_dir: str | Path, *, allow_unfinished: bool = False, verify_files: bool = True) -> Run:
-    """Verify and load a run folder; nothing outside it is read (pretrained parts come from its assets)."""
+def load(
+    run_dir: str | Path, *, allow_unfinished: bool = False, verify_files: bool = True, modules: dict | None = None
+) -> Run:
+    """Verify and load a run folder; nothing outside it is read (pretrained parts come from its assets).
+    ``modules`` supply the encoders a run was given as Python modules (``custom`` in its config)."""
     from mmtransfer.checkpoint import load_into, load_weights
     from mmtransfer.model import build_model
     from mmtransfer.transfer import strategies
@@ -250,7 +256,7 @@ def load(run_dir: str | Path, *, allow_unfinished: bool = False, verify_files: b
     cfg = load_config(run_dir / "config.yaml")
     classes = _json(run_dir / "labels.json")
     specs = read_specs(run_dir / "inputs.json")
-    model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False)
+    model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False, modules=modules)
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     weights = run_dir / "model.safetensors"
     load_into(model, load_weights(weights), where=str(weights))

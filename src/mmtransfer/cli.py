@@ -80,24 +80,211 @@ def fit(
     )
 
 
+UNFINISHED = typer.Option("--allow-unfinished", help="Use a run folder whose fit did not finish.")
+
+
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmtransfer fit`.")],
-    split: Annotated[str, typer.Option(help="Which split of the run's data: train, val or test.")] = "test",
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="A new labelled table (CSV / TSV / Parquet) or folder; without it, the run's own split."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Without DATA: which split of the run's data: train, val or test.")
+    ] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="With DATA: the confusion-matrix PNG (default: DATA's name + _confusion.png).")
+    ] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding of a CSV / TSV table.")] = None,
+    allow_unfinished: Annotated[bool, UNFINISHED] = False,
 ) -> None:
-    """Evaluate a run folder's model on held-out data: accuracy, macro-F1, loss and the confusion matrix."""
-    if not (run_dir / "config.yaml").is_file():
-        _fail(FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml"))
+    """Evaluate a run folder's model: accuracy, macro-F1, loss, per-class precision / recall / F1, confusion.
+
+    Without DATA it scores exactly the rows the run held out (recorded in splits.json), and refuses if its table
+    changed since. With DATA (a labelled table or folder with the run's input columns) it scores those rows
+    through the run's fitted preprocessing and writes a confusion-matrix PNG.
+    """
+    from mmtransfer import artifact
+    from mmtransfer.inference import evaluate_data
     from mmtransfer.runs import evaluate_run
 
     try:
-        metrics = evaluate_run(run_dir, split)
-        _print_metrics(metrics, f"{split} metrics ({run_dir})", metrics.get("classes"))
+        if data is None:
+            metrics = evaluate_run(run_dir, split, allow_unfinished=allow_unfinished)
+            title = f"{split} metrics ({run_dir})"
+        else:
+            run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
+            _notes(run)
+            png = png or Path(f"{data.stem or data.name}_confusion.png")
+            metrics = evaluate_data(run, data, png, encoding=encoding, console=console)
+            title = f"metrics of {run_dir} on {data}"
+        _print_metrics(metrics, title, metrics.get("classes"))
+        if "confusion_png" in metrics:
+            console.print(f"confusion matrix: {metrics['confusion_png']}", markup=False)
         if json_out:
             json_out.write_text(json.dumps(metrics, indent=1))
     except USER_ERRORS as err:
         _fail(err)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmtransfer fit`.")],
+    data: Annotated[Path, typer.Argument(help="A table (CSV / TSV / Parquet) or folder with the run's input columns.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions CSV to write.")] = Path("predictions.csv"),
+    id_column: Annotated[str | None, typer.Option(help="A column naming each row (default: the row number).")] = None,
+    on_bad_rows: Annotated[
+        str, typer.Option(help="error: list every bad cell and stop; skip: write those rows to OUT.rejected.csv.")
+    ] = "error",
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 256,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding of a CSV / TSV table.")] = None,
+    allow_unfinished: Annotated[bool, UNFINISHED] = False,
+) -> None:
+    """Predict the class of every row of DATA with a run's model and its fitted preprocessing (never refitted).
+
+    Writes one row per input row: its id, the predicted class and one probability column per class (p_NAME),
+    plus the true label where DATA has the label column (which is optional). Rows are read and predicted in
+    batches, so memory stays bounded on large inputs.
+    """
+    from mmtransfer import artifact
+    from mmtransfer.inference import predict as run_predict
+
+    if on_bad_rows not in ("error", "skip"):
+        _fail(ValueError(f"--on-bad-rows: got {on_bad_rows!r}; expected error or skip"))
+    try:
+        run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
+        _notes(run)
+        done = run_predict(
+            run,
+            data,
+            out,
+            id_column=id_column,
+            on_bad_rows=on_bad_rows,
+            batch_size=batch_size,
+            encoding=encoding,
+            console=console,
+        )
+    except USER_ERRORS as err:
+        _fail(err)
+    message = f"predicted {done['rows']} rows -> {done['out']}"
+    if done["rejected"]:
+        message += f"; {done['rejected_rows']} rows set aside, with their reasons -> {done['rejected']}"
+    console.print(message, markup=False)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmtransfer fit`.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write (default: RUN_DIR/model.onnx).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="A table to check the export on (default: the run's own test rows).")
+    ] = None,
+    allow_unfinished: Annotated[bool, UNFINISHED] = False,
+) -> None:
+    """Export a run's model (every encoder and the fusion; LoRA merged) as ONNX with a dynamic batch axis.
+
+    The graph takes the preprocessed tensors. The export checks itself against PyTorch with onnxruntime on real
+    rows of the run's data (the largest difference is printed and must be at most 1e-4) and writes a JSON file
+    beside it describing the inputs it expects, the classes and the preprocessing.
+    """
+    from mmtransfer import artifact
+    from mmtransfer.export import export_onnx
+
+    if format_ != "onnx":
+        _fail(ValueError(f"--format: got {format_!r}; supported: onnx"))
+    try:
+        run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
+        _notes(run)
+        target = out or run_dir / "model.onnx"
+        described = export_onnx(run, target, data=data)
+    except USER_ERRORS as err:
+        _fail(err)
+    rows = [[i["name"], i["dtype"], str(i["shape"])] for i in described["inputs"]]
+    console.print(Grid(f"ONNX inputs ({target})", ["input", "dtype", "shape"], rows))
+    console.print(
+        f"checked on {described['checked_rows']} rows of real data with onnxruntime: max abs difference "
+        f"{described['max_abs_diff']:.2e} (limit 1e-4); description: {target.with_suffix('.json')}",
+        markup=False,
+    )
+
+
+@app.command()
+def info(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmtransfer fit`.")],
+) -> None:
+    """What a run folder holds: inputs and their preprocessing, encoders with parameter counts, fusion, classes,
+    metrics at training time, what was transferred from where, versions, and whether the manifest verifies."""
+    from mmtransfer import artifact
+
+    try:
+        artifact.verify(run_dir, allow_unfinished=True)
+        verified = "ok: every file matches manifest.json"
+    except artifact.ArtifactError as err:
+        verified = f"FAILED: {err}"
+    console.print(f"run folder {run_dir}: manifest {verified}", markup=False)
+    try:
+        run = artifact.load(run_dir, allow_unfinished=True, verify_files=False)
+        _print_info(run)
+    except USER_ERRORS as err:
+        _fail(err)
+
+
+def _notes(run) -> None:
+    for difference in run.differences:
+        errors.print(f"note: version differs from the run's: {difference}", markup=False, highlight=False)
+
+
+def _print_info(run) -> None:
+    from mmtransfer.transfer.freeze import count_parameters
+
+    path = run.path
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+    pre = run.preprocessor
+    rows = []
+    for name, spec in sorted(run.specs.items()):
+        how = ""
+        if pre is not None and name in pre.columns:
+            cfg = pre.columns[name].model_dump(exclude={"modality"})
+            how = ", ".join(f"{k}={v}" for k, v in cfg.items() if v not in (None, [], {}))
+        elif pre is not None and name == "tabular":
+            how = "columns " + ", ".join(pre.tab_cols)
+        encoder = run.model.encoders[name]
+        params = sum(p.numel() for p in encoder.parameters())
+        enc_cfg = run.cfg.model.encoders.get(name)
+        rows.append(
+            [name, f"{spec.kind} {list(spec.shape)}", how, f"{enc_cfg.type if enc_cfg else '?'}", f"{params:,}"]
+        )
+    console.print(Grid("inputs", ["input", "kind and shape", "preprocessing", "encoder", "parameters"], rows))
+    trainable, total = count_parameters(run.model)
+    console.print(
+        f"fusion {run.cfg.model.fusion}, embedding {run.cfg.model.embed_dim}; {total:,} parameters in all",
+        markup=False,
+    )
+    console.print(f"classes ({len(run.classes)}): {', '.join(run.classes)}", markup=False)
+    if metrics:
+        test, labels = metrics.get("test", {}), metrics.get("labels", {})
+        scores = f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
+        scores += f"{test.get('macro_f1', float('nan')):.4f} (n={test.get('n')})"
+        epochs = f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
+        used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
+        console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
+    report = path / "transfer_report.json"
+    if report.is_file():
+        record = json.loads(report.read_text())
+        counts = record["graft"]["counts"]
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
+    else:
+        console.print("transferred from: nothing (trained from scratch)", markup=False)
+    versions = json.loads((path / "versions.json").read_text()) if (path / "versions.json").is_file() else {}
+    console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
+    for difference in run.differences:
+        console.print(f"note: version differs here: {difference}", markup=False)
 
 
 @app.command()

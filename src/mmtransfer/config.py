@@ -82,8 +82,10 @@ class AudioColumn(_Strict):
 class TabularColumn(_Strict):
     modality: Literal["tabular"] = "tabular"
     kind: Literal["numeric", "categorical"] = "numeric"
-    missing: Literal["error", "mean"] = Field(
-        "error", description="A NaN is an error, or (numeric) replaced by the train mean."
+    missing: Literal["mean", "error"] = Field(
+        "mean",
+        description="An empty cell in a number column is a missing value: filled with the train mean (numeric; "
+        "an empty category gets the unseen-category code), or, with error, a bad cell that stops the run.",
     )
 
 
@@ -211,8 +213,17 @@ class MLPConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class CustomConfig(_Strict):
+    type: Literal["custom"] = "custom"
+    name: str = Field(
+        description="The class of a torch.nn.Module given in Python (Predictor(encoders={...})); recorded so a "
+        "run folder says which module to pass again when it is loaded."
+    )
+
+
 EncoderConfig = Annotated[
-    CNNConfig | RNNConfig | AttentionConfig | HFConfig | TimmConfig | MLPConfig, Field(discriminator="type")
+    CNNConfig | RNNConfig | AttentionConfig | HFConfig | TimmConfig | MLPConfig | CustomConfig,
+    Field(discriminator="type"),
 ]
 
 

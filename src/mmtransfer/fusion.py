@@ -18,7 +18,8 @@ def _present(embeddings: dict[str, torch.Tensor], present: Masks | None, keys: l
     cols = []
     for k in keys:
         m = (present or {}).get(k)
-        cols.append(torch.ones(first.shape[0], device=first.device) if m is None else m.to(first.device).float())
+        # ones_like keeps the batch size a tensor's, so an ONNX export keeps its batch axis dynamic
+        cols.append(torch.ones_like(first[:, 0]) if m is None else m.to(first.device).to(first.dtype))
     return torch.stack(cols, dim=1)
 
 
@@ -57,7 +58,7 @@ class AttentionFusion(nn.Module):
     def forward(self, embeddings: dict[str, torch.Tensor], present: Masks | None = None) -> torch.Tensor:
         mask = _present(embeddings, present, self.keys).bool()
         tokens = torch.stack([embeddings[k] for k in self.keys], dim=1) + self.type_embedding
-        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        tokens = torch.cat([self.cls + torch.zeros_like(tokens[:, :1]), tokens], dim=1)  # [CLS] for each row
         keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # [CLS] is always there
         return self.norm(self.layers(tokens, src_key_padding_mask=~keep)[:, 0])
 

@@ -67,6 +67,17 @@ class Classifier(nn.Module):
         return self.head(self.embed(inputs))
 
 
+def check_encoder(name: str, module: nn.Module) -> nn.Module:
+    """A user's own encoder must follow the encoder contract: an ``nn.Module`` with an int ``output_dim``."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"encoder for {name!r}: expected a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(getattr(module, "output_dim", None), int):
+        raise ValueError(
+            f"encoder for {name!r} ({type(module).__name__}): needs an int output_dim, the size D of its [B, D] output"
+        )
+    return module
+
+
 def as_spec(spec: InputSpec | tuple[int, ...]) -> InputSpec:
     """A bare shape is read as an image (C, H, W), a signal (C, L) or table columns (F,)."""
     if isinstance(spec, InputSpec):
@@ -104,6 +115,7 @@ def build_model(
     *,
     seed: int | None = None,
     pretrained: bool = True,
+    modules: dict[str, nn.Module] | None = None,
 ) -> Classifier:
     """Build from a validated config. Encoder names must be input names; inputs without one get the default.
 
@@ -116,7 +128,7 @@ def build_model(
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_model(cfg, specs, num_classes, pretrained=pretrained)
+            return build_model(cfg, specs, num_classes, pretrained=pretrained, modules=modules)
     classes = None
     if not isinstance(num_classes, int):
         classes = [str(c) for c in num_classes]
@@ -129,8 +141,20 @@ def build_model(
             f"no input named {unknown}"
         )
     encoders = {}
+    modules = modules or {}
+    unknown = sorted(set(modules) - set(specs))
+    if unknown:
+        raise ValueError(f"encoders given as modules for {unknown}, but the data provides inputs {sorted(specs)}")
     for name, spec in sorted(specs.items()):
+        if name in modules:
+            encoders[name] = check_encoder(name, modules[name])
+            continue
         enc_cfg = cfg.encoders.get(name) or default_encoder(spec)
+        if enc_cfg.type == "custom":
+            raise ValueError(
+                f"model.encoders.{name}: a custom module ({enc_cfg.name}) that only Python can supply: "
+                f"Predictor.load(path, encoders={{{name!r}: {enc_cfg.name.rsplit('.', 1)[-1]}(...)}})"
+            )
         kwargs = enc_cfg.model_dump(exclude={"type"})
         if not pretrained and enc_cfg.type == "hf":
             kwargs["weights"] = False

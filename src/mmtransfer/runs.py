@@ -13,7 +13,7 @@ from rich.console import Console
 
 from mmtransfer import artifact
 from mmtransfer.cache import add_cached_features
-from mmtransfer.config import RunConfig, dump_config
+from mmtransfer.config import CustomConfig, RunConfig, dump_config
 from mmtransfer.data import Dataset, load_dataset
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
@@ -30,19 +30,29 @@ def load_run(run_dir: str | Path, *, allow_unfinished: bool = False) -> tuple[Ru
     return run.cfg, run.model, run.classes
 
 
-def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> dict:
+def fit_run(
+    cfg: RunConfig,
+    out: str | Path,
+    console: Console | None = None,
+    *,
+    source=None,
+    modules: dict | None = None,
+) -> dict:
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder.
 
     Nothing is written until the data, the model and the transfer are known to be good. ``config.yaml`` names
     every input's encoder, defaults included, so the run rebuilds the same model whatever later defaults are.
-    Under ``accelerate launch`` only the main process prints.
+    Under ``accelerate launch`` only the main process prints. ``source`` is a table given directly (a
+    DataFrame) instead of ``cfg.data.table``; ``modules`` are encoders given as ``nn.Module`` (recorded in the
+    config as ``custom`` with their class name).
     """
     console = console or make_console()
     if not PartialState().is_main_process:
         console = Console(quiet=True)
     out = Path(out)
-    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation)
-    model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed)
+    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
+    modules = modules or {}
+    model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
     console.print(
         "encoders: "
         + ", ".join(
@@ -55,6 +65,8 @@ def fit_run(cfg: RunConfig, out: str | Path, console: Console | None = None) -> 
         highlight=False,
     )
     encoders = {name: cfg.model.encoders.get(name) or default_encoder(spec) for name, spec in data.specs.items()}
+    for name, module in modules.items():
+        encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
     transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source else None
     if cfg.transfer.freeze:
@@ -200,6 +212,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
     if rows is not None:
         if split not in rows:
             raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
+        if record.get("table") is None:
+            raise ValueError(f"{run_dir}: trained on a DataFrame given in Python; give the data to score")
         table = Path(record["table"])
         if not table.is_file():
             raise FileNotFoundError(f"{run_dir}: its table {table} is not there any more; give the data to score")

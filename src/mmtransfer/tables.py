@@ -114,8 +114,9 @@ def read_folder(folder: str | Path, label: str = "label") -> tuple[pd.DataFrame,
 def read_source(cfg: DataConfig, source=None) -> tuple[pd.DataFrame, Path, str, DataConfig]:
     """The table a data config names (``table`` or ``folder``, or ``source`` given), and the config to use
     with it: a folder with split subfolders brings its own split column."""
-    if source is None and cfg.folder is not None:
-        df, base, name = read_folder(cfg.folder, cfg.label)
+    folder = cfg.folder if source is None else source if not isinstance(source, pd.DataFrame) else None
+    if folder is not None and Path(folder).is_dir():
+        df, base, name = read_folder(folder, cfg.label)
         if "split" in df.columns and cfg.split_column is None:
             cfg = cfg.model_copy(update={"split_column": "split"})
         return df, base, name, cfg

@@ -61,8 +61,13 @@ class ConvEncoder(nn.Module):
         if readout == "grid":
             if input_size is None or len(input_size) != dims:
                 raise ValueError(f"ConvEncoder: readout grid needs the input's {dims} spatial size(s)")
-            self.cells = tuple(min(grid, n) for n in self.output_size(input_size))
+            size = self.output_size(input_size)
+            self.cells = tuple(min(grid, n) for n in size)
             features = c * int(torch.Size(self.cells).numel())
+            # Adaptive average pooling as one matrix per axis: the same numbers, and it exports to ONNX for any
+            # sizes (ONNX's own pooling needs the grid to divide the map). Not saved: it follows from the sizes.
+            for axis, (n, cells) in enumerate(zip(size, self.cells, strict=True)):
+                self.register_buffer(f"pool{axis}", _pool_matrix(n, cells), persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(features, output_dim)
         self.output_dim = output_dim
@@ -100,9 +105,12 @@ class ConvEncoder(nn.Module):
                     if keep is not None:
                         keep = nn.functional.max_pool1d(keep, 2, ceil_mode=True)
         if self.readout == "grid":
-            if tuple(x.shape[2:]) != self.cells:  # where the map is already the grid, pooling would copy it
-                pool = nn.functional.adaptive_avg_pool2d if self.dims == 2 else nn.functional.adaptive_avg_pool1d
-                x = pool(x, self.cells)
+            if tuple(x.shape[2:]) == self.cells:
+                pass  # the map already is the grid
+            elif self.dims == 2:
+                x = torch.einsum("bchw,hi,wj->bcij", x, self.pool0, self.pool1)
+            else:
+                x = torch.einsum("bcl,li->bci", x, self.pool0)
             x = x.flatten(1)
         elif self.readout == "max":  # ReLU outputs are >= 0, so zeroed padding never changes a maximum
             x = x.flatten(2).amax(-1)
@@ -115,3 +123,13 @@ class ConvEncoder(nn.Module):
     def layer_groups(self) -> list[nn.Module]:
         """Input side first: each conv block, then the projection."""
         return [*self.blocks, self.proj]
+
+
+def _pool_matrix(n: int, cells: int) -> torch.Tensor:
+    """[n, cells]: column i averages the inputs that adaptive average pooling gives cell i
+    (from floor(i n / cells) to ceil((i + 1) n / cells))."""
+    out = torch.zeros(n, cells)
+    for i in range(cells):
+        start, end = (i * n) // cells, -((-(i + 1) * n) // cells)
+        out[start:end, i] = 1.0 / (end - start)
+    return out

@@ -62,7 +62,8 @@ class TokenEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != self.pad_id
-        mask[:, 0] |= ~mask.any(1)
+        # an all-padding text (a missing one) keeps its first step, so pooling has something; out of place: ONNX
+        mask = torch.cat([mask[:, :1] | ~mask.any(1, keepdim=True), mask[:, 1:]], dim=1)
         return self.inner(self.embedding(ids).transpose(1, 2), mask=mask)
 
     def layer_groups(self) -> list[nn.Module]:

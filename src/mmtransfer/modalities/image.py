@@ -31,7 +31,9 @@ class ImageModality:
         try:
             with Image.open(path) as img:
                 array = np.asarray(fit_image(img.convert("L" if self.cfg.channels == 1 else "RGB"), self.cfg))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        except Image.DecompressionBombError as err:
+            raise BadValue(f"image too large to decode safely (a decompression bomb?): {err}", file=str(path)) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise BadValue(f"unreadable or corrupt image: {err}", file=str(path)) from None
         if array.ndim == 2:
             array = array[None]

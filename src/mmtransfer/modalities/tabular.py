@@ -11,7 +11,19 @@ import torch
 from mmtransfer.config import TabularColumn
 from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 
-MISSING = object()  # a numeric NaN the config allows, replaced by the train mean in collate
+
+class _Missing:
+    """An empty cell that ``missing: mean`` allows (the train mean, or the unseen-category code, in collate).
+    A singleton that stays one across DataLoader worker processes: it pickles as a reference to ``MISSING``."""
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()
 
 
 class TabularModality:
@@ -35,12 +47,12 @@ class TabularModality:
 
     def load(self, value: Any, base: Path) -> Any:
         if is_missing(value):
-            if self.cfg.kind == "numeric" and self.cfg.missing == "mean":
-                return MISSING
+            if self.cfg.missing == "mean":
+                return MISSING  # numeric: the train mean; categorical: the unseen-category code
             raise BadValue(
-                "empty category"
+                "empty category (missing: error refuses it; missing: mean gives it the unseen-category code)"
                 if self.cfg.kind == "categorical"
-                else "NaN in a numeric column (set missing: mean to replace it by the train mean)"
+                else "NaN in a numeric column (missing: error refuses it; missing: mean fills in the train mean)"
             )
         if self.cfg.kind == "categorical":
             return str(value)
@@ -56,7 +68,7 @@ class TabularModality:
 
     def fit(self, examples: list[Any]) -> None:
         if self.cfg.kind == "categorical":
-            self.categories = sorted(set(examples))
+            self.categories = sorted({e for e in examples if e is not MISSING})
             self._codes = {c: i + 1 for i, c in enumerate(self.categories)}
             return
         values = torch.tensor([v for v in examples if v is not MISSING], dtype=torch.float64)

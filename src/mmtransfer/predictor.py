@@ -1,0 +1,241 @@
+"""An estimator in the scikit-learn manner over the whole path: fit, predict, evaluate, embed, save, load.
+
+>>> from mmtransfer import Predictor
+>>> p = Predictor(label="label", train={"epochs": 5}).fit("reviews.csv")  # doctest: +SKIP
+>>> p.predict_proba(new_rows).head()  # doctest: +SKIP
+>>> p.save("runs/reviews"); Predictor.load("runs/reviews").predict(new_rows)  # doctest: +SKIP
+
+``data`` everywhere is a pandas DataFrame, a table path (CSV / TSV / Parquet), a folder of class folders, or a
+built-in dataset name (``digits``, ``mnist1d``: predictions are then made on its test split). A fitted
+predictor is a verified run folder (:mod:`mmtransfer.artifact`) loaded in memory: ``save`` copies that folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mmtransfer.config import RunConfig, validate
+
+BUILTIN = ("digits", "mnist1d")
+SECTIONS = ("data", "model", "train", "transfer")
+
+
+class Predictor:
+    """Fit a model on labelled data, then use it.
+
+    ``config`` is a :class:`~mmtransfer.config.RunConfig`, a dict of sections or a YAML path. Keyword overrides
+    are sections (``train={"epochs": 5}``) or single fields with ``__`` for the dots (``train__lr=1e-3``).
+    ``encoders`` maps input names to your own ``nn.Module`` (with an int ``output_dim``, returning [B, D]).
+    ``path`` is where the run folder goes (default: a new temporary folder; ``save`` copies it).
+    """
+
+    def __init__(
+        self,
+        label: str = "label",
+        *,
+        config: RunConfig | dict | str | Path | None = None,
+        encoders: dict[str, nn.Module] | None = None,
+        path: str | Path | None = None,
+        verbose: bool = False,
+        **overrides,
+    ):
+        self.label = label
+        self.config = config
+        self.encoders = dict(encoders or {})
+        self.path = Path(path) if path is not None else None
+        self.verbose = verbose
+        self.overrides = overrides
+        self.run_ = None
+
+    # ------------------------------------------------------------ fitting
+
+    def _config(self) -> RunConfig:
+        from mmtransfer.config import load_config
+
+        if isinstance(self.config, (str, Path)):
+            raw = load_config(self.config).model_dump(mode="json")
+        elif isinstance(self.config, RunConfig):
+            raw = self.config.model_dump(mode="json")
+        else:
+            raw = RunConfig.model_validate(self.config or {}).model_dump(mode="json")
+        raw["data"]["label"] = self.label
+        for key, value in self.overrides.items():
+            if key in SECTIONS and isinstance(value, dict):
+                raw[key] = {**raw.get(key, {}), **value}
+            elif "__" in key and key.split("__")[0] in SECTIONS:
+                *parents, last = key.split("__")
+                node = raw
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[last] = value
+            else:
+                raise TypeError(
+                    f"Predictor: unknown argument {key!r}; give a section ({', '.join(SECTIONS)}) or "
+                    "a field as section__field"
+                )
+        return validate(raw, "Predictor config")
+
+    def fit(self, train, valid=None) -> Predictor:
+        """Train on ``train`` (validation rows: ``valid`` if given, else a stratified part of ``train``); a
+        test part of ``train`` (data.test_fraction) is held out and scored, as ``mmtransfer fit`` does."""
+        from mmtransfer import artifact
+        from mmtransfer.display import make_console
+        from mmtransfer.runs import fit_run
+
+        cfg = self._config()
+        source, data = None, {}
+        if isinstance(train, str) and train in BUILTIN:
+            data = {"dataset": train, "table": None, "folder": None}
+        elif valid is not None or isinstance(train, pd.DataFrame):
+            source = _table(train, valid, cfg)
+            data = {"table": None, "folder": None} | ({"split_column": "_split"} if valid is not None else {})
+        else:  # a path: recorded in the run folder, so `evaluate RUN` can find its held-out rows again
+            where = Path(train).resolve()
+            data = {"folder": str(where), "table": None} if where.is_dir() else {"table": str(where), "folder": None}
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
+        out = self.path or Path(tempfile.mkdtemp(prefix="mmtransfer-predictor-"))
+        console = make_console(quiet=not self.verbose)
+        if not self.verbose:
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
+        fit_run(cfg, out, console, source=source, modules=self.encoders)
+        self.run_ = artifact.load(out, modules=self.encoders)
+        self.path = out
+        return self
+
+    # ------------------------------------------------------------ using
+
+    @property
+    def classes_(self) -> list[str]:
+        return self._fitted().classes
+
+    def _fitted(self):
+        if self.run_ is None:
+            raise RuntimeError("this Predictor is not fitted yet: call fit(data) or Predictor.load(path)")
+        return self.run_
+
+    def _split(self, data, need_labels: bool = False):
+        """(split, row ids) of ``data`` through the fitted preprocessing."""
+        from mmtransfer.data import load_dataset
+        from mmtransfer.inference import read_rows
+
+        run = self._fitted()
+        if isinstance(data, str) and data in BUILTIN:
+            cfg = run.cfg.data.model_copy(update={"dataset": data, "table": None, "folder": None})
+            test = load_dataset(cfg, validation=run.cfg.train.validation).test
+            return test, list(range(len(test)))
+        rows = read_rows(run, data, need_labels=need_labels)
+        return rows.split, rows.ids
+
+    def predict_proba(self, data) -> pd.DataFrame:
+        """One row per row of ``data`` (indexed by its row id), one probability column per class."""
+        from mmtransfer.inference import probabilities
+
+        split, ids = self._split(data)
+        chunks = [p for _, p in probabilities(self._fitted().model, split)]
+        probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes_)))
+        return pd.DataFrame(probs, index=pd.Index(ids, name="row"), columns=self.classes_)
+
+    def predict(self, data) -> np.ndarray:
+        """The predicted class name of every row of ``data``."""
+        probs = self.predict_proba(data)
+        return np.asarray(self.classes_, dtype=object)[probs.to_numpy().argmax(1)]
+
+    def evaluate(self, data) -> dict:
+        """Accuracy, macro-F1, loss, confusion matrix and per-class precision / recall / F1 on labelled ``data``."""
+        from mmtransfer.train import evaluate
+
+        split, _ = self._split(data, need_labels=True)
+        return evaluate(self._fitted().model, split)
+
+    def embed(self, data) -> np.ndarray:
+        """The fused embedding that the head reads, [N, D], for every row of ``data``."""
+        from mmtransfer.transfer.distill import embed_all
+
+        split, _ = self._split(data)
+        return embed_all(self._fitted().model, split).numpy()
+
+    def score(self, data) -> float:
+        """Accuracy on labelled ``data`` (scikit-learn's ``score``)."""
+        return float(self.evaluate(data)["accuracy"])
+
+    # ------------------------------------------------------------ saving
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the run folder (a self-contained artifact) to ``path``."""
+        run = self._fitted()
+        path = Path(path)
+        if path.resolve() != run.path.resolve():
+            if path.exists():
+                raise FileExistsError(f"{path} exists; save into a new folder")
+            shutil.copytree(run.path, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, encoders: dict[str, nn.Module] | None = None) -> Predictor:
+        """A fitted predictor from a run folder (verified); ``encoders`` supplies modules it was given in Python."""
+        from mmtransfer import artifact
+
+        run = artifact.load(path, modules=encoders)
+        predictor = cls(label=run.cfg.data.label, config=run.cfg, encoders=encoders, path=path)
+        predictor.run_ = run
+        return predictor
+
+
+def _table(train, valid, cfg: RunConfig):
+    """The training table as a DataFrame (or a path as it is); with ``valid``, both in one with a split column
+    (train rows: train or test, stratified by data.test_fraction; valid rows: val)."""
+    from mmtransfer.data import stratified_split
+    from mmtransfer.tables import read_folder
+
+    if valid is None:
+        return train
+
+    def frame(data) -> pd.DataFrame:
+        if isinstance(data, pd.DataFrame):
+            return data.reset_index(drop=True)
+        path = Path(data)
+        if path.is_dir():
+            df, base, _ = read_folder(path, cfg.data.label)
+        else:
+            from mmtransfer.tables import read_table
+
+            df, base, _ = read_table(path, encoding=cfg.data.encoding)
+        return _absolute_paths(df, base)
+
+    train_df, valid_df = frame(train), frame(valid)
+    labels = train_df[cfg.data.label].astype(str).to_numpy()
+    rest, test = stratified_split(
+        np.arange(len(train_df)),
+        labels,
+        cfg.data.test_fraction,
+        cfg.data.seed,
+        what="test",
+        field="data.test_fraction",
+        of="train data",
+    )
+    train_df = train_df.assign(_split="train")
+    train_df.loc[test, "_split"] = "test"
+    return pd.concat([train_df, valid_df.assign(_split="val")], ignore_index=True)
+
+
+def _absolute_paths(df: pd.DataFrame, base: Path) -> pd.DataFrame:
+    """Relative file paths made absolute against ``base`` (tables from two folders are joined into one)."""
+    from mmtransfer.tables import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+
+    suffixes = IMAGE_SUFFIXES | AUDIO_SUFFIXES
+    out = df.copy()
+    for col in out.columns:
+        values = out[col]
+        if (
+            values.dtype == object
+            and values.dropna().astype(str).map(lambda v: Path(v).suffix.lower()).isin(suffixes).mean() > 0.5
+        ):
+            out[col] = values.map(lambda v: v if not isinstance(v, str) or Path(v).is_absolute() else str(base / v))
+    return out
