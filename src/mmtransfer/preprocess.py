@@ -76,7 +76,7 @@ class TablePreprocessor:
             column = df[col].tolist()
             rows = range(len(column))
             streamed = self.columns[col].modality in STREAMED
-            if streamed and console is not None:
+            if streamed and console is not None and console.is_terminal:
                 rows = track(rows, description=f"checking {_escape(col)}", console=console, transient=True)
             out, here = [], np.zeros(len(column), dtype=bool)
             for i in rows:
