@@ -93,7 +93,8 @@ def test_a_flipped_byte_an_edited_manifest_and_a_missing_file_are_refused(fitted
 
 def test_an_unfinished_run_is_refused_unless_asked(fitted_runs, tmp_path):
     copy = artifact.copy_run(fitted_runs["cnn"], tmp_path / "run")
-    artifact.start(copy)  # as a fit that was killed leaves it
+    unfinished = {"complete": False, "files": {}}  # what a fit that was killed leaves
+    (copy / "manifest.json").write_text(json.dumps({**unfinished, "digest": artifact._digest(unfinished)}))
     result = runner.invoke(app, ["predict", str(copy), str(fitted_runs["_table"]), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 2 and "this run did not finish" in result.output
     result = runner.invoke(
@@ -171,7 +172,17 @@ def test_predict_without_labels_and_with_rejected_rows(fitted_runs, tmp_path):
     np.testing.assert_allclose(predicted[["p_cat", "p_dog", "p_owl"]].sum(axis=1), 1.0, atol=1e-5)
     rejected = pd.read_csv(tmp_path / "pred.rejected.csv")
     assert rejected["row"].tolist() == [4, 7] and rejected["reason"].tolist() == ["file not found"] * 2
-    assert "34 rows" in result.output and "2 rows set aside" in result.output
+    assert rejected["id"].tolist() == ["item-4", "item-7"]  # named as the predictions are
+    assert "34 row(s)" in result.output and "2 row(s) set aside" in result.output
+
+    # a clean run into the same file removes the old rejected file, and says none was set aside
+    clean = df.drop(index=[4, 7])
+    clean.to_csv(tmp_path / "clean.csv", index=False)
+    result = runner.invoke(
+        app, ["predict", str(run_dir), str(tmp_path / "clean.csv"), "--out", str(out), "--on-bad-rows", "skip"]
+    )
+    assert result.exit_code == 0 and "no row set aside" in result.output
+    assert not (tmp_path / "pred.rejected.csv").exists()
 
     # the Python path gives the same probabilities as the CSV
     run = artifact.load(run_dir)
@@ -245,9 +256,111 @@ def test_a_folder_of_class_folders_with_split_folders(tmp_path):
     assert len(data.test) == 6 and data.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert len(data.train) + len(data.val) == 12
     assert data.preprocessing["columns"]["image"]["modality"] == "image"
+
     def files(split):
         return [split.cells.values["image"][r] for r in split.rows]
 
     assert all(f.startswith("test/") for f in files(data.test))
     assert all(f.startswith("train/") for f in files(data.train) + files(data.val))
     assert [f.split("/")[1] for f in files(data.test)] == ["ant"] * 3 + ["bee"] * 3  # label = class folder
+
+
+def test_a_run_folder_is_never_written_over_without_being_asked(fitted_runs, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{table: {fitted_runs['_table']}, ignore: [sound, caption, weight, colour]}}\n"
+        "train: {epochs: 1, progress: false}\n"
+    )
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "script.sh").write_text("echo hi\n")
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "mine")])
+    assert result.exit_code == 2 and "not empty and not a run folder" in result.output
+    copy = artifact.copy_run(fitted_runs["cnn"], tmp_path / "old")
+    (copy / "transfer_report.json").write_text("{}")  # a stale file of the previous run
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(copy)])
+    assert result.exit_code == 2 and "holds a previous run; --overwrite replaces it" in result.output
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(copy), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (copy / "transfer_report.json").exists()
+    artifact.verify(copy)
+
+
+def test_a_tampered_run_folder_is_refused_as_a_graft_source_and_info_says_so(fitted_runs, tmp_path):
+    copy = artifact.copy_run(fitted_runs["cnn"], tmp_path / "run")
+    (copy / "labels.json").write_text('["cat", "dog", "emu"]')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{table: {fitted_runs['_table']}, ignore: [sound, caption, weight, colour]}}\n")
+    result = runner.invoke(app, ["graft", str(copy), str(cfg), "--dry-run"])
+    assert result.exit_code == 2 and "labels.json: " in result.output and "changed since" in result.output
+    result = runner.invoke(app, ["info", str(copy)])
+    assert result.exit_code == 2  # the report is printed, and the exit code says it cannot be trusted
+    assert "manifest FAILED" in result.output and "classes (3)" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_folder_run_names_rows_by_file_and_skips_other_files_aloud(tmp_path):
+    from PIL import Image
+
+    for k, cls in enumerate(("ant", "bee")):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(9):
+            Image.new("RGB", (9, 7), (200 * k, 20 * i, 0)).save(tmp_path / "photos" / cls / f"{i}.png")
+    (tmp_path / "photos" / "bee" / "Thumbs.db").write_bytes(b"\x00\x01")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "data: {folder: photos, columns: {image: {modality: image, size: [8, 8]}}}\n"
+        "train: {epochs: 1, progress: false}\n"
+    )
+    result = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 file(s) that are not images or audio: bee/Thumbs.db" in result.output
+    assert "dataset: null" in (tmp_path / "run" / "config.yaml").read_text()  # no built-in data beside a folder
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run")])  # its own held-out rows, found again
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "run"), str(tmp_path / "photos"), "--out", str(tmp_path / "p.csv")]
+    )
+    assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    assert predicted.columns[0] == "image" and predicted["image"].iloc[0] == "ant/0.png"
+    assert "label" in predicted.columns and len(predicted) == 18
+
+
+def test_usage_mistakes_are_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    probe = "import sys\nfrom mmtransfer.cli import main\nsys.argv = ['mmtransfer', *sys.argv[1:]]\nmain()"
+    for args, message in [
+        (["predict", "--batch-size", "0", "x", "y"], "error: Invalid value for '--batch-size'"),
+        (["fit", "--nope"], "error: No such option: --nope (see: mmtransfer fit --help)"),
+    ]:
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_more_bad_input(fitted_runs, tmp_path):
+    from mmtransfer import Predictor
+
+    run_dir = fitted_runs["cnn"]
+    (tmp_path / "header.csv").write_text("picture,label\n")
+    result = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "header.csv")])
+    assert result.exit_code == 2 and "no rows (only a header?)" in result.output
+    (tmp_path / "empty.csv").write_text("")
+    result = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "empty.csv")])
+    assert result.exit_code == 2 and "empty file: no header, no rows" in result.output
+    df = pd.read_csv(fitted_runs["_table"])[["weight", "colour", "label"]]
+    df["colour"] = [1 if c == "red" else 2 for c in df["colour"]]
+    df["colour"] = df["colour"].astype("category")
+    predictor = Predictor(
+        data={"test_fraction": 0.25, "columns": {"colour": {"modality": "tabular", "kind": "categorical"}}},
+        train__epochs=1,
+    ).fit(df)
+    # the same category read as a float (a column with a gap) keeps its code
+    floats = df.assign(colour=df["colour"].astype(float))
+    np.testing.assert_allclose(predictor.predict_proba(floats).to_numpy(), predictor.predict_proba(df).to_numpy())
+    with pytest.raises(ValueError, match="valid rows are given, but with train.validation none"):
+        Predictor(train={"validation": "none", "epochs": 1}).fit(df, valid=df)
+    result = runner.invoke(app, ["export", str(predictor.path)])
+    assert result.exit_code == 2 and "trained on a DataFrame given in Python; give --data TABLE" in result.output

@@ -12,8 +12,10 @@
     RUN/history.json, metrics.json, transfer_report.json / .md
     RUN/manifest.json        size and SHA-256 of every file above; "complete": false until fit has finished
 
-Loading verifies the manifest first: a missing, truncated or changed file, or an edited manifest, is refused
-with the file named. Weights are read as safetensors, JSON and YAML as data: nothing is ever unpickled.
+Loading verifies the manifest first: a missing, truncated or changed file, an unlisted file among those loading
+reads, or a manifest whose own digest no longer matches is refused with the file named. The manifest guards
+against damage and accidental edits, not against someone who rewrites files and manifest together. Weights are
+read as safetensors, JSON and YAML as data: nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mmtransfer.config import HFConfig, RunConfig, TimmConfig, load_config
 
 MANIFEST = "manifest.json"
 ASSETS = "assets"
+CORE_FILES = ("config.yaml", "model.safetensors", "labels.json", "inputs.json", "splits.json")
 
 
 class ArtifactError(ValueError):
@@ -73,8 +76,30 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def start(run_dir: Path) -> None:
-    """Mark a run folder as being written: until :func:`finish`, loading it is refused unless asked."""
+RUN_FILES = ("config.yaml", MANIFEST)  # a folder holding either is a run folder
+
+
+def check_out(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Before any work: ``run_dir`` must be new, empty, or (with ``overwrite``) a previous run folder. A folder
+    holding other files is never written into, so no stale file of another run survives or is listed."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ArtifactError(f"--out {run_dir}: a file, not a folder")
+    if not any(run_dir.iterdir()):
+        return
+    if not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise ArtifactError(f"--out {run_dir}: not empty and not a run folder; choose a new or empty folder")
+    if not overwrite:
+        raise ArtifactError(f"--out {run_dir}: holds a previous run; --overwrite replaces it (its files are removed)")
+
+
+def start(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Mark a run folder as being written (a previous run in it is removed first, when ``overwrite``): until
+    :func:`finish`, loading it is refused unless asked."""
+    check_out(run_dir, overwrite=overwrite)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)  # check_out made sure it is a run folder
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"complete": False, "files": {}}
     _write_json(run_dir / MANIFEST, {**manifest, "digest": _digest(manifest)})
@@ -117,7 +142,21 @@ def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
             f"{run_dir}: this run did not finish (manifest.json says so); its weights may be from any epoch. "
             "Refit, or pass --allow-unfinished to use it anyway"
         )
-    for name, entry in manifest["files"].items():
+    listed = manifest["files"]
+    for name in CORE_FILES:
+        if name not in listed:
+            raise ArtifactError(f"{path}: does not list {name}, which every run folder has (edited?)")
+    for name in ("preprocessing.json",):
+        if (run_dir / name).is_file() and name not in listed:
+            raise ArtifactError(f"{run_dir / name}: not listed in manifest.json (added after the run?)")
+    unlisted = [
+        p.relative_to(run_dir).as_posix()
+        for p in (run_dir / ASSETS).rglob("*")
+        if p.is_file() and p.relative_to(run_dir).as_posix() not in listed
+    ]
+    if unlisted:
+        raise ArtifactError(f"{run_dir / unlisted[0]}: not listed in manifest.json (added after the run?)")
+    for name, entry in listed.items():
         file = run_dir / name
         if not file.is_file():
             raise ArtifactError(f"{file}: missing from the run folder (listed in manifest.json)")

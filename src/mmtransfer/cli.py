@@ -50,24 +50,33 @@ def fit(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a field, e.g. --set train.lr=3e-4 (repeatable)."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run folder --out holds (its files are removed first).")
+    ] = False,
 ) -> None:
     """Train a model from a config (validated before any work starts) and write a run folder.
 
-    The run folder holds config.yaml, model.safetensors (the epoch with the best validation loss; the last
-    epoch with train.validation=none), labels.json, inputs.json, history.json, metrics.json (with how many
-    labels trained and selected the model), preprocessing.json (tables) and, when transfer.source is set,
-    transfer_report.json / .md. Fine-tuning strategy: --set train.strategy.name=full | linear_probe |
-    freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
+    The run folder is self-contained: config.yaml, model.safetensors (the epoch with the best validation loss;
+    the last epoch with train.validation=none), labels.json, inputs.json, preprocessing.json (tables: what the
+    columns learned on train), assets/ (pretrained configs, tokenizers), splits.json (which rows were held
+    out), versions.json, history.json, metrics.json (with how many labels trained and selected the model),
+    transfer_report.json / .md when transfer.source is set, and manifest.json (size and SHA-256 of each file;
+    written last, so an interrupted fit is marked unfinished). Use it with predict, evaluate, export, info.
+    Fine-tuning strategy: --set train.strategy.name=full | linear_probe | freeze_then_unfreeze |
+    gradual_unfreeze | discriminative | lora.
     """
+    from mmtransfer.artifact import check_out
+
     try:
         cfg = load_config(config, set_ or [])
         check_files(cfg, str(config) if config else "config")
+        check_out(out, overwrite=overwrite)
     except USER_ERRORS as err:
         _fail(err)
     from mmtransfer.runs import fit_run  # torch and the rest load only for a config that is good
 
     try:
-        metrics = fit_run(cfg, out, console)
+        metrics = fit_run(cfg, out, console, overwrite=overwrite)
     except USER_ERRORS as err:
         _fail(err)
     _print_metrics(metrics["test"], f"test metrics ({out})", metrics["classes"])
@@ -168,9 +177,11 @@ def predict(
         )
     except USER_ERRORS as err:
         _fail(err)
-    message = f"predicted {done['rows']} rows -> {done['out']}"
+    message = f"predicted {done['rows']} row(s) -> {done['out']}"
     if done["rejected"]:
-        message += f"; {done['rejected_rows']} rows set aside, with their reasons -> {done['rejected']}"
+        message += f"; {done['rejected_rows']} row(s) set aside, with their reasons -> {done['rejected']}"
+    elif on_bad_rows == "skip":
+        message += "; no row set aside"
     console.print(message, markup=False)
 
 
@@ -221,17 +232,32 @@ def info(
     metrics at training time, what was transferred from where, versions, and whether the manifest verifies."""
     from mmtransfer import artifact
 
+    if not (run_dir / "config.yaml").is_file():
+        _fail(FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml"))
+    problem = None
     try:
-        artifact.verify(run_dir, allow_unfinished=True)
+        manifest = artifact.verify(run_dir, allow_unfinished=True)
         verified = "ok: every file matches manifest.json"
+        if not manifest.get("complete"):
+            verified = "UNFINISHED: the fit that wrote this folder did not finish (no file hashes to check)"
     except artifact.ArtifactError as err:
-        verified = f"FAILED: {err}"
+        verified, problem = f"FAILED: {err}", err
     console.print(f"run folder {run_dir}: manifest {verified}", markup=False)
     try:
         run = artifact.load(run_dir, allow_unfinished=True, verify_files=False)
+    except USER_ERRORS as err:
+        if "custom module" not in str(err):
+            _fail(err)
+        run = artifact.Run(run_dir, artifact.load_config(run_dir / "config.yaml"), None, [], {})
+        run.classes = json.loads((run_dir / "labels.json").read_text())
+        run.specs = artifact.read_specs(run_dir / "inputs.json")
+        console.print(f"note: {err}", markup=False)
+    try:
         _print_info(run)
     except USER_ERRORS as err:
         _fail(err)
+    if problem is not None:  # reported in full above; the exit code says the folder cannot be trusted
+        _fail(artifact.ArtifactError(f"{run_dir}: the run folder does not verify: {problem}"))
 
 
 def _notes(run) -> None:
@@ -253,16 +279,19 @@ def _print_info(run) -> None:
             how = ", ".join(f"{k}={v}" for k, v in cfg.items() if v not in (None, [], {}))
         elif pre is not None and name == "tabular":
             how = "columns " + ", ".join(pre.tab_cols)
-        encoder = run.model.encoders[name]
-        params = sum(p.numel() for p in encoder.parameters())
         enc_cfg = run.cfg.model.encoders.get(name)
-        rows.append(
-            [name, f"{spec.kind} {list(spec.shape)}", how, f"{enc_cfg.type if enc_cfg else '?'}", f"{params:,}"]
-        )
+        kind = enc_cfg.type if enc_cfg else "?"
+        if kind == "custom":
+            kind = f"custom ({enc_cfg.name}; supplied in Python)"
+        if run.model is not None:
+            params = f"{sum(p.numel() for p in run.model.encoders[name].parameters()):,}"
+        else:
+            params = "?"
+        rows.append([name, f"{spec.kind} {list(spec.shape)}", how, kind, params])
     console.print(Grid("inputs", ["input", "kind and shape", "preprocessing", "encoder", "parameters"], rows))
-    trainable, total = count_parameters(run.model)
+    total = f"{count_parameters(run.model)[1]:,}" if run.model is not None else "?"
     console.print(
-        f"fusion {run.cfg.model.fusion}, embedding {run.cfg.model.embed_dim}; {total:,} parameters in all",
+        f"fusion {run.cfg.model.fusion}, embedding {run.cfg.model.embed_dim}; {total} parameters in all",
         markup=False,
     )
     console.print(f"classes ({len(run.classes)}): {', '.join(run.classes)}", markup=False)
@@ -386,7 +415,37 @@ def _print_metrics(metrics: dict, title: str, classes: list[str] | None = None) 
         ]
         title = "confusion matrix (rows: true class, columns: predicted class)"
         console.print(Grid(title, ["true \\ predicted", *names], cm, right=range(1, len(names) + 1)))
+    if "precision_per_class" in metrics:
+        names = classes or [str(j) for j in range(len(metrics["precision_per_class"]))]
+        per = zip(
+            names,
+            metrics["precision_per_class"],
+            metrics["recall_per_class"],
+            metrics["f1_per_class"],
+            metrics["support_per_class"],
+            strict=True,
+        )
+        rows = [[c, f"{p:.4f}", f"{r:.4f}", f"{f:.4f}", str(n)] for c, p, r, f, n in per]
+        console.print(Grid("per class", ["class", "precision", "recall", "F1", "support"], rows, right=[1, 2, 3, 4]))
+
+
+def main() -> None:
+    """The console entry point: a usage mistake (an unknown option, a bad option value) is one error line too."""
+    # typer carries its own copy of click; its usage errors derive from the class typer.BadParameter extends
+    usage_error = typer.BadParameter.__mro__[1]
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # `mmtransfer` alone: the help, as click shows it
+            print(err.format_message())
+            raise SystemExit(2) from None
+        hint = f" (see: {err.ctx.command_path} --help)" if getattr(err, "ctx", None) is not None else ""
+        errors.print(Text.assemble(("error:", "red"), " ", err.format_message() + hint), highlight=False)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    app()
+    main()

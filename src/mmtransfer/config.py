@@ -146,6 +146,8 @@ class DataConfig(_Strict):
             raise ValueError("set k_per_class or label_fraction, not both")
         if self.table is not None and self.folder is not None:
             raise ValueError("set table or folder, not both")
+        if self.table is not None or self.folder is not None:
+            self.dataset = None  # a table or folder is the data: no built-in dataset is read
         return self
 
 

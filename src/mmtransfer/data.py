@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -364,6 +365,8 @@ def make_loader(
     """A DataLoader of (inputs, labels) batches; Accelerate can shard it across processes. ``num_workers``
     processes prepare batches ahead of the model (``data.num_workers``)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if num_workers > 0:  # a fast tokenizer used before the workers fork would warn in each of them
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return DataLoader(
         _SplitDataset(split),
         batch_size=batch_size,

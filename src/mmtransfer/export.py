@@ -50,7 +50,14 @@ def sample_batch(run, data=None, rows: int = 16) -> dict[str, torch.Tensor]:
         from mmtransfer.inference import read_rows
 
         record = json.loads((run.path / "splits.json").read_text())
+        if data is None and record.get("table") is None:
+            raise ValueError(f"{run.path}: trained on a DataFrame given in Python; give --data TABLE to check on")
         source = data if data is not None else record["table"]
+        if data is None and not Path(source).exists():
+            raise FileNotFoundError(
+                f"{run.path}: the run's own table {source} (its test rows check the export) is not there any more; "
+                "give --data TABLE with the run's input columns"
+            )
         chosen = None if data is not None else record["rows"]["test"][:rows]
         split = read_rows(run, source, rows=chosen, on_bad_rows="skip").split
     else:
@@ -70,6 +77,7 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         raise ImportError("export needs onnx and onnxruntime: pip install 'mmtransfer[onnx]'") from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, out.with_name(f".{out.name}.tmp")  # renamed only once the check has passed
     model = run.model.eval()
     merged = merge_lora(model)
     batch = sample_batch(run, data)
@@ -99,10 +107,14 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         expected_half = wrapped(*(half[n] for n in names)).numpy()
     got_half = session.run(None, {n: half[n].numpy() for n in names})[0]
     diff = float(max(np.abs(got - expected).max(), np.abs(got_half - expected_half).max()))
+    if not diff <= atol:
+        out.unlink()
+        raise ValueError(f"{final}: onnxruntime differs from PyTorch by {diff:.2e} (more than {atol:g}); not written")
+    out.replace(final)
     description = {
         "format": "onnx",
         "opset": opset,
-        "file": out.name,
+        "file": final.name,
         "inputs": [
             {"name": n, "dtype": str(batch[n].dtype).removeprefix("torch."), "shape": ["batch", *batch[n].shape[1:]]}
             for n in names
@@ -116,7 +128,5 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         "checked_rows": int(len(got)),
         "max_abs_diff": diff,
     }
-    out.with_suffix(".json").write_text(json.dumps(description, indent=1))
-    if not diff <= atol:
-        raise ValueError(f"{out}: onnxruntime differs from PyTorch by {diff:.2e} (more than {atol:g}); not usable")
+    final.with_suffix(".json").write_text(json.dumps(description, indent=1))
     return description

@@ -33,15 +33,16 @@ class Rows:
     ids: list
     rejected: list[BadCell] = field(default_factory=list)
     table: pd.DataFrame | None = None
+    id_column: str | None = None  # the column naming rows (None: the row number)
 
 
-def read_data(source, encoding: str | None = None) -> tuple[pd.DataFrame, Path, str]:
+def read_data(source, encoding: str | None = None, label: str = "label") -> tuple[pd.DataFrame, Path, str]:
     """(table, folder that relative paths resolve against, name): a CSV / TSV / Parquet file, a folder of class
-    subfolders (``data.folder`` layout), or a DataFrame."""
+    subfolders (``data.folder`` layout, its class folders named in column ``label``), or a DataFrame."""
     from mmtransfer.tables import read_folder, read_table
 
     if not isinstance(source, pd.DataFrame) and Path(source).is_dir():
-        return read_folder(source)
+        return read_folder(source, label)
     return read_table(source, encoding=encoding)
 
 
@@ -55,15 +56,21 @@ def read_rows(
     id_column: str | None = None,
     encoding: str | None = None,
     console: Console | None = None,
+    skippable: bool = True,
 ) -> Rows:
-    """Check ``source`` (or only its ``rows``) against the run's input columns and return the usable rows."""
+    """Check ``source`` (or only its ``rows``) against the run's input columns and return the usable rows.
+
+    A folder's rows are named by their file (its ``image`` / ``audio`` column) unless ``id_column`` says
+    otherwise. Empty cells that will be masked or filled are counted on the console."""
     pre = run.preprocessor
     if pre is None:
         raise DataError(
             f"{run.path}: this run was trained on the built-in {run.cfg.data.dataset} data, not a table; "
             "it reads no table columns (use the Python API on the built-in name)"
         )
-    df, base, name = read_data(source, encoding)
+    df, base, name = read_data(source, encoding or run.cfg.data.encoding, run.cfg.data.label)
+    if len(df) == 0:
+        raise DataError(f"{name}: no rows (only a header?); nothing to do")
     missing = [c for c in pre.columns if c not in df.columns]
     if missing:
         raise DataError(
@@ -71,6 +78,11 @@ def read_rows(
             + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
             + f"; the table has {list(df.columns)}"
         )
+    if id_column is None and not isinstance(source, pd.DataFrame) and Path(source).is_dir():
+        id_column = next((c for c in ("image", "audio") if c in df.columns), None)  # name rows by their file
+    skipped_files = df.attrs.get("skipped_files", [])
+    if skipped_files and console is not None:
+        console.print(_skipped_note(skipped_files), markup=False)
     if id_column is not None and id_column not in df.columns:
         raise DataError(f"{name}: --id-column {id_column!r} is not a column; the table has {list(df.columns)}")
     if rows is not None:
@@ -81,7 +93,7 @@ def read_rows(
     has_labels = label in df.columns
     if need_labels and not has_labels:
         raise DataError(f"{name}: no label column {label!r} to evaluate against; the table has {list(df.columns)}")
-    ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column)]
+    ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column, "split")]
     if ignored and console is not None:
         console.print(f"columns the model does not read, ignored: {', '.join(map(str, ignored))}", markup=False)
 
@@ -108,21 +120,51 @@ def read_rows(
         more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
         raise DataError(
             f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
-            f"header); nothing was done (--on-bad-rows skip sets them aside in a file of their own)\n"
+            f"header); nothing was done"
+            + (" (--on-bad-rows skip sets them aside in a file of their own)" if skippable else "")
+            + "\n"
             + "\n".join(lines[:20])
             + more
         )
     flagged = {b.row for b in bad}
     keep = np.array([row not in flagged for row in ids], dtype=bool)
     positions = np.flatnonzero(keep)
+    if len(positions) == 0:
+        raise DataError(
+            f"{name}: every one of its {len(df)} rows has a bad cell, so none is left; the first: row {bad[0].row}, "
+            f"column {bad[0].column!r}: {bad[0].reason}" + (f" ({bad[0].file})" if bad[0].file else "")
+        )
     split = pre.split(cells, positions, torch.as_tensor(label_ids[positions]))
+    if console is not None:
+        _report_missing(pre, cells, positions, console)
     shown = df[id_column].to_numpy()[positions] if id_column else ids[positions]
-    return Rows(split, has_labels, list(shown), bad, df)
+    return Rows(split, has_labels, list(shown), bad, df, id_column)
 
 
 def labelled_rows(run, table, rows: list[int]) -> RowSplit:
     """The recorded rows of the run's own table (``evaluate RUN``), every one labelled and readable."""
-    return read_rows(run, table, rows=rows, need_labels=True).split
+    return read_rows(run, table, rows=rows, need_labels=True, skippable=False).split
+
+
+def _skipped_note(files: list[str]) -> str:
+    return f"skipped {len(files)} file(s) that are not images or audio: " + ", ".join(files[:5]) + (
+        f", ... {len(files) - 5} more" if len(files) > 5 else ""
+    )
+
+
+def _report_missing(pre, cells, positions: np.ndarray, console: Console) -> None:
+    """One line per input column with empty cells among the rows used: how many, and what is done with them."""
+    from mmtransfer.modalities.tabular import MISSING
+
+    for col in pre.columns:
+        if col in pre.tab_cols:
+            empty = sum(cells.values[col][r] is MISSING for r in positions)
+            how = "filled with the train mean" if pre.columns[col].kind == "numeric" else "given the unseen code"
+        else:
+            empty = int((~cells.present[col][positions]).sum())
+            how = "masked out of the model's input"
+        if empty:
+            console.print(f"column {col!r}: {empty} empty cell(s), {how}", markup=False)
 
 
 @torch.no_grad()
@@ -154,6 +196,7 @@ def predict(
     from mmtransfer.train import progress_bar
 
     rows = read_rows(run, source, on_bad_rows=on_bad_rows, id_column=id_column, encoding=encoding, console=console)
+    id_column = rows.id_column
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     label = run.cfg.data.label
@@ -169,25 +212,44 @@ def predict(
         for index, p in probabilities(run.model, rows.split, batch_size):
             best = p.argmax(-1).tolist()
             for j, i in enumerate(index):
-                line = [rows.ids[i], run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
+                line = [_plain(rows.ids[i]), run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
                 writer.writerow(line + ([labels[i]] if labels is not None else []))
             written += len(index)
             bar.update(task, advance=len(index))
-    rejected_path = None
+    rejected_path = out.with_name(f"{out.stem}.rejected.csv")
     if rows.rejected:
-        rejected_path = out.with_name(f"{out.stem}.rejected.csv")
+        names = rows.table[id_column] if id_column else None
         pd.DataFrame(
-            [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file or ""} for b in rows.rejected]
+            [
+                {
+                    **({id_column: _plain(names.loc[b.row])} if id_column else {}),
+                    "row": b.row,
+                    "column": b.column,
+                    "reason": b.reason,
+                    "file": b.file or "",
+                }
+                for b in rows.rejected
+            ]
         ).to_csv(rejected_path, index=False)
+    else:
+        rejected_path.unlink(missing_ok=True)  # a previous run's file would say rows were rejected now
+        rejected_path = None
     return {"rows": written, "rejected_rows": len({b.row for b in rows.rejected}), "out": str(out),
             "rejected": str(rejected_path) if rejected_path else None}
+
+
+def _plain(value):
+    """An id as a person wrote it: 7 rather than 7.0 (pandas reads an integer column with a gap as floats)."""
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else int(value) if float(value).is_integer() else value
+    return value
 
 
 def evaluate_data(run, source, png: str | Path | None = None, encoding: str | None = None, console=None) -> dict:
     """Metrics of the run on a new labelled table (its fitted preprocessing), and a confusion-matrix PNG."""
     from mmtransfer.train import evaluate
 
-    rows = read_rows(run, source, need_labels=True, encoding=encoding, console=console)
+    rows = read_rows(run, source, need_labels=True, encoding=encoding, console=console, skippable=False)
     metrics = evaluate(run.model, rows.split, cpu=run.cfg.train.cpu)
     if png is not None:
         plot_confusion(metrics["confusion"], run.classes, png, f"{run.path.name} on {Path(str(source)).name}")

@@ -38,7 +38,7 @@ class Predictor:
 
     def __init__(
         self,
-        label: str = "label",
+        label: str | None = None,
         *,
         config: RunConfig | dict | str | Path | None = None,
         encoders: dict[str, nn.Module] | None = None,
@@ -65,7 +65,8 @@ class Predictor:
             raw = self.config.model_dump(mode="json")
         else:
             raw = RunConfig.model_validate(self.config or {}).model_dump(mode="json")
-        raw["data"]["label"] = self.label
+        if self.label is not None:  # otherwise the config's (default "label")
+            raw["data"]["label"] = self.label
         for key, value in self.overrides.items():
             if key in SECTIONS and isinstance(value, dict):
                 raw[key] = {**raw.get(key, {}), **value}
@@ -90,6 +91,11 @@ class Predictor:
         from mmtransfer.runs import fit_run
 
         cfg = self._config()
+        if valid is not None and (cfg.train.validation == "none" or cfg.data.k_per_class or cfg.data.label_fraction):
+            raise ValueError(
+                "Predictor.fit: valid rows are given, but with train.validation none or a label budget they would "
+                "not select the model (a budget selects with its own labels); drop valid, or set validation: split"
+            )
         source, data = None, {}
         if isinstance(train, str) and train in BUILTIN:
             data = {"dataset": train, "table": None, "folder": None}
@@ -104,7 +110,8 @@ class Predictor:
         console = make_console(quiet=not self.verbose)
         if not self.verbose:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
-        fit_run(cfg, out, console, source=source, modules=self.encoders)
+        # fitting again into the same folder replaces the previous run there
+        fit_run(cfg, out, console, source=source, modules=self.encoders, overwrite=self.path is not None)
         self.run_ = artifact.load(out, modules=self.encoders)
         self.path = out
         return self
@@ -131,7 +138,10 @@ class Predictor:
             test = load_dataset(cfg, validation=run.cfg.train.validation).test
             return test, list(range(len(test)))
         rows = read_rows(run, data, need_labels=need_labels)
-        return rows.split, rows.ids
+        ids = rows.ids
+        if isinstance(data, pd.DataFrame):  # the caller's own index, so the result joins back onto their frame
+            ids = list(data.index[np.asarray(rows.ids, dtype=np.int64)])
+        return rows.split, ids
 
     def predict_proba(self, data) -> pd.DataFrame:
         """One row per row of ``data`` (indexed by its row id), one probability column per class."""
@@ -203,6 +213,7 @@ def _table(train, valid, cfg: RunConfig):
         path = Path(data)
         if path.is_dir():
             df, base, _ = read_folder(path, cfg.data.label)
+            df = df.drop(columns=["split"], errors="ignore")  # train and valid decide the splits here
         else:
             from mmtransfer.tables import read_table
 

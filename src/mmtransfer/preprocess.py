@@ -237,7 +237,7 @@ class RowSplit:
             for r in self.rows:
                 value = self.cells.values[col][r]
                 h.update(repr(value).encode())
-                if streamed and value is not None:
+                if streamed and value is not None:  # the file itself: where it is, its size and modification time
                     h.update(_stat(value, self.cells.base).encode())
         return h.hexdigest()[:32]
 
@@ -253,7 +253,7 @@ def _stat(value, base: Path) -> str:
     path = path if path.is_absolute() else base / path
     try:
         st = os.stat(path)
-        return f"{st.st_size}:{st.st_mtime_ns}"
+        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         return "missing"
 

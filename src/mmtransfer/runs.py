@@ -37,6 +37,7 @@ def fit_run(
     *,
     source=None,
     modules: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder.
 
@@ -44,12 +45,14 @@ def fit_run(
     every input's encoder, defaults included, so the run rebuilds the same model whatever later defaults are.
     Under ``accelerate launch`` only the main process prints. ``source`` is a table given directly (a
     DataFrame) instead of ``cfg.data.table``; ``modules`` are encoders given as ``nn.Module`` (recorded in the
-    config as ``custom`` with their class name).
+    config as ``custom`` with their class name). ``out`` must be new or empty; a previous run folder there is
+    replaced only with ``overwrite``.
     """
     console = console or make_console()
     if not PartialState().is_main_process:
         console = Console(quiet=True)
     out = Path(out)
+    artifact.check_out(out, overwrite=overwrite)  # before any work: a folder with another run is not reused
     data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
     modules = modules or {}
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
@@ -72,20 +75,24 @@ def fit_run(
     if cfg.transfer.freeze:
         freeze(model, cfg.transfer.freeze)
 
-    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end.
-    artifact.start(out)
-    dump_config(cfg, out / "config.yaml")
-    (out / "labels.json").write_text(json.dumps(data.classes))
-    artifact.write_specs(data.specs, out / "inputs.json")
-    preprocessing = artifact.write_assets(out, cfg, data)
-    if preprocessing:
-        (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
-    artifact.write_splits(out, cfg, data)
-    (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
-    if transferred is not None:
-        record, report = transferred
-        (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
-        (out / "transfer_report.md").write_text(report.markdown())
+    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end. Under
+    # `accelerate launch` one process writes.
+    state = PartialState()
+    if state.is_main_process:
+        artifact.start(out, overwrite=overwrite)
+        dump_config(cfg, out / "config.yaml")
+        (out / "labels.json").write_text(json.dumps(data.classes))
+        artifact.write_specs(data.specs, out / "inputs.json")
+        preprocessing = artifact.write_assets(out, cfg, data)
+        if preprocessing:
+            (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
+        artifact.write_splits(out, cfg, data)
+        (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
+        if transferred is not None:
+            record, report = transferred
+            (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
+            (out / "transfer_report.md").write_text(report.markdown())
+    state.wait_for_everyone()
 
     strategy = cfg.train.strategy
     strategies.prepare(model, strategy)  # lora adapters go in after grafting, before training
@@ -123,10 +130,11 @@ def fit_run(
         "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
-    (out / "history.json").write_text(json.dumps(result.history, indent=1))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if PartialState().is_main_process:
+    if state.is_main_process:
+        (out / "history.json").write_text(json.dumps(result.history, indent=1))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         artifact.finish(out)
+    state.wait_for_everyone()
     return metrics
 
 
@@ -215,7 +223,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
         if record.get("table") is None:
             raise ValueError(f"{run_dir}: trained on a DataFrame given in Python; give the data to score")
         table = Path(record["table"])
-        if not table.is_file():
+        if not table.exists():
             raise FileNotFoundError(f"{run_dir}: its table {table} is not there any more; give the data to score")
         if artifact.table_sha256(table) != record["table_sha256"]:
             raise ValueError(

@@ -58,6 +58,8 @@ def read_table(source: str | Path | pd.DataFrame, encoding: str | None = None) -
         ) from None
     except LookupError:
         raise DataError(f"{path}: unknown text encoding {encoding!r} (data.encoding)") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file: no header, no rows") from None
     except (pd.errors.ParserError, ValueError, OSError) as err:
         if isinstance(err, DataError):
             raise
@@ -80,8 +82,9 @@ def read_folder(folder: str | Path, label: str = "label") -> tuple[pd.DataFrame,
     audio files, optionally under ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/``.
 
     Columns: ``image`` or ``audio`` (paths relative to the folder, by the files' suffixes), ``label`` (the class
-    folder's name) and, with split folders, ``split``. Every file is listed (hidden ones aside): one that is
-    not an image or audio file becomes a bad cell, named by row, rather than vanishing."""
+    folder's name) and, with split folders, ``split``. Files that are neither images nor audio by their suffix
+    (a ``Thumbs.db``, a ``notes.txt``) are left out, as torchvision's ImageFolder does, but not silently: they
+    are listed in ``df.attrs["skipped_files"]``, which the loaders print. Hidden files are ignored."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"data.folder: no such folder: {root}")
@@ -91,7 +94,8 @@ def read_folder(folder: str | Path, label: str = "label") -> tuple[pd.DataFrame,
     if split_dirs and len(split_dirs) != len(children):
         others = [p.name for p in children if p not in split_dirs]
         raise DataError(f"{root}: mixes split folders ({[p.name for p in split_dirs]}) with others ({others})")
-    rows = []
+    rows, skipped = [], []
+    media = IMAGE_SUFFIXES | AUDIO_SUFFIXES
     for part in split_dirs or [root]:
         classes = sorted(p for p in part.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
@@ -99,16 +103,24 @@ def read_folder(folder: str | Path, label: str = "label") -> tuple[pd.DataFrame,
         for cls in classes:
             files = sorted(f for f in cls.rglob("*") if f.is_file() and not f.name.startswith("."))
             for f in files:
+                if f.suffix.lower() not in media:
+                    skipped.append(f.relative_to(root).as_posix())
+                    continue
                 row = {"file": f.relative_to(root).as_posix(), label: cls.name}
                 if split_dirs:
                     row["split"] = splits[part.name.lower()]
                 rows.append(row)
     if not rows:
-        raise DataError(f"{root}: no files in its class folders")
+        raise DataError(
+            f"{root}: no image or audio files in its class folders"
+            + (f" ({len(skipped)} other files, e.g. {skipped[0]})" if skipped else "")
+        )
     df = pd.DataFrame(rows)
     suffixes = df["file"].map(lambda v: Path(v).suffix.lower())
     kind = "audio" if suffixes.isin(AUDIO_SUFFIXES).sum() > suffixes.isin(IMAGE_SUFFIXES).sum() else "image"
-    return df.rename(columns={"file": kind}), root.resolve(), str(root)
+    df = df.rename(columns={"file": kind})
+    df.attrs["skipped_files"] = skipped
+    return df, root.resolve(), str(root)
 
 
 def read_source(cfg: DataConfig, source=None) -> tuple[pd.DataFrame, Path, str, DataConfig]:
@@ -260,6 +272,15 @@ def load_table_dataset(
     :class:`~mmtransfer.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at once.
     ``data.preprocessor`` is the fitted :class:`~mmtransfer.preprocess.TablePreprocessor`."""
     df, base, name, cfg = read_source(cfg, source)
+    if len(df) == 0:
+        raise DataError(f"{name}: no rows (only a header?); nothing to train on")
+    skipped_files = df.attrs.get("skipped_files", [])
+    if skipped_files and console is not None:
+        console.print(
+            f"skipped {len(skipped_files)} file(s) that are not images or audio: {', '.join(skipped_files[:5])}"
+            + (f", ... {len(skipped_files) - 5} more" if len(skipped_files) > 5 else ""),
+            markup=False,
+        )
     columns = bind_columns(df, cfg, name, console)
     pre = TablePreprocessor(columns)
 

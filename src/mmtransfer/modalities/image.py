@@ -34,7 +34,8 @@ class ImageModality:
         except Image.DecompressionBombError as err:
             raise BadValue(f"image too large to decode safely (a decompression bomb?): {err}", file=str(path)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise BadValue(f"unreadable or corrupt image: {err}", file=str(path)) from None
+            reason = str(err).replace(f"'{path}'", "").replace(str(path), "").strip().rstrip(":")  # the path is named
+            raise BadValue(f"unreadable or corrupt image: {reason}", file=str(path)) from None
         if array.ndim == 2:
             array = array[None]
         else:

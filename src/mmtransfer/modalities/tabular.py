@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmtransfer.config import TabularColumn
@@ -55,6 +56,9 @@ class TabularModality:
                 else "NaN in a numeric column (missing: error refuses it; missing: mean fills in the train mean)"
             )
         if self.cfg.kind == "categorical":
+            # 2 and 2.0 are one category: a column with a gap is read as floats, one without as integers
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                value = int(value)
             return str(value)
         try:
             number = float(value)

@@ -91,7 +91,7 @@ def distill(
     start = time.perf_counter()
     data = as_examples(data)
     teacher = embed_all(source, data)
-    student_dim = embed_all(target, data.subset([0, 1])).shape[-1]
+    student_dim = embed_all(target, data.subset(list(range(min(2, len(data)))))).shape[-1]
     if student_dim != teacher.shape[-1]:
         raise ValueError(
             f"distill: target embedding has {student_dim} values, source {teacher.shape[-1]}; "

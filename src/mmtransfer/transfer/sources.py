@@ -42,7 +42,10 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
     if text.startswith("hf:"):
         return _hf(text[3:], local_files_only)
     path = Path(text)
-    if path.is_dir() and (path / "model.safetensors").is_file():
+    if path.is_dir() and (path / "config.yaml").is_file():  # a run folder of ours (an HF folder has config.json)
+        from mmtransfer.artifact import verify
+
+        verify(path)  # a run folder's files match its manifest, and its fit finished
         labels = path / "labels.json"
         classes = json.loads(labels.read_text()) if labels.is_file() else None
         return Source(load_weights(path), str(path), classes)
