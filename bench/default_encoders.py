@@ -74,7 +74,7 @@ def fsdd_table(data: Path, out: Path) -> Path:
 def ours(data_cfg: DataConfig, model: ModelConfig, out: Path) -> tuple[float, float]:
     cfg = RunConfig(data=data_cfg, model=model, train=TrainConfig(seed=0, progress=False))
     start = time.perf_counter()
-    metrics = fit_run(cfg, out, Console(quiet=True))
+    metrics = fit_run(cfg, out, Console(quiet=True), overwrite=True)
     return metrics["test"]["accuracy"], time.perf_counter() - start
 
 

@@ -27,7 +27,7 @@ CHILD = """
 import resource, sys
 from mmtransfer.cli import app
 try:
-    app(["fit", sys.argv[1], "--out", sys.argv[2]])
+    app(["fit", sys.argv[1], "--out", sys.argv[2], "--overwrite"])
 except SystemExit as end:
     code = end.code
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

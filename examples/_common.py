@@ -23,7 +23,7 @@ def run(cfg: RunConfig, out: Path, title: str) -> dict:
     """Fit + evaluate one configuration into ``out``; print and return test metrics and wall time."""
     console.print(f"== {title} ==", markup=False)
     start = time.perf_counter()
-    metrics = fit_run(cfg, out, console)
+    metrics = fit_run(cfg, out, console, overwrite=True)  # an example owns its output folders
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     test = metrics["test"]
     console.print(

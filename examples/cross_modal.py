@@ -70,7 +70,7 @@ def main() -> None:
         train=TrainConfig(epochs=15, batch_size=64, lr=3e-3, patience=4, seed=0, progress=False),
     )
     start = time.perf_counter()
-    source_metrics = fit_run(source_cfg, args.out / "mnist_cnn", console)
+    source_metrics = fit_run(source_cfg, args.out / "mnist_cnn", console, overwrite=True)
     console.print(
         f"source: MNIST CNN, test accuracy {source_metrics['test']['accuracy']:.4f} "
         f"({time.perf_counter() - start:.0f} s)"

@@ -61,7 +61,7 @@ def main() -> None:
         train=TrainConfig(epochs=8, batch_size=64, lr=1e-3, patience=2, seed=0, progress=False),
     )
     start = time.perf_counter()
-    source = fit_run(source_cfg, args.out / "text_attention", console)
+    source = fit_run(source_cfg, args.out / "text_attention", console, overwrite=True)
     console.print(
         f"source: AG News attention encoder, test accuracy {source['test']['accuracy']:.4f} "
         f"({time.perf_counter() - start:.0f} s)"
