@@ -106,7 +106,8 @@ def test_no_validation_trains_exactly_the_set_epochs_and_keeps_the_last(small_ru
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # the last epoch's weights
     lines = [line for line in log.file.getvalue().splitlines() if line.startswith("epoch ")]
     assert len(lines) == 7
-    assert lines[0].startswith("epoch 1/7: train loss ") and lines[0].endswith(" s")
+    assert lines[0].startswith("epoch 1/7: train loss ") and lines[0].endswith(" s left")  # with an ETA
+    assert lines[-1].endswith(" s") and "left" not in lines[-1]
 
 
 def test_one_line_per_epoch_without_a_bar(small_run):

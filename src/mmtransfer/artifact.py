@@ -25,6 +25,8 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,29 +79,95 @@ def _write_json(path: Path, data) -> None:
 
 
 RUN_FILES = ("config.yaml", MANIFEST)  # a folder holding either is a run folder
+LOCK = ".lock"  # the PID of the process writing the folder
 
 
-def check_out(run_dir: Path, *, overwrite: bool = False) -> None:
-    """Before any work: ``run_dir`` must be new, empty, or (with ``overwrite``) a previous run folder. A folder
-    holding other files is never written into, so no stale file of another run survives or is listed."""
+def _contents(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.iterdir() if p.name != LOCK]
+
+
+def check_out(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Before any work: ``run_dir`` must be new, empty, or a previous run folder that ``overwrite`` replaces or
+    ``resume`` continues. A folder holding other files is never written into, so no stale file survives."""
+    if overwrite and resume:
+        raise ArtifactError("--overwrite and --resume: choose one (replace the run, or continue it)")
+    if resume:
+        path = run_dir / MANIFEST
+        if not (run_dir / "config.yaml").is_file():
+            raise ArtifactError(f"--resume: {run_dir} holds no run to continue (no config.yaml)")
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        if manifest.get("complete"):
+            raise ArtifactError(f"--resume: the run in {run_dir} finished; nothing to continue (--overwrite redoes it)")
+        if not (run_dir / "checkpoint.safetensors").is_file():
+            raise ArtifactError(
+                f"--resume: {run_dir} has no checkpoint.safetensors (it stopped before its first epoch ended); "
+                "start again with --overwrite"
+            )
+        return
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
         raise ArtifactError(f"--out {run_dir}: a file, not a folder")
-    if not any(run_dir.iterdir()):
+    if not _contents(run_dir):
         return
     if not any((run_dir / name).is_file() for name in RUN_FILES):
         raise ArtifactError(f"--out {run_dir}: not empty and not a run folder; choose a new or empty folder")
     if not overwrite:
-        raise ArtifactError(f"--out {run_dir}: holds a previous run; --overwrite replaces it (its files are removed)")
+        raise ArtifactError(
+            f"--out {run_dir}: holds a previous run; --overwrite replaces it (its files are removed), --resume "
+            "continues it if it did not finish"
+        )
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (this process's PID) while writing the folder: a second process that tries is
+    refused with the holder's PID. A lock whose process is gone (killed) is taken over."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise ArtifactError(
+                    f"{run_dir} is being written by process {pid} ({path}); wait for it to finish, or stop it"
+                ) from None
+            path.unlink(missing_ok=True)  # left by a process that was killed
+    else:
+        raise ArtifactError(f"{path}: cannot take the lock")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):  # nothing was written (a mistake found first): no folder left
+            run_dir.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def start(run_dir: Path, *, overwrite: bool = False) -> None:
     """Mark a run folder as being written (a previous run in it is removed first, when ``overwrite``): until
     :func:`finish`, loading it is refused unless asked."""
     check_out(run_dir, overwrite=overwrite)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)  # check_out made sure it is a run folder
+    for path in _contents(run_dir) if run_dir.is_dir() else []:  # check_out made sure they are a run's
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"complete": False, "files": {}}
     _write_json(run_dir / MANIFEST, {**manifest, "digest": _digest(manifest)})
@@ -110,7 +178,7 @@ def finish(run_dir: Path) -> dict:
     umask = os.umask(0)
     os.umask(umask)
     files = {}
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name not in (MANIFEST, LOCK)):
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             continue  # a killed write's leftover
         os.chmod(path, 0o666 & ~umask)

@@ -53,6 +53,11 @@ def fit(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the run folder --out holds (its files are removed first).")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the unfinished run in --out from its last checkpoint (same config)."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Train a model from a config (validated before any work starts) and write a run folder.
 
@@ -60,8 +65,10 @@ def fit(
     the last epoch with train.validation=none), labels.json, inputs.json, preprocessing.json (tables: what the
     columns learned on train), assets/ (pretrained configs, tokenizers), splits.json (which rows were held
     out), versions.json, history.json, metrics.json (with how many labels trained and selected the model),
-    transfer_report.json / .md when transfer.source is set, and manifest.json (size and SHA-256 of each file;
-    written last, so an interrupted fit is marked unfinished). Use it with predict, evaluate, export, info.
+    transfer_report.json / .md when transfer.source is set, history.csv and learning_curve.png, and
+    manifest.json (size and SHA-256 of each file; written last, so an interrupted fit is marked unfinished).
+    Until the fit ends, checkpoint.safetensors holds everything needed to continue it with --resume.
+    Use the run folder with predict, evaluate, export, info.
     Fine-tuning strategy: --set train.strategy.name=full | linear_probe | freeze_then_unfreeze |
     gradual_unfreeze | discriminative | lora.
     """
@@ -70,13 +77,14 @@ def fit(
     try:
         cfg = load_config(config, set_ or [])
         check_files(cfg, str(config) if config else "config")
-        check_out(out, overwrite=overwrite)
+        check_out(out, overwrite=overwrite, resume=resume)
     except USER_ERRORS as err:
         _fail(err)
+    console.quiet = quiet
     from mmtransfer.runs import fit_run  # torch and the rest load only for a config that is good
 
     try:
-        metrics = fit_run(cfg, out, console, overwrite=overwrite)
+        metrics = fit_run(cfg, out, console, overwrite=overwrite, resume=resume)
     except USER_ERRORS as err:
         _fail(err)
     _print_metrics(metrics["test"], f"test metrics ({out})", metrics["classes"])

@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are never a setting: lr=inf would train to NaN and exit 0
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ImageColumn(_Strict):
@@ -275,12 +276,12 @@ class StrategyConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
-    weight_decay: float = Field(1e-2, ge=0)
+    epochs: int = Field(30, ge=1, le=100_000, strict=True)
+    batch_size: int = Field(32, ge=1, le=1_000_000, strict=True)
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(1e-2, ge=0, le=10)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up before cosine.")
-    patience: int | None = Field(10, ge=1, description="Early stopping on validation loss; none = off.")
+    patience: int | None = Field(10, ge=1, strict=True, description="Early stopping on validation loss; none = off.")
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
     validation: Literal["auto", "none", "split"] = Field(
         "auto",
@@ -294,6 +295,19 @@ class TrainConfig(_Strict):
         True, description="Run each fully frozen encoder once per split and cache its features on disk."
     )
     cpu: bool = Field(False, description="Force the CPU even where a GPU is present.")
+    precision: Literal["32", "bf16", "fp16"] = Field(
+        "32", description="Mixed precision through Accelerate: 32 (none), bf16 (CPU or GPU), fp16 (GPU)."
+    )
+    grad_accumulation: int = Field(
+        1, ge=1, le=10_000, strict=True, description="Batches whose gradients add up to one optimizer step."
+    )
+    max_grad_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this; none = no clipping.")
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="Also write the resumable checkpoint every this many optimizer steps (always: every epoch).",
+    )
     strategy: StrategyConfig = Field(
         default_factory=StrategyConfig, description="Fine-tuning strategy: what trains in each epoch, at what rate."
     )
@@ -369,10 +383,47 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return validate(raw, where)
 
 
+MAX_NODES = 100_000  # values a config may hold once its aliases are expanded; real configs hold hundreds
+
+
+def _check_aliases(text, what: str) -> None:
+    """Refuse a document whose aliases expand it beyond MAX_NODES values, before anything is built from it: an
+    alias bomb (a few hundred bytes of nested ``*name`` lists) loads fast, as shared references, but every later
+    walk over it (validation, an error message) expands it to billions of values."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:  # an alias inside itself: a recursive structure, endless once expanded
+            raise ConfigError(f"{what}: a YAML alias refers to itself; a config cannot be recursive")
+        visiting.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        visiting.discard(key)
+        sizes[key] = min(total, MAX_NODES + 1)
+        return sizes[key]
+
+    if root is not None and size(root) > MAX_NODES:
+        raise ConfigError(
+            f"{what}: its YAML aliases (*name) expand to more than {MAX_NODES:,} values; a config needs far "
+            "fewer (an alias bomb?)"
+        )
+
+
 def _read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's content, or a ConfigError naming the file (unreadable, not UTF-8, not YAML)."""
+    """A YAML file's content, or a ConfigError naming the file (unreadable, not UTF-8, not YAML, alias bomb)."""
     try:
         with path.open(encoding="utf-8") as stream:  # a stream, so that YAML's messages name the file
+            _check_aliases(stream, what)
+        with path.open(encoding="utf-8") as stream:
             return yaml.safe_load(stream) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{what}: not valid YAML: {err}") from None
@@ -438,6 +489,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
         node = child
     try:
+        _check_aliases(value, f"override {key.strip()!r}")
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
@@ -520,7 +572,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"  {field}: needs a {key!r} field"
     if error["type"] == "value_error":  # a check across fields: its message says it all
         return f"  {field}: {error['msg'].removeprefix('Value error, ')}"
-    return f"  {field}: got {error.get('input')!r}; {error['msg'].lower()}"
+    got = repr(error.get("input"))
+    got = got if len(got) <= 200 else got[:200] + f"... ({len(got):,} characters)"
+    return f"  {field}: got {got}; {error['msg'].lower()}"
 
 
 def _allowed_fields(loc: tuple) -> list[str]:

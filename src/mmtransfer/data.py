@@ -360,11 +360,20 @@ def _already_batched(batch):
 
 
 def make_loader(
-    split: Examples, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+    split: Examples,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A DataLoader of (inputs, labels) batches; Accelerate can shard it across processes. ``num_workers``
-    processes prepare batches ahead of the model (``data.num_workers``)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    processes prepare batches ahead of the model (``data.num_workers``). A shuffled loader draws each epoch's
+    order from ``generator`` (by default one seeded with ``seed``), which a resumed run restores."""
+    if shuffle and generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    generator = generator if shuffle else None
     if num_workers > 0:  # a fast tokenizer used before the workers fork would warn in each of them
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return DataLoader(

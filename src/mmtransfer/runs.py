@@ -5,6 +5,7 @@ The run folder's layout (an artifact that needs nothing outside it) is :mod:`mmt
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from rich.console import Console
 
 from mmtransfer import artifact
 from mmtransfer.cache import add_cached_features
-from mmtransfer.config import CustomConfig, RunConfig, dump_config
+from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, load_dataset
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
+from mmtransfer.resume import CHECKPOINT
 from mmtransfer.train import evaluate, fit
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.distill import transfer_across
@@ -38,23 +40,32 @@ def fit_run(
     source=None,
     modules: dict | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder.
 
     Nothing is written until the data, the model and the transfer are known to be good. ``config.yaml`` names
     every input's encoder, defaults included, so the run rebuilds the same model whatever later defaults are.
-    Under ``accelerate launch`` only the main process prints. ``source`` is a table given directly (a
-    DataFrame) instead of ``cfg.data.table``; ``modules`` are encoders given as ``nn.Module`` (recorded in the
-    config as ``custom`` with their class name). ``out`` must be new or empty; a previous run folder there is
-    replaced only with ``overwrite``.
+    ``source`` is a table given directly (a DataFrame) instead of ``cfg.data.table``; ``modules`` are encoders
+    given as ``nn.Module`` (recorded as ``custom`` with their class name). ``out`` must be new or empty; a
+    previous run there is replaced only with ``overwrite``, or continued from its last checkpoint with
+    ``resume`` (the config must be the one it started with). While it runs, ``out/.lock`` keeps a second
+    process out. Under ``accelerate launch`` / ``torchrun`` only the main process prints and writes.
     """
     console = console or make_console()
-    if not PartialState().is_main_process:
+    state = PartialState()
+    if not state.is_main_process:
         console = Console(quiet=True)
     out = Path(out)
-    artifact.check_out(out, overwrite=overwrite)  # before any work: a folder with another run is not reused
+    artifact.check_out(out, overwrite=overwrite, resume=resume)  # before any work
+    with artifact.locked(out) if state.is_main_process else contextlib.nullcontext():
+        return _fit_run(
+            cfg, out, console, state, source=source, modules=modules or {}, overwrite=overwrite, resume=resume
+        )
+
+
+def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool, resume: bool) -> dict:
     data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
-    modules = modules or {}
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
     console.print(
         "encoders: "
@@ -71,14 +82,15 @@ def fit_run(
     for name, module in modules.items():
         encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
-    transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source else None
+    if resume:
+        _check_resumable(cfg, data, out)
+        console.print(f"resuming the run in {out} from its last checkpoint", markup=False, highlight=False)
+    transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source and not resume else None
     if cfg.transfer.freeze:
         freeze(model, cfg.transfer.freeze)
 
-    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end. Under
-    # `accelerate launch` one process writes.
-    state = PartialState()
-    if state.is_main_process:
+    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end.
+    if state.is_main_process and not resume:
         artifact.start(out, overwrite=overwrite)
         dump_config(cfg, out / "config.yaml")
         (out / "labels.json").write_text(json.dumps(data.classes))
@@ -120,6 +132,8 @@ def fit_run(
         augment=data.augment,
         console=console,
         num_workers=cfg.data.num_workers,
+        state_dir=out,
+        resume=resume,
     )
     metrics = {
         "classes": data.classes,
@@ -133,9 +147,41 @@ def fit_run(
     if state.is_main_process:
         (out / "history.json").write_text(json.dumps(result.history, indent=1))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (out / CHECKPOINT).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
         artifact.finish(out)
     state.wait_for_everyone()
     return metrics
+
+
+def _check_resumable(cfg: RunConfig, data: Dataset, out: Path) -> None:
+    """A run continues only with the config and the data it started with."""
+    saved = load_config(out / "config.yaml").model_dump(mode="json")
+    now = cfg.model_dump(mode="json")
+    differ = [key for key in _leaves(now) | _leaves(saved) if _get(now, key) != _get(saved, key)]
+    if differ:
+        shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(now, k)!r})" for k in sorted(differ)[:5])
+        raise ValueError(f"--resume: the config differs from the one {out} started with: {shown}")
+    record = json.loads((out / "splits.json").read_text())
+    table = record.get("table")
+    if table and Path(table).exists() and artifact.table_sha256(table) != record.get("table_sha256"):
+        raise ValueError(f"--resume: the table {table} changed since the run started; its splits would differ")
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out |= _leaves(value, path + ".") if isinstance(value, dict) and value else {path}
+    return out
+
+
+def _get(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _transfer_in(

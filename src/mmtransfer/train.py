@@ -23,9 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
 
+from mmtransfer import resume as resume_mod
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import TrainConfig
 from mmtransfer.data import Examples, make_loader
+from mmtransfer.runlog import RunLog
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.freeze import count_parameters, is_frozen, trainable_names
 
@@ -81,13 +83,46 @@ def _can_fuse(model: nn.Module) -> bool:
     return (major, minor) >= (2, 4) and all(p.is_floating_point() for p in model.parameters())
 
 
-def epoch_line(row: dict, epochs: int, seconds: float, best: bool) -> str:
+def epoch_line(row: dict, epochs: int, seconds: float, best: bool, desc: str = "fit") -> str:
     """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time."""
-    line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
+    line = f"{'' if desc == 'fit' else desc + ' '}epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
     if row.get("val_loss") is not None:
         line += f", val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}"
         line += " (best)" if best else ""
     return line + f", {seconds:.1f} s"
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (a loss that is not finite); the message names the epoch and step."""
+
+
+class Objective:
+    """What a batch's loss is: ``loss(model, inputs, targets)``. ``validates``: whether validation scores it
+    (loss and accuracy) to select the best epoch."""
+
+    validates = True
+
+    def loss(self, model: nn.Module, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Classification(Objective):
+    """Cross-entropy of the model's logits against integer labels."""
+
+    def __init__(self):
+        self.fn = nn.CrossEntropyLoss()
+
+    def loss(self, model, inputs, targets):
+        return self.fn(model(inputs), targets)
+
+
+class FeatureMatch(Objective):
+    """Mean squared error between the model's output and target vectors (feature distillation)."""
+
+    validates = False
+
+    def loss(self, model, inputs, targets):
+        return nn.functional.mse_loss(model(inputs), targets)
 
 
 def fit(
@@ -101,25 +136,54 @@ def fit(
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     console: Console | None = None,
     num_workers: int = 0,
+    objective: Objective | None = None,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss, or,
     when ``val`` is None (no labels to select with), those of the last epoch after exactly ``cfg.epochs``.
 
-    Only parameters with ``requires_grad`` when ``fit`` starts may train; ``cfg.strategy`` decides which of them
-    do in each epoch and at what peak rate per layer group. ``history`` records per epoch the trainable
-    parameter count (``trainable``), the head's learning rate (``lr``) and every group's (``lr_groups``). When
-    ``checkpoint`` is given, the best weights are written there (safetensors, atomically) each time the
-    validation loss improves (every epoch without validation). ``augment`` maps input names to random transforms
-    applied to training batches (never to validation). Progress: a bar when ``cfg.progress`` and the output is a
-    terminal; otherwise, when a ``console`` is given, one plain line per epoch on it.
+    The one training loop: ``objective`` says what the loss is (classification by default; feature matching
+    for distillation). Only parameters with ``requires_grad`` when ``fit`` starts may train; ``cfg.strategy``
+    decides which of them do in each epoch and at what peak rate per layer group. ``history`` records per
+    epoch the losses, the trainable parameter count and every group's learning rate. ``checkpoint``: the best
+    weights are written there (safetensors, atomically) each time the validation loss improves (every epoch
+    without validation). ``augment`` maps input names to random transforms applied to training batches.
+
+    ``state_dir``: a resumable checkpoint (:mod:`mmtransfer.resume`) is written there at the end of every
+    epoch and every ``cfg.checkpoint_every`` optimizer steps, and ``history.csv`` (plus TensorBoard events and
+    ``learning_curve.png``); with ``resume`` training continues from it and ends exactly as an uninterrupted
+    run with the same seed would (on the CPU). Mixed precision (``cfg.precision``), gradient accumulation and
+    clipping go through Accelerate. A loss that is not finite stops the run (:class:`TrainingError`), keeping the
+    last checkpoint. Progress: a bar on a terminal, otherwise one line per epoch on ``console`` (with an ETA).
     """
+    objective = objective or Classification()
     set_seed(cfg.seed)
     start = time.perf_counter()
-    accelerator = Accelerator(cpu=cfg.cpu)
+    if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
+        raise ValueError("train.precision fp16 needs a GPU; on the CPU use bf16")
+    accelerator = Accelerator(
+        cpu=cfg.cpu,
+        mixed_precision={"32": "no"}.get(cfg.precision, cfg.precision),
+        gradient_accumulation_steps=cfg.grad_accumulation,
+    )
     main = accelerator.is_main_process
     show_bar = cfg.progress and main and (console or Console()).is_terminal
     log = console if (console is not None and main and not show_bar) else None
-    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=num_workers)
+    if len(train) < cfg.batch_size and accelerator.num_processes == 1:
+        if cfg.batch_size != TrainConfig.model_fields["batch_size"].default:  # chosen: a mistake to say
+            raise ValueError(
+                f"train.batch_size {cfg.batch_size} is larger than the {len(train)} training examples; lower it"
+            )
+        if log is not None:
+            log.print(
+                f"note: {len(train)} training examples, fewer than the default batch of {cfg.batch_size}: "
+                f"one batch of {len(train)} per epoch",
+                markup=False,
+            )
+        cfg = cfg.model_copy(update={"batch_size": len(train)})
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = make_loader(train, cfg.batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     val_loader = make_loader(val, max(cfg.batch_size, 256), num_workers=num_workers) if val is not None else None
     strategy = cfg.strategy
     strategies.prepare(model, strategy)  # lora: adapters into the HF backbones (a prepared model stays as it is)
@@ -138,19 +202,35 @@ def fit(
         weight_decay=cfg.weight_decay,
         fused=_can_fuse(model),
     )
-    total = cfg.epochs * len(train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accumulation)
+    total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_fraction * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
-    loss_fn = nn.CrossEntropyLoss()
 
-    best_loss, best_epoch, best_state, bad_epochs = math.inf, 0, None, 0
-    history: list[dict] = []
+    state = _State()
+    state_path = Path(state_dir) / resume_mod.CHECKPOINT if state_dir is not None else None
+    if state_dir is not None and main:
+        resume_mod.clean_leftovers(Path(state_dir))
+    if resume:
+        if state_path is None or not state_path.is_file():
+            raise ValueError(f"nothing to resume: no {resume_mod.CHECKPOINT} in {state_dir}")
+        state.load(state_path, accelerator.unwrap_model(model), optimizer, scheduler, generator)
+    runlog = RunLog(Path(state_dir), resume=resume) if state_dir is not None and main else None
+    every = cfg.checkpoint_every
+
+    def save_state(epoch_start: torch.Tensor) -> None:
+        if state_path is not None and main:
+            state.save(state_path, accelerator.unwrap_model(model), optimizer, scheduler, epoch_start, elapsed())
+
+    def elapsed() -> float:
+        return state.seconds + time.perf_counter() - start
+
     with progress_bar(show_bar, console) as bar:
-        task = bar.add_task(desc, total=cfg.epochs, status="")
-        for epoch in range(1, cfg.epochs + 1):
+        task = bar.add_task(desc, total=cfg.epochs, completed=state.epoch, status="")
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
             trainable = strategies.schedule(accelerator.unwrap_model(model), strategy, epoch, allowed)
             strategies.check_cached(trainable, train.names(), strategy, epoch)
             n_trainable, n_total = count_parameters(accelerator.unwrap_model(model))
@@ -159,64 +239,153 @@ def fit(
                     strategies.describe(strategy, optimizer.param_groups, n_trainable, n_total), highlight=False
                 )
             train_mode(accelerator.unwrap_model(model))
-            train_loss, seen = 0.0, 0
-            for inputs, labels in train_loader:
+            if state.step_in_epoch and state.epoch_start is not None:  # resuming inside an epoch
+                generator.set_state(state.epoch_start)
+            epoch_start = generator.get_state()  # the shuffle of this epoch is drawn from here
+            skip = state.step_in_epoch
+            for i, (inputs, labels) in enumerate(train_loader):
+                if i < skip:  # trained before the interruption: the same batches, in the same order
+                    continue
                 if augment:
                     inputs = {**inputs, **{k: f(inputs[k]) for k, f in augment.items() if k in inputs}}
-                loss = loss_fn(model(inputs), labels)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                train_loss += loss.item() * len(labels)
-                seen += len(labels)
+                with accelerator.accumulate(model):
+                    loss = objective.loss(model, inputs, labels)
+                    if not torch.isfinite(loss.detach()).all():
+                        raise TrainingError(
+                            f"the training loss became {loss.item()} in epoch {epoch}, step {i + 1}; the run "
+                            "stopped (the last checkpoint is kept). Lower train.lr, or check the inputs"
+                        )
+                    accelerator.backward(loss)
+                    if cfg.max_grad_norm is not None and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.train_loss += loss.item() * len(labels)
+                state.seen += len(labels)
+                state.step_in_epoch = i + 1
+                if accelerator.sync_gradients:
+                    state.global_step += 1
+                    if every and state.global_step % every == 0:
+                        save_state(epoch_start)
             lr_groups = {group["name"]: group["lr"] for group in optimizer.param_groups}
             row = {
                 "epoch": epoch,
-                "train_loss": train_loss / max(seen, 1),
+                "train_loss": state.train_loss / max(state.seen, 1),
                 "val_loss": None,
                 "val_accuracy": None,
                 "lr": lr_groups.get("head", scheduler.get_last_lr()[-1]),
                 "trainable": n_trainable,
                 "lr_groups": lr_groups,
             }
-            history.append(row)
-            if val_loader is None:  # nothing selects: the latest weights are the result
-                best_epoch = epoch
+            state.history.append(row)
+            state.epoch, state.step_in_epoch, state.train_loss, state.seen = epoch, 0, 0.0, 0
+            if val_loader is None or not objective.validates:  # nothing selects: the latest weights are the result
+                state.best_epoch = epoch
                 if checkpoint is not None and main:
                     save_weights(accelerator.unwrap_model(model).state_dict(), checkpoint)
                 status = f"train loss {row['train_loss']:.3f}"
             else:
-                val_metrics = _evaluate_loader(model, val_loader, accelerator, loss_fn)
+                val_metrics = _evaluate_loader(model, val_loader, accelerator, nn.CrossEntropyLoss())
                 row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics["accuracy"]
-                if val_metrics["loss"] < best_loss:
-                    best_loss, best_epoch, bad_epochs = val_metrics["loss"], epoch, 0
-                    best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+                if val_metrics["loss"] < state.best_loss:
+                    state.best_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
+                    state.best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
                     if checkpoint is not None and main:
-                        save_weights(best_state, checkpoint)
+                        save_weights(state.best_state, checkpoint)
                 else:
-                    bad_epochs += 1
-                status = f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} (best ep {best_epoch})"
+                    state.bad_epochs += 1
+                status = f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} (best ep {state.best_epoch})"
+            stop = val_loader is not None and cfg.patience is not None and state.bad_epochs >= cfg.patience
+            state.stopped = stop
+            save_state(generator.get_state())
             bar.update(task, advance=1, status=status)
+            if runlog is not None:
+                runlog.epoch(row, elapsed())
             if log is not None:
-                seconds = time.perf_counter() - start
-                line = epoch_line(row, cfg.epochs, seconds, best_epoch == epoch)
+                seconds = elapsed()
+                line = epoch_line(row, cfg.epochs, seconds, state.best_epoch == epoch, desc)
+                if epoch < cfg.epochs and not stop:
+                    line += f", about {_eta(seconds, epoch, cfg.epochs)} left"
                 log.print(line, highlight=False, markup=False, soft_wrap=True)
-            if val_loader is not None and cfg.patience is not None and bad_epochs >= cfg.patience:
+            if stop:
                 if log is not None:
                     log.print(f"early stop: no better validation loss for {cfg.patience} epochs", markup=False)
                 break
+    if runlog is not None:
+        runlog.close(state.history)
     model = accelerator.unwrap_model(model)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
     return FitResult(
-        best_epoch=best_epoch,
-        best_val_loss=best_loss if val_loader is not None else None,
-        epochs_run=len(history),
-        seconds=time.perf_counter() - start,
-        history=history,
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_loss if val_loader is not None and objective.validates else None,
+        epochs_run=len(state.history),
+        seconds=elapsed(),
+        history=state.history,
         checkpoint=Path(checkpoint) if checkpoint is not None else None,
     )
+
+
+def _eta(seconds: float, epoch: int, epochs: int) -> str:
+    left = seconds / epoch * (epochs - epoch)
+    return f"{left:.0f} s" if left < 120 else f"{left / 60:.1f} min"
+
+
+@dataclass
+class _State:
+    """Everything a resumed run needs besides the model, optimizer and scheduler (saved by :meth:`save`)."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # batches of the current epoch already trained
+    global_step: int = 0  # optimizer steps
+    train_loss: float = 0.0  # running sums of the current epoch
+    seen: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+    seconds: float = 0.0  # training time before this process started
+    history: list = field(default_factory=list)
+    best_state: dict | None = None
+    epoch_start: torch.Tensor | None = None  # the loader's generator when the current epoch began
+
+    FIELDS = ("epoch", "step_in_epoch", "global_step", "train_loss", "seen", "best_epoch", "bad_epochs", "stopped")
+
+    def save(self, path, model, optimizer, scheduler, epoch_start, seconds) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if self.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        opt_tensors, opt_meta = resume_mod.optimizer_state(optimizer)
+        rng_tensors, rng_meta = resume_mod.rng_state()
+        tensors.update(opt_tensors | rng_tensors | {"rng.loader_epoch_start": epoch_start})
+        meta = {k: getattr(self, k) for k in self.FIELDS}
+        meta |= {
+            "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+            "seconds": seconds,
+            "history": self.history,
+            "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_meta,
+        }
+        resume_mod.save(path, tensors, meta)
+
+    def load(self, path, model, optimizer, scheduler, generator) -> None:
+        tensors, meta = resume_mod.load(path)
+        for k in self.FIELDS:
+            setattr(self, k, meta[k])
+        self.best_loss = math.inf if meta["best_loss"] is None else meta["best_loss"]
+        self.seconds, self.history = meta["seconds"], meta["history"]
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_state = best or None
+        resume_mod.load_optimizer_state(optimizer, tensors, meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        resume_mod.set_rng_state(tensors, meta["rng"])
+        self.epoch_start = tensors["rng.loader_epoch_start"]
+        generator.set_state(self.epoch_start)  # a finished epoch saved the state the next one starts from
+        if self.stopped:
+            self.epoch = 10**9  # it had stopped early: nothing left to train
 
 
 def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> dict:

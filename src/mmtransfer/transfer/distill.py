@@ -13,15 +13,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from torch import nn
 
-from mmtransfer.config import DistillConfig
-from mmtransfer.data import Examples, Split, batches, make_loader
+from mmtransfer.config import DistillConfig, TrainConfig
+from mmtransfer.data import Examples, Split, batches
 from mmtransfer.model import Classifier
-from mmtransfer.train import progress_bar, warmup_cosine
+from mmtransfer.train import FeatureMatch, fit
 from mmtransfer.transfer.graft import GraftReport, graft
 
 
@@ -97,37 +96,31 @@ def distill(
             f"distill: target embedding has {student_dim} values, source {teacher.shape[-1]}; "
             "set the same model.embed_dim for both so the source head can be grafted"
         )
-    # Teacher embeddings ride in the labels slot of the split, so the same loader (and sharding) serves both.
-    accelerator = Accelerator(cpu=cpu)
-    loader = make_loader(data.with_labels(teacher), cfg.batch_size, shuffle=True, seed=seed)
-    params = [p for n, p in target.named_parameters() if not n.startswith("head.") and p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    total = cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, total // 20))
-    # The student is trained through a module whose forward is ``embed``, so that under DDP the gradients
-    # of every process are averaged (calling ``target.embed`` directly would bypass the wrapper).
-    student, optimizer, loader, scheduler = accelerator.prepare(_Embedder(target), optimizer, loader, scheduler)
     mse_before = float(nn.functional.mse_loss(embed_all(target, data), teacher))
-    main = accelerator.is_main_process
-    show_bar = progress and main and (console or Console()).is_terminal
-    log = console if (console is not None and main and not show_bar) else None
-    with progress_bar(show_bar, console) as bar:
-        task = bar.add_task("distil", total=cfg.epochs, status="")
-        for epoch in range(1, cfg.epochs + 1):
-            student.train()
-            running, seen = 0.0, 0
-            for batch, wanted in loader:
-                loss = nn.functional.mse_loss(student(batch), wanted)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                running += loss.item() * len(wanted)
-                seen += len(wanted)
-            bar.update(task, advance=1, status=f"feature mse {running / max(seen, 1):.4f}")
-            if log is not None:
-                line = f"distil epoch {epoch}/{cfg.epochs}: feature mse {running / max(seen, 1):.4f}, "
-                log.print(line + f"{time.perf_counter() - start:.1f} s", markup=False, highlight=False, soft_wrap=True)
+    # The one training loop, with a feature-matching objective: the teacher's embeddings ride in the labels slot
+    # of the split, so the same loader (and sharding) serves both. The student is trained through a module whose
+    # forward is ``embed``, so that under DDP the gradients of every process are averaged.
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=min(cfg.batch_size, len(data)),
+        lr=cfg.lr,
+        weight_decay=0.0,
+        warmup_fraction=0.05,
+        patience=None,
+        seed=seed,
+        progress=progress,
+        cpu=cpu,
+        validation="none",
+    )
+    fit(
+        _Embedder(target),
+        data.with_labels(teacher),
+        None,
+        train_cfg,
+        desc="distil",
+        console=console,
+        objective=FeatureMatch(),
+    )
     learned = embed_all(target, data)
     mse = float(nn.functional.mse_loss(learned, teacher))
     cosine = float(nn.functional.cosine_similarity(learned, teacher, dim=-1).mean())
