@@ -87,6 +87,10 @@ def fit(
         metrics = fit_run(cfg, out, console, overwrite=overwrite, resume=resume)
     except USER_ERRORS as err:
         _fail(err)
+    from mmtransfer.train import process_state
+
+    if not process_state(cfg.train.cpu).is_main_process:  # several processes: one prints the result
+        return
     _print_metrics(metrics["test"], f"test metrics ({out})", metrics["classes"])
     labels = metrics["labels"]
     console.print(
@@ -98,6 +102,33 @@ def fit(
 
 
 UNFINISHED = typer.Option("--allow-unfinished", help="Use a run folder whose fit did not finish.")
+cache_app = typer.Typer(help="The cache of frozen encoders' features: show it, free it.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the feature cache is, how many entries and bytes it holds, and its size limit."""
+    from mmtransfer import cache
+
+    files = cache.entries()
+    size = sum(p.stat().st_size for p in files)
+    console.print(
+        f"feature cache {cache.cache_dir()}: {len(files)} entries, {size / 1e6:.1f} MB "
+        f"(limit {cache.max_bytes() / 1e9:g} GB, MMTRANSFER_CACHE_MAX_GB; least recently used go first)",
+        markup=False,
+    )
+    for path in files[-10:]:
+        console.print(f"  {path.name}  {path.stat().st_size / 1e6:.2f} MB", markup=False)
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every entry of the feature cache (they are computed again when needed)."""
+    from mmtransfer import cache
+
+    count, size = cache.clear()
+    console.print(f"removed {count} entries, {size / 1e6:.1f} MB, from {cache.cache_dir()}", markup=False)
 
 
 @app.command()

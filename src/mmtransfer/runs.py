@@ -9,7 +9,6 @@ import contextlib
 import json
 from pathlib import Path
 
-from accelerate import PartialState
 from rich.console import Console
 
 from mmtransfer import artifact
@@ -19,7 +18,7 @@ from mmtransfer.data import Dataset, load_dataset
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import evaluate, fit
+from mmtransfer.train import evaluate, fit, process_state
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.distill import transfer_across
 from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
@@ -53,7 +52,7 @@ def fit_run(
     process out. Under ``accelerate launch`` / ``torchrun`` only the main process prints and writes.
     """
     console = console or make_console()
-    state = PartialState()
+    state = process_state(cfg.train.cpu)
     if not state.is_main_process:
         console = Console(quiet=True)
     out = Path(out)

@@ -77,6 +77,19 @@ def progress_bar(enabled: bool, console: Console | None = None) -> Progress:
     )
 
 
+def on_cpu(cpu: bool) -> bool:
+    """Accelerate's ``cpu`` flag: asked for, or no GPU here. Only with it does Accelerate see several processes
+    on CPUs (``torchrun`` / ``accelerate launch``) as one run (DDP over gloo) rather than each alone."""
+    return cpu or not torch.cuda.is_available()
+
+
+def process_state(cpu: bool = False):
+    """The process group's shared state (Accelerate's PartialState), set up for the CPU where there is no GPU."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=on_cpu(cpu))
+
+
 def _can_fuse(model: nn.Module) -> bool:
     """The fused AdamW kernel runs on the CPU from torch 2.4 on (before, only on CUDA-like devices)."""
     major, minor = (int(part) for part in torch.__version__.split(".")[:2])
@@ -163,7 +176,7 @@ def fit(
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
         raise ValueError("train.precision fp16 needs a GPU; on the CPU use bf16")
     accelerator = Accelerator(
-        cpu=cfg.cpu,
+        cpu=on_cpu(cfg.cpu),
         mixed_precision={"32": "no"}.get(cfg.precision, cfg.precision),
         gradient_accumulation_steps=cfg.grad_accumulation,
     )
@@ -392,7 +405,7 @@ def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: b
     """Accuracy, macro-F1, mean cross-entropy, the confusion matrix (rows: true class, columns: predicted) and
     each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
     classes = getattr(model, "classes", None)
-    accelerator = Accelerator(cpu=cpu)
+    accelerator = Accelerator(cpu=on_cpu(cpu))
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
     out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
