@@ -83,6 +83,19 @@ def on_cpu(cpu: bool) -> bool:
     return cpu or not torch.cuda.is_available()
 
 
+def make_accelerator(cpu: bool, precision: str = "32", accumulation: int = 1) -> Accelerator:
+    """An Accelerator with exactly this precision. Accelerate keeps one precision per process and would refuse
+    (or silently keep) another; the state is reset when a run asks for a different one (the process group, if
+    any, stays as it is)."""
+    from accelerate.state import AcceleratorState
+
+    wanted = {"32": "no"}.get(precision, precision)
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and str(current) != wanted:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=on_cpu(cpu), mixed_precision=wanted, gradient_accumulation_steps=accumulation)
+
+
 def process_state(cpu: bool = False):
     """The process group's shared state (Accelerate's PartialState), set up for the CPU where there is no GPU."""
     from accelerate import PartialState
@@ -175,11 +188,7 @@ def fit(
     start = time.perf_counter()
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
         raise ValueError("train.precision fp16 needs a GPU; on the CPU use bf16")
-    accelerator = Accelerator(
-        cpu=on_cpu(cfg.cpu),
-        mixed_precision={"32": "no"}.get(cfg.precision, cfg.precision),
-        gradient_accumulation_steps=cfg.grad_accumulation,
-    )
+    accelerator = make_accelerator(cfg.cpu, cfg.precision, cfg.grad_accumulation)
     main = accelerator.is_main_process
     show_bar = cfg.progress and main and (console or Console()).is_terminal
     log = console if (console is not None and main and not show_bar) else None
@@ -405,7 +414,7 @@ def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: b
     """Accuracy, macro-F1, mean cross-entropy, the confusion matrix (rows: true class, columns: predicted) and
     each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
     classes = getattr(model, "classes", None)
-    accelerator = Accelerator(cpu=on_cpu(cpu))
+    accelerator = make_accelerator(cpu)
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
     out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
