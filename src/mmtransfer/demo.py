@@ -42,8 +42,10 @@ def run_demo(
     distill_epochs: int = 40,
     progress: bool = True,
     console: Console | None = None,
+    checkpoints: str | Path | None = None,
 ) -> dict:
-    """Run the demo; write ``report.md``, ``metrics.json`` and ``demo.png`` into ``out``; return the metrics."""
+    """Run the demo; write ``report.md``, ``metrics.json`` and ``demo.png`` into ``out``; return the metrics.
+    ``checkpoints``: every fit writes its resumable checkpoint there each epoch (to measure what that costs)."""
     console = console or make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,14 @@ def run_demo(
         # 1. the source CNN
         cnn = build_model(CNN, shapes, classes, seed=seed)
         t = time.perf_counter()
-        fit(cnn, source_split, data.val, _train(source_epochs, seed, progress), desc=f"seed {seed}: source CNN")
+        fit(
+            cnn,
+            source_split,
+            data.val,
+            _train(source_epochs, seed, progress),
+            desc=f"seed {seed}: source CNN",
+            state_dir=_state(checkpoints, seed, "source"),
+        )
         cnn_seconds = time.perf_counter() - t
         cnn_test = evaluate(cnn, data.test)
 
@@ -90,14 +99,28 @@ def run_demo(
                 markup=False,
             )
         report.save(out / f"graft_report_seed{seed}.json")
-        fit(transferred, target_train, target_val, budget, desc=f"seed {seed}: fine-tune GRU")
+        fit(
+            transferred,
+            target_train,
+            target_val,
+            budget,
+            desc=f"seed {seed}: fine-tune GRU",
+            state_dir=_state(checkpoints, seed, "transfer"),
+        )
         transfer_seconds = time.perf_counter() - t
         transfer_test = evaluate(transferred, data.test)
 
         # 4. the same GRU from scratch, same labels, same budget
         scratch = build_model(GRU, shapes, classes, seed=seed)  # the same initial weights
         t = time.perf_counter()
-        fit(scratch, target_train, target_val, budget, desc=f"seed {seed}: scratch GRU")
+        fit(
+            scratch,
+            target_train,
+            target_val,
+            budget,
+            desc=f"seed {seed}: scratch GRU",
+            state_dir=_state(checkpoints, seed, "scratch"),
+        )
         scratch_seconds = time.perf_counter() - t
         scratch_test = evaluate(scratch, data.test)
 
@@ -153,6 +176,10 @@ def run_demo(
 
 
 VAL_FRACTION = 0.15  # of each class's k target labels, this share (at least 1) selects the best epoch
+
+
+def _state(checkpoints, seed: int, arm: str) -> Path | None:
+    return None if checkpoints is None else Path(checkpoints) / f"seed{seed}-{arm}"
 
 
 def _train(epochs: int, seed: int, progress: bool) -> TrainConfig:

@@ -133,6 +133,7 @@ def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool
         num_workers=cfg.data.num_workers,
         state_dir=out,
         resume=resume,
+        log_dir=out,
     )
     metrics = {
         "classes": data.classes,

@@ -165,6 +165,7 @@ def fit(
     objective: Objective | None = None,
     state_dir: str | Path | None = None,
     resume: bool = False,
+    log_dir: str | Path | None = None,
 ) -> FitResult:
     """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss, or,
     when ``val`` is None (no labels to select with), those of the last epoch after exactly ``cfg.epochs``.
@@ -177,11 +178,12 @@ def fit(
     without validation). ``augment`` maps input names to random transforms applied to training batches.
 
     ``state_dir``: a resumable checkpoint (:mod:`mmtransfer.resume`) is written there at the end of every
-    epoch and every ``cfg.checkpoint_every`` optimizer steps, and ``history.csv`` (plus TensorBoard events and
-    ``learning_curve.png``); with ``resume`` training continues from it and ends exactly as an uninterrupted
-    run with the same seed would (on the CPU). Mixed precision (``cfg.precision``), gradient accumulation and
-    clipping go through Accelerate. A loss that is not finite stops the run (:class:`TrainingError`), keeping the
-    last checkpoint. Progress: a bar on a terminal, otherwise one line per epoch on ``console`` (with an ETA).
+    epoch and every ``cfg.checkpoint_every`` optimizer steps; with ``resume`` training continues from it and
+    ends exactly as an uninterrupted run with the same seed would (on the CPU). ``log_dir``: ``history.csv``,
+    TensorBoard events where installed, and ``learning_curve.png``. Mixed precision (``cfg.precision``),
+    gradient accumulation and clipping go through Accelerate. A loss that is not finite stops the run
+    (:class:`TrainingError`), keeping the last checkpoint. Progress: a bar on a terminal, otherwise one line per
+    epoch on ``console`` (with an ETA).
     """
     objective = objective or Classification()
     set_seed(cfg.seed)
@@ -240,7 +242,7 @@ def fit(
         if state_path is None or not state_path.is_file():
             raise ValueError(f"nothing to resume: no {resume_mod.CHECKPOINT} in {state_dir}")
         state.load(state_path, accelerator.unwrap_model(model), optimizer, scheduler, generator)
-    runlog = RunLog(Path(state_dir), resume=resume) if state_dir is not None and main else None
+    runlog = RunLog(Path(log_dir), resume=resume) if log_dir is not None and main else None
     every = cfg.checkpoint_every
 
     def save_state(epoch_start: torch.Tensor) -> None:
