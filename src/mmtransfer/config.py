@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -298,6 +298,11 @@ class TrainConfig(_Strict):
     precision: Literal["32", "bf16", "fp16"] = Field(
         "32", description="Mixed precision through Accelerate: 32 (none), bf16 (CPU or GPU), fp16 (GPU)."
     )
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # --set ...=32
+
     grad_accumulation: int = Field(
         1, ge=1, le=10_000, strict=True, description="Batches whose gradients add up to one optimizer step."
     )
