@@ -195,6 +195,22 @@ def test_bf16_autocast_trains_on_the_cpu():
         fit(model, data.train, None, TrainConfig(epochs=1, precision="fp16", cpu=True, progress=False))
 
 
+def test_tensorboard_events_hold_each_epoch_when_the_extra_is_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = load_dataset(DataConfig(dataset="digits", k_per_class=10))
+    model = build_model(ModelConfig(), data.input_shapes, data.classes, seed=0)
+    result = fit(model, data.train, data.val, TrainConfig(epochs=3, progress=False), log_dir=tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss/train", "loss/val", "accuracy/val", "lr"} <= set(events.Tags()["scalars"])
+    val = events.Scalars("accuracy/val")
+    assert [e.step for e in val] == [1, 2, 3]
+    assert [round(e.value, 6) for e in val] == [round(h["val_accuracy"], 6) for h in result.history]
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 4
+
+
 def test_the_feature_cache_is_always_right(tmp_path, monkeypatch):
     monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "c.yaml"
@@ -232,6 +248,32 @@ def test_the_cache_stays_under_its_size_limit(tmp_path, monkeypatch):
         os.utime(tmp_path / f"e{i}.safetensors", (i, i))  # e0 is the least recently used
     assert [p.name for p in cache.evict(tmp_path)] == ["e0.safetensors"]
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["e1.safetensors", "e2.safetensors"]
+    # a killed write's partial file goes once it is an hour old; one being written now stays
+    for name, age in ((".e3.safetensors.11.tmp", 7200), (".e4.safetensors.12.tmp", 0)):
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    cache.evict(tmp_path)
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == [".e4.safetensors.12.tmp"]
+
+
+AUDIT_HOOK = """
+import os, sys
+_log = open(os.path.join({log!r}, "rank" + os.environ.get("RANK", "x") + ".log"), "a", buffering=1)
+
+
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode, flags = args[1], args[2]
+        if (mode and any(c in mode for c in "wax+")) or (mode is None and flags & (os.O_WRONLY | os.O_RDWR)):
+            _log.write("open " + os.fsdecode(args[0]) + "\\n")
+    elif event in ("os.rename", "os.replace"):
+        _log.write(event + " " + os.fsdecode(args[0]) + " -> " + os.fsdecode(args[1]) + "\\n")
+    elif event in ("os.remove", "os.rmdir", "os.mkdir"):
+        _log.write(event + " " + os.fsdecode(args[0]) + "\\n")
+
+
+sys.addaudithook(_hook)
+"""
 
 
 def test_two_processes_train_one_run(tmp_path):
@@ -244,7 +286,12 @@ def test_two_processes_train_one_run(tmp_path):
         "train: {epochs: 5, progress: false}\n"
     )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # every process records what it opens for writing, renames or removes (Python's audit events), by its rank
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(AUDIT_HOOK.format(log=str(audit)))
+    path = os.pathsep.join(filter(None, [str(audit), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     two = subprocess.run(
         [*torchrun, "-m", "mmtransfer", "fit", str(cfg), "--out", str(tmp_path / "two")],
         capture_output=True,
@@ -255,6 +302,15 @@ def test_two_processes_train_one_run(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run folder:") == 1  # one process printed the result
     assert two.stdout.count("epoch 5/5") == 1
+    assert "processes: 2 (MULTI_CPU, gloo backend, cpu); each takes batches of 32, 64 examples per" in two.stdout
+    run_folder = str(tmp_path / "two")
+    writes = {
+        rank: [line for line in (audit / f"rank{rank}.log").read_text().splitlines() if run_folder in line]
+        for rank in ("0", "1")
+    }
+    assert writes["1"] == []  # the second process wrote nothing into the run folder
+    written = {line.split(" ", 1)[1] for line in writes["0"]}
+    assert {f"{run_folder}/metrics.json", f"{run_folder}/manifest.json"} <= {w.split(" -> ")[-1] for w in written}
     one = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "one")])
     assert one.exit_code == 0
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())["test"]

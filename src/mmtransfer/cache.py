@@ -106,7 +106,8 @@ def add_cached_features(
         for key, split in out.items():
             path = directory / f"{name}-{enc_key}-{split.fingerprint(name)}.safetensors"
             start = time.perf_counter()
-            with state.main_process_first():  # under `accelerate launch`, one process computes, the rest read
+            # several processes: one per machine computes, the others on that machine then read its file
+            with state.local_main_process_first():
                 features, how = (_read(path, len(split), console) if path.is_file() else None), "read from cache"
                 if features is None:
                     features, how = compute_features(encoder, split, name), "computed"
@@ -129,7 +130,7 @@ def _write(path: Path, features: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # machines sharing a cache folder never collide
     meta = {"rows": str(len(features)), "sha256": _digest(features)}
     save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -171,6 +172,8 @@ def entries(directory: Path | None = None) -> list[Path]:
 
 def evict(directory: Path, keep: Path | None = None) -> list[Path]:
     """Remove the least recently used entries until the cache is within :func:`max_bytes`; return them."""
+    for stale in leftovers(directory, older_than=3600):  # a killed write's partial file
+        stale.unlink(missing_ok=True)
     files = entries(directory)
     total, limit, removed = sum(p.stat().st_size for p in files), max_bytes(), []
     for path in files:
@@ -184,9 +187,18 @@ def evict(directory: Path, keep: Path | None = None) -> list[Path]:
     return removed
 
 
+def leftovers(directory: Path | None = None, older_than: float = 0.0) -> list[Path]:
+    """Partial files of writes that were killed (none of them is ever read), older than ``older_than`` seconds."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    if not directory.is_dir():
+        return []
+    now = time.time()
+    return [p for p in directory.glob(".*.tmp") if now - p.stat().st_mtime >= older_than]
+
+
 def clear(directory: Path | None = None) -> tuple[int, int]:
-    """Remove every cached entry: (files, bytes) freed."""
-    files = entries(directory)
+    """Remove every cached entry, and leftovers of killed writes: (files, bytes) freed."""
+    files = entries(directory) + leftovers(directory)
     size = sum(p.stat().st_size for p in files)
     for path in files:
         path.unlink(missing_ok=True)

@@ -206,6 +206,15 @@ def fit(
                 markup=False,
             )
         cfg = cfg.model_copy(update={"batch_size": len(train)})
+    if accelerator.num_processes > 1 and main and console is not None:
+        backend = accelerator.state.backend or "?"
+        console.print(
+            f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}, {backend} backend, "
+            f"{accelerator.device.type}); each takes batches of {cfg.batch_size}, "
+            f"{cfg.batch_size * accelerator.num_processes * cfg.grad_accumulation} examples per optimiser step",
+            markup=False,
+            highlight=False,
+        )
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = make_loader(train, cfg.batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     val_loader = make_loader(val, max(cfg.batch_size, 256), num_workers=num_workers) if val is not None else None
