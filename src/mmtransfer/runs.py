@@ -83,7 +83,7 @@ def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
     if resume:
         _check_resumable(cfg, data, out)
-        console.print(f"resuming the run in {out} from its last checkpoint", markup=False, highlight=False)
+        console.print(f"resuming the run in {out} {_checkpoint_place(out)}", markup=False, highlight=False)
     transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source and not resume else None
     if cfg.transfer.freeze:
         freeze(model, cfg.transfer.freeze)
@@ -151,6 +151,19 @@ def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool
         artifact.finish(out)
     state.wait_for_everyone()
     return metrics
+
+
+def _checkpoint_place(out: Path) -> str:
+    """Where the last checkpoint stands, in words: "from the end of epoch 2" or "from epoch 3, step 7"."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(out / CHECKPOINT), "pt") as f:
+            meta = json.loads((f.metadata() or {})["state"])
+        epoch, step = int(meta["epoch"]), int(meta["step_in_epoch"])
+    except Exception:  # unreadable here: fit reports it with the file named
+        return "from its last checkpoint"
+    return f"from epoch {epoch + 1}, step {step}" if step else f"from the end of epoch {epoch}"
 
 
 def _check_resumable(cfg: RunConfig, data: Dataset, out: Path) -> None:
