@@ -157,8 +157,8 @@ def test_only_position_tables_are_interpolated():
     src, dst = nn.Module(), nn.Module()
     src.post = nn.Embedding(10, 2)  # a column called "post": not positions
     dst.post = nn.Embedding(12, 2)
-    src.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))  # ViT-style [1, 1 + N, D]: needs 2-D resampling
-    dst.pos_embed = nn.Parameter(torch.zeros(1, 10, 4))
+    src.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))  # ViT-style [1, 1 + 2x2, D] ...
+    dst.pos_embed = nn.Parameter(torch.zeros(1, 8, 4))  # ... into 8 positions: no square grid
     report = graft(src, dst)
     assert {r.target: r.state for r in report.records} == {"post.weight": "skipped", "pos_embed": "skipped"}
 
@@ -253,3 +253,47 @@ def test_hugging_face_vit_grafted_into_our_wrapper_gives_the_same_outputs(tmp_pa
     graft(f"hf:{tmp_path / 'a'}", ours, rules={"": "encoders.image.backbone."}, strict=True)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(ours.encoders["image"](x), original(pixel_values=x).last_hidden_state[:, 0])
+
+
+def test_a_vit_position_grid_is_interpolated_in_2d_keeping_the_class_token():
+    src, dst = nn.Module(), nn.Module()
+    src.pos_embed = nn.Parameter(torch.zeros(1, 1 + 6 * 6, 2))  # a class token, then a 6x6 grid
+    dst.pos_embed = nn.Parameter(torch.zeros(1, 1 + 3 * 3, 2))
+    with torch.no_grad():
+        src.pos_embed[0, 0] = torch.tensor([7.0, -7.0])  # the class token
+        x = torch.arange(6.0).repeat(6)  # channel 0: the column (0..5), the same in every row
+        y = torch.arange(6.0).repeat_interleave(6)  # channel 1: the row
+        src.pos_embed[0, 1:] = torch.stack([x, y], dim=1)
+    report = graft(src, dst)
+    assert report.records[0].reason == "6x6 position grid interpolated to 3x3 (bicubic), class token kept"
+    out = dst.pos_embed[0].detach()
+    torch.testing.assert_close(out[0], torch.tensor([7.0, -7.0]))  # copied unchanged
+    grid = out[1:].reshape(3, 3, 2)
+    # cell (1, 1) samples the source at (2.5, 2.5), between 4 inner neighbours: a ramp is reproduced exactly
+    torch.testing.assert_close(grid[1, 1], torch.tensor([2.5, 2.5]))
+    torch.testing.assert_close(grid[:, :, 0], grid[:1, :, 0].expand(3, 3))  # columns stay columns
+    torch.testing.assert_close(grid[:, :, 1], grid[:, :1, 1].expand(3, 3))  # rows stay rows
+    assert bool((grid[0, :, 0].diff() > 0).all()) and bool((grid[:, 0, 1].diff() > 0).all())
+
+
+def test_a_hugging_face_vit_grafts_into_another_image_size(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tiny = dict(num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    transformers.ViTModel(transformers.ViTConfig(image_size=16, patch_size=4, **tiny)).save_pretrained(
+        str(tmp_path / "small")
+    )  # 4x4 patches
+    transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=4, **tiny)).save_pretrained(
+        str(tmp_path / "big")
+    )  # 8x8 patches
+    source = transformers.ViTModel.from_pretrained(str(tmp_path / "small"))
+    cfg = ModelConfig(encoders={"image": HFConfig(path=str(tmp_path / "big"), pooling="cls")}, embed_dim=16)
+    ours = build_model(cfg, {"image": InputSpec("image", (3, 32, 32))}, 3)
+    report = graft(f"hf:{tmp_path / 'small'}", ours, rules={"": "encoders.image.backbone."})
+    name = "encoders.image.backbone.embeddings.position_embeddings"
+    record = {r.target: r for r in report.records}[name]
+    assert record.state == "adapted"
+    assert record.reason == "4x4 position grid interpolated to 8x8 (bicubic), class token kept"
+    table = ours.state_dict()[name]
+    assert table.shape == (1, 65, 16)
+    torch.testing.assert_close(table[0, 0], source.embeddings.position_embeddings[0, 0].detach())
+    assert ours.encoders["image"](torch.randn(2, 3, 32, 32)).shape == (2, 16)

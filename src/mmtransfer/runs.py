@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mmtransfer import artifact
+from mmtransfer.backbones import with_backbone_preprocessing
 from mmtransfer.cache import add_cached_features
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, load_dataset
@@ -64,6 +65,7 @@ def fit_run(
 
 
 def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool, resume: bool) -> dict:
+    cfg = with_backbone_preprocessing(cfg, console)  # a pretrained image backbone's own size, crop, mean, std
     data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
     console.print(

@@ -103,12 +103,19 @@ def build_timm(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
     return build(spec, output_dim, **kwargs)
 
 
+def build_efficientnet_lite(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
+    from mmtransfer.encoders.efficientnet import build_efficientnet_lite as build  # an optional extra
+
+    return build(spec, output_dim, **kwargs)
+
+
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": build_cnn,
     "rnn": build_rnn,
     "attention": build_attention,
     "hf": build_hf,
     "timm": build_timm,
+    "efficientnet_lite": build_efficientnet_lite,
     "mlp": build_mlp,
 }
 

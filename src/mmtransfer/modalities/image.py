@@ -3,6 +3,7 @@ centre-cropped), as [C, H, W] in [0, 1]."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,14 @@ class ImageModality:
         pass
 
     def placeholder(self) -> torch.Tensor:
-        return torch.full((self.cfg.channels, *self.cfg.size), int(round(self.cfg.mean * 255)), dtype=torch.uint8)
+        """The mean image: after normalisation, zeros."""
+        mean = channel_values(self.cfg.mean, self.cfg.channels)
+        return (mean * 255).round().to(torch.uint8).expand(self.cfg.channels, *self.cfg.size).clone()
 
     def collate(self, examples: list[torch.Tensor]) -> torch.Tensor:
         x = torch.stack(examples).float() / 255.0
-        return (x - self.cfg.mean) / self.cfg.std
+        c = self.cfg.channels
+        return (x - channel_values(self.cfg.mean, c)) / channel_values(self.cfg.std, c)
 
     def spec(self) -> InputSpec:
         return InputSpec("image", (self.cfg.channels, *self.cfg.size))
@@ -59,18 +63,57 @@ class ImageModality:
         return {}
 
     def augment(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random translation of up to 1/8 of each side, per example; the border pixels fill the gap."""
-        n, c, h, w = batch.shape
-        max_dy, max_dx = max(1, h // 8), max(1, w // 8)
-        dy = torch.randint(-max_dy, max_dy + 1, (n, 1), generator=generator)
-        dx = torch.randint(-max_dx, max_dx + 1, (n, 1), generator=generator)
-        padded = torch.nn.functional.pad(batch, (max_dx, max_dx, max_dy, max_dy), mode="replicate")
-        rows = (max_dy + dy + torch.arange(h)).to(batch.device)  # [n, h]: the rows each example keeps
-        cols = (max_dx + dx + torch.arange(w)).to(batch.device)  # [n, w]
-        # One gather for the whole batch: example i, channel k, pixel (y, x) <- padded[i, k, rows[i, y], cols[i, x]]
-        i = torch.arange(n, device=batch.device)[:, None, None, None]
-        k = torch.arange(c, device=batch.device)[None, :, None, None]
-        return padded[i, k, rows[:, None, :, None], cols[:, None, None, :]]
+        """The column's training augmentation (``augment``): random shifts, or random crops and flips."""
+        if self.cfg.augment == "crop_flip":
+            return crop_flip(batch, self.cfg.crop_scale, self.cfg.flip, generator)
+        return shift(batch, generator)
+
+
+def channel_values(value, channels: int) -> torch.Tensor:
+    """A mean or std, one value or one per channel, as [C, 1, 1]."""
+    values = value if isinstance(value, (tuple, list)) else (value,) * channels
+    return torch.tensor(values, dtype=torch.float32).view(channels, 1, 1)
+
+
+def crop_flip(
+    batch: torch.Tensor,
+    scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random resized crop and horizontal flip, per example, in one ``grid_sample`` over the batch: a window of
+    a random share of the area (in ``scale``) and aspect ratio (3/4 to 4/3), at a random place, stretched back
+    to the full size (bilinear); then mirrored left to right with probability 1/2 if ``flip``."""
+    n = batch.shape[0]
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+    ratio = log_ratio.exp() if scale[0] < 1 else torch.ones(n)  # the whole image keeps its shape
+    w = (area * ratio).sqrt().clamp(max=1.0)  # the window's width and height, as shares of the image's
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)  # its centre, in [-1, 1] coordinates
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
+    sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    theta = theta.to(batch.device, batch.dtype)
+    grid = torch.nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def shift(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random translation of up to 1/8 of each side, per example; the border pixels fill the gap."""
+    n, c, h, w = batch.shape
+    max_dy, max_dx = max(1, h // 8), max(1, w // 8)
+    dy = torch.randint(-max_dy, max_dy + 1, (n, 1), generator=generator)
+    dx = torch.randint(-max_dx, max_dx + 1, (n, 1), generator=generator)
+    padded = torch.nn.functional.pad(batch, (max_dx, max_dx, max_dy, max_dy), mode="replicate")
+    rows = (max_dy + dy + torch.arange(h)).to(batch.device)  # [n, h]: the rows each example keeps
+    cols = (max_dx + dx + torch.arange(w)).to(batch.device)  # [n, w]
+    # One gather for the whole batch: example i, channel k, pixel (y, x) <- padded[i, k, rows[i, y], cols[i, x]]
+    i = torch.arange(n, device=batch.device)[:, None, None, None]
+    k = torch.arange(c, device=batch.device)[None, :, None, None]
+    return padded[i, k, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def fit_image(img, cfg: ImageColumn):
@@ -79,7 +122,8 @@ def fit_image(img, cfg: ImageColumn):
     - ``stretch``: resized to exactly the size; the aspect ratio is lost.
     - ``pad``: scaled (up or down) to fit inside the size less ``margin`` on each side, aspect kept, centred on a
       canvas of ``fill`` (where the leftover is odd, the extra pixel goes right / below).
-    - ``crop``: scaled to cover the size, aspect kept, then the centre cut out (the usual resize + centre crop).
+    - ``crop``: scaled to cover the size divided by ``crop_pct``, aspect kept, then the centre of the size cut
+      out (the usual resize + centre crop: 0.875 scales the shorter side of a 224 crop to 256).
     """
     from PIL import Image
 
@@ -97,7 +141,7 @@ def fit_image(img, cfg: ImageColumn):
         canvas = Image.new(img.mode, (w, h), fill)
         canvas.paste(img.resize((nw, nh), Image.BILINEAR), ((w - nw) // 2, (h - nh) // 2))
         return canvas
-    scale = max(w / iw, h / ih)
+    scale = max(w / iw, h / ih) / cfg.crop_pct
     nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
     left, top = (nw - w) // 2, (nh - h) // 2
     return img.resize((nw, nh), Image.BILINEAR).crop((left, top, left + w, top + h))

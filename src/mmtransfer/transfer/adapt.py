@@ -52,6 +52,7 @@ POSITION_ENDINGS = (
     "pos_embedding",
     "position_embeddings.weight",
     "position_embedding.weight",
+    "position_embeddings",  # Hugging Face ViT: a parameter [1, 1 + n*n, dim]
 )
 
 
@@ -60,11 +61,17 @@ def conv_channels(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context)
         return None
     if src.shape[0] != dst.shape[0] or src.shape[2:] != dst.shape[2:] or src.shape[1] == dst.shape[1]:
         return None
-    s, t = src.shape[1], dst.shape[1]
+    return channels_adapted(src, dst.shape[1])
+
+
+def channels_adapted(weight: torch.Tensor, channels: int) -> tuple[torch.Tensor, str]:
+    """A first convolution's kernel ``[out, in, ...]`` for another input channel count: summed into one channel
+    (grayscale sees what RGB saw for a gray pixel), or repeated and scaled so the response keeps its size."""
+    s, t = weight.shape[1], channels
     if t == 1:
-        return src.sum(dim=1, keepdim=True), f"{s} input channels summed into 1"
+        return weight.sum(dim=1, keepdim=True), f"{s} input channels summed into 1"
     repeat = math.ceil(t / s)
-    out = src.repeat(1, repeat, *([1] * (src.dim() - 2)))[:, :t] * (s / t)
+    out = weight.repeat(1, repeat, *([1] * (weight.dim() - 2)))[:, :t] * (s / t)
     return out, f"{s} input channels repeated to {t} and scaled by {s}/{t}"
 
 
@@ -104,13 +111,51 @@ def vocab(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
 
 
 def positions(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
-    """[length, dim] tables whose name says they hold positions."""
+    """Tables whose name says they hold positions: an image transformer's grid of patch positions
+    (``[1, extra + n*n, dim]``, or ``[extra + n*n, dim]`` in a vision / image model) is resampled as a 2-D grid,
+    its class token(s) kept; any other ``[length, dim]`` table along its length."""
     if not name.endswith(POSITION_ENDINGS):
         return None
+    grid = position_grid(name, src, dst)
+    if grid is not None:
+        return grid
     if src.dim() != 2 or dst.dim() != 2 or src.shape[1] != dst.shape[1] or src.shape[0] == dst.shape[0]:
         return None
     out = torch.nn.functional.interpolate(src.T[None].float(), size=dst.shape[0], mode="linear", align_corners=True)
     return out[0].T.to(dst.dtype), f"{src.shape[0]} positions interpolated to {dst.shape[0]}"
+
+
+def grid_layout(length: int) -> tuple[int, int] | None:
+    """(leading tokens, side) with ``length = leading + side * side``: a class token (ViT, CLIP), none (a
+    pooled-by-mean ViT), or class + distillation tokens (DeiT); None where no square grid fits."""
+    for extra in (1, 0, 2):
+        side = math.isqrt(max(length - extra, 0))
+        if side > 1 and side * side == length - extra:
+            return extra, side
+    return None
+
+
+def position_grid(name: str, src: torch.Tensor, dst: torch.Tensor):
+    """Patch positions of one grid size for another (another image size or patch size): the grid interpolated
+    bicubically in 2-D, the leading class token(s) copied unchanged. None where the tables are not such grids."""
+    if src.dim() == 3 and dst.dim() == 3 and src.shape[0] == dst.shape[0] == 1:
+        s, d, batched = src[0], dst[0], True
+    elif src.dim() == 2 and dst.dim() == 2 and any(w in name for w in ("vision", "image", "patch", "pos_embed")):
+        s, d, batched = src, dst, False
+    else:
+        return None
+    if s.shape[1] != d.shape[1] or s.shape[0] == d.shape[0]:
+        return None
+    a, b = grid_layout(s.shape[0]), grid_layout(d.shape[0])
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    (extra, n_src), (_, n_dst) = a, b
+    cells = s[extra:].float().reshape(n_src, n_src, -1).permute(2, 0, 1)[None]  # [1, dim, n, n]
+    resized = torch.nn.functional.interpolate(cells, size=(n_dst, n_dst), mode="bicubic", align_corners=False)
+    out = torch.cat([s[:extra].float(), resized[0].permute(1, 2, 0).reshape(n_dst * n_dst, -1)]).to(dst.dtype)
+    kept = {0: "", 1: ", class token kept"}.get(extra, f", {extra} leading tokens kept")
+    how = f"{n_src}x{n_src} position grid interpolated to {n_dst}x{n_dst} (bicubic){kept}"
+    return (out[None] if batched else out), how
 
 
 def partial(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):
