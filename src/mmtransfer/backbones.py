@@ -125,10 +125,9 @@ def with_backbone_preprocessing(cfg: RunConfig, console: Console | None = None) 
         column = column or ImageColumn()
         given = column.model_fields_set
         update = {k: v for k, v in settings.items() if k not in given}
-        if isinstance(update.get("mean"), tuple) and column.channels == 1:  # a grayscale column: one value
-            update["mean"] = sum(update["mean"]) / 3
-        if isinstance(update.get("std"), tuple) and column.channels == 1:
-            update["std"] = sum(update["std"]) / 3
+        for key in ("mean", "std"):
+            if isinstance(update.get(key), tuple) and column.channels == 1:  # a grayscale column: one value
+                update[key] = sum(update[key]) / 3
         if "augment" not in given:
             update["augment"] = "crop_flip"
         merged = ImageColumn.model_validate({**column.model_dump(), **update})
@@ -154,7 +153,10 @@ def describe(col: ImageColumn) -> str:
         how = "fitted inside, aspect kept, padded"
     else:
         how = "stretched"
-    fmt = (lambda v: "/".join(f"{x:g}" for x in v)) if isinstance(col.mean, tuple) else (lambda v: f"{v:g}")
-    std = "/".join(f"{x:g}" for x in col.std) if isinstance(col.std, tuple) else f"{col.std:g}"
     aug = {True: "shift", False: "none"}.get(col.augment, col.augment)
-    return f"{h}x{w}, {how}, mean {fmt(col.mean)} std {std}, training augmentation {aug}"
+    return f"{h}x{w}, {how}, mean {_values(col.mean)} std {_values(col.std)}, training augmentation {aug}"
+
+
+def _values(value) -> str:
+    """One value, or one per channel joined by '/'."""
+    return "/".join(f"{x:g}" for x in value) if isinstance(value, tuple) else f"{value:g}"
