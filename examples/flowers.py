@@ -126,8 +126,14 @@ def one_run(arm, init, k, seed, data, classes, size, epochs, out) -> dict:
         "train": len(train), "select": len(val), "test_n": test_metrics["n"],
         "accuracy": test_metrics["accuracy"], "macro_f1": test_metrics["macro_f1"],
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.perf_counter() - start, 1), "device": device_name(),
     }  # fmt: skip
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def summary(rows: list[dict]) -> dict:
@@ -150,8 +156,13 @@ def report(rows: list[dict], ks: list[str], out: Path, cmd: str) -> str:
                 continue
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             cells.append(f"{statistics.mean(accs):.1f} ± {sd:.1f} % ({len(accs)})")
-        secs = [r["seconds"] for rs in by_k.values() for r in rs]
-        lines.append(f"| {INITS[init]} {ARMS[arm]} | " + " | ".join(cells) + f" | {statistics.median(secs):.0f} s |")
+        times = []
+        for k in ks:
+            runs = by_k.get(k, [])
+            for device in sorted({r.get("device", "CPU, 2 threads") for r in runs}):
+                secs = [r["seconds"] for r in runs if r.get("device", "CPU, 2 threads") == device]
+                times.append(f"k={k}: {statistics.median(secs):.0f} s ({device})")
+        lines.append(f"| {INITS[init]} {ARMS[arm]} | " + " | ".join(cells) + " | " + "; ".join(times) + " |")
     gains = []
     for arm in ARMS:
         for k in ks:
@@ -163,7 +174,7 @@ def report(rows: list[dict], ks: list[str], out: Path, cmd: str) -> str:
         f"# flower_photos: EfficientNet-Lite0, ImageNet vs scratch\n\n`{cmd}`\n\n"
         "Test accuracy on the fixed 540 test photos, mean ± std over seeds (number of seeds); k labelled photos "
         "per class, of which round(0.15 k) (at least 1) select the best epoch. Time: median wall seconds of one "
-        "run (training + test), 2-core CPU.\n\n"
+        "run (training + test) on the device named.\n\n"
         + "\n".join(lines)
         + "\n\nImageNet - scratch: "
         + ("; ".join(gains) or "-")

@@ -110,6 +110,11 @@ def add_cached_features(
             with state.local_main_process_first():
                 features, how = (_read(path, len(split), console) if path.is_file() else None), "read from cache"
                 if features is None:
+                    if console is not None and state.is_main_process:
+                        console.print(
+                            f"frozen encoder {name}: computing {key} features of {len(split)} rows once ...",
+                            style="dim", markup=False, highlight=False,
+                        )  # fmt: skip
                     features, how = compute_features(encoder, split, name), "computed"
                     _write(path, features)
                     evict(directory, keep=path)
