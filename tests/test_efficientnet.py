@@ -239,3 +239,50 @@ def test_crop_flip_whole_image_is_the_image_or_its_mirror_and_never_touches_eval
     assert bool((same | mirrored).all()) and 16 < int(mirrored.sum()) < 48
     z = crop_flip(x, scale=(0.25, 0.25), flip=False, generator=torch.Generator().manual_seed(0))
     assert z.shape == x.shape and not torch.allclose(z, x)  # a quarter of the area, stretched back
+
+
+def test_region_tokens_average_to_the_pooled_features_and_attention_fusion_reads_them():
+    encoder = build_efficientnet_lite(InputSpec("image", (3, 96, 64)), 32, pretrained=False).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        tokens, pooled = encoder.tokens(x), encoder(x)
+    assert tokens.shape == (2, 3 * 2, 32)  # (96/32) x (64/32) regions
+    assert torch.allclose(tokens.mean(1), pooled, atol=1e-5)
+
+    from mmtransfer.fusion import AttentionFusion
+
+    torch.manual_seed(0)
+    fusion = AttentionFusion({"photo": 32, "note": 32}).eval()
+    note = torch.randn(2, 32)
+    missing = {"photo": torch.tensor([False, True])}
+    with torch.no_grad():
+        a = fusion({"photo": tokens, "note": note}, missing)
+        b = fusion({"photo": torch.randn_like(tokens), "note": note}, missing)
+    assert torch.allclose(a[0], b[0], atol=1e-6)  # a missing input hides every one of its tokens
+    assert not torch.allclose(a[1], b[1], atol=1e-3)  # a present one is read, token by token
+
+
+def test_a_model_with_region_tokens_fits_predicts_and_says_so(tmp_path, photos):
+    table = _photo_table(tmp_path, photos)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{table: {table}, label: label, test_fraction: 0.25, val_fraction: 0.25,"
+        " columns: {photo: {modality: image, size: [64, 64]}}}\n"
+        "model: {fusion: attention, tokens: regions, embed_dim: 32,"
+        " encoders: {photo: {type: efficientnet_lite}}}\n"
+        "train: {epochs: 2, batch_size: 8, strategy: {name: linear_probe}}\n"
+    )
+    fit = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "run")])
+    assert fit.exit_code == 0, fit.output
+    assert "EfficientNetLiteEncoder (one token per region)" in fit.output
+    assert "frozen encoder" not in fit.output  # region tokens are not cached as pooled features
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    out = tmp_path / "pred.csv"
+    assert runner.invoke(app, ["predict", str(tmp_path / "run"), str(table), "--out", str(out)]).exit_code == 0
+    import pandas as pd
+
+    rows = json.loads((tmp_path / "run" / "splits.json").read_text())["rows"]["test"]
+    p = pd.read_csv(out).set_index("row").loc[rows]
+    assert (p["prediction"] == p["label"]).mean() == pytest.approx(metrics["test"]["accuracy"])
+    bad = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "r2"), "--set", "model.fusion=concat"])
+    assert bad.exit_code == 2 and "tokens: regions needs fusion: attention" in bad.output

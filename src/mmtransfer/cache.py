@@ -32,8 +32,10 @@ def cache_dir() -> Path:
 
 
 def frozen_encoders(model: Classifier) -> list[str]:
-    """Names of encoders none of whose parameters train."""
-    return [name for name, enc in sorted(model.encoders.items()) if is_frozen(enc)]
+    """Names of encoders none of whose parameters train (and whose output is one pooled vector: region tokens
+    are computed each time, not cached)."""
+    regions = getattr(model, "uses_regions", lambda name: False)
+    return [name for name, enc in sorted(model.encoders.items()) if is_frozen(enc) and not regions(name)]
 
 
 def _digest(*tensors: torch.Tensor, extra: str = "") -> str:

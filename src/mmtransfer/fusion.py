@@ -37,8 +37,9 @@ class ConcatFusion(nn.Module):
 
 
 class AttentionFusion(nn.Module):
-    """A small transformer over one token per input (plus a learned input-type embedding) and a [CLS] token;
-    missing inputs are masked out of attention. Output: the [CLS] state [B, D]."""
+    """A small transformer over the inputs' tokens (plus a learned input-type embedding) and a [CLS] token;
+    missing inputs are masked out of attention. Output: the [CLS] state [B, D]. An input is one token [B, D],
+    or several [B, T, D] (a backbone's regions, ``model.tokens: regions``); a missing input hides all of its."""
 
     def __init__(self, input_dims: dict[str, int], num_heads: int = 4, num_layers: int = 1, dropout: float = 0.1):
         super().__init__()
@@ -56,10 +57,16 @@ class AttentionFusion(nn.Module):
         self.output_dim = dim
 
     def forward(self, embeddings: dict[str, torch.Tensor], present: Masks | None = None) -> torch.Tensor:
-        mask = _present(embeddings, present, self.keys).bool()
-        tokens = torch.stack([embeddings[k] for k in self.keys], dim=1) + self.type_embedding
+        pooled = {k: e if e.dim() == 2 else e.mean(1) for k, e in embeddings.items()}
+        mask = _present(pooled, present, self.keys).bool()
+        parts, keeps = [], []
+        for i, k in enumerate(self.keys):
+            e = embeddings[k] if embeddings[k].dim() == 3 else embeddings[k].unsqueeze(1)  # [B, T, D]
+            parts.append(e + self.type_embedding[i])
+            keeps.append(mask[:, i : i + 1].expand(-1, e.shape[1]))
+        tokens = torch.cat(parts, dim=1)
         tokens = torch.cat([self.cls + torch.zeros_like(tokens[:, :1]), tokens], dim=1)  # [CLS] for each row
-        keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # [CLS] is always there
+        keep = torch.cat([torch.ones_like(mask[:, :1]), *keeps], dim=1)  # [CLS] is always there
         return self.norm(self.layers(tokens, src_key_padding_mask=~keep)[:, 0])
 
 

@@ -43,9 +43,11 @@ class Classifier(nn.Module):
         head: nn.Module,
         modality_dropout: float = 0.0,
         classes: list[str] | None = None,
+        regions: bool = False,
     ):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
+        self.regions = regions  # encoders with a tokens() method give one token per region (attention fusion)
         self.fusion = fusion
         self.head = head
         self.modality_dropout = modality_dropout
@@ -53,7 +55,14 @@ class Classifier(nn.Module):
 
     def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         cached = inputs.get(f"{name}.features")
-        return cached if cached is not None else self.encoders[name](inputs[name])
+        if cached is not None:
+            return cached
+        if self.uses_regions(name):
+            return self.encoders[name].tokens(inputs[name])  # [B, T, D]
+        return self.encoders[name](inputs[name])
+
+    def uses_regions(self, name: str) -> bool:
+        return self.regions and hasattr(self.encoders[name], "tokens")
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         names = sorted(self.encoders)
@@ -167,4 +176,6 @@ def build_model(
     dims = {name: enc.output_dim for name, enc in encoders.items()}
     fusion = FUSIONS[cfg.fusion](dims)
     head = ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout)
-    return Classifier(encoders, fusion, head, modality_dropout=cfg.modality_dropout, classes=classes)
+    return Classifier(
+        encoders, fusion, head, modality_dropout=cfg.modality_dropout, classes=classes, regions=cfg.tokens == "regions"
+    )

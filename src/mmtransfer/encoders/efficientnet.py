@@ -53,6 +53,11 @@ class EfficientNetLiteEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.feature_map(x).mean(dim=(2, 3)))
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """One token per region of the last feature map, row by row: [B, (H/32) * (W/32), output_dim]. Their
+        mean is ``forward(x)`` (the projection is linear)."""
+        return self.proj(self.feature_map(x).flatten(2).transpose(1, 2))
+
     def layer_groups(self) -> list[nn.Module]:
         """Stem, each of the 7 stages (blocks of one setting), the head convolution, the projection."""
         b = self.backbone

@@ -45,8 +45,10 @@ class _Embedder(nn.Module):
     def __init__(self, model: Classifier):
         super().__init__()
         self.encoders, self.fusion, self.modality_dropout = model.encoders, model.fusion, model.modality_dropout
+        self.regions = model.regions
 
     encode = Classifier.encode
+    uses_regions = Classifier.uses_regions
     forward = Classifier.embed
 
 
