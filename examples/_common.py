@@ -34,6 +34,36 @@ def run(cfg: RunConfig, out: Path, title: str) -> dict:
     return metrics
 
 
+def av_table(data: Path, out: Path) -> Path:
+    """``av_mnist_style/pairs.csv`` as a table of files: each MNIST t10k image written once as a PNG into
+    ``out/mnist_png`` (a table needs files), each FSDD recording read where it is; split column as given."""
+    import gzip
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    pairs = pd.read_csv(data / "av_mnist_style" / "pairs.csv")
+    images = np.frombuffer(gzip.open(data / "mnist" / "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8)
+    images = images.reshape(-1, 28, 28)
+    png = out / "mnist_png"
+    png.mkdir(parents=True, exist_ok=True)
+    for i in pairs.mnist_t10k_index:
+        if not (png / f"{i}.png").is_file():
+            Image.fromarray(images[i]).save(png / f"{i}.png")
+    recordings = (data / "fsdd" / "recordings").resolve()
+    table = pd.DataFrame(
+        {
+            "image": [f"mnist_png/{i}.png" for i in pairs.mnist_t10k_index],
+            "audio": [str(recordings / f) for f in pairs.fsdd_file],
+            "label": pairs.label.astype(str),
+            "split": pairs.split,
+        }
+    )
+    table.to_csv(out / "pairs.csv", index=False)
+    return out / "pairs.csv"
+
+
 def fsdd_table(fsdd: Path, out: Path) -> Path:
     """FSDD as a table (audio path, digit, split): index 0-4 of each speaker and digit is the official test set."""
     import pandas as pd
@@ -48,10 +78,6 @@ def fsdd_table(fsdd: Path, out: Path) -> Path:
     table = out / "fsdd.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     return table
-
-
-def _sd(values) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def few_shot_on_fsdd(
@@ -70,7 +96,6 @@ def few_shot_on_fsdd(
 ) -> list[dict]:
     """For each k and seed: the target model from scratch vs grafted from ``source``, same data and budget;
     prints each pair, the graft report and the mean ± std per k; writes summary.json into ``out``."""
-    import numpy as np
 
     from mmtransfer.config import AudioColumn, DataConfig, TrainConfig
     from mmtransfer.data import load_dataset
@@ -109,13 +134,17 @@ def few_shot_on_fsdd(
     console.print(report.table(f"graft report: {title}"))
     report.save(out / "graft_report.json")
     console.print(f"== {title}: FSDD test accuracy (300 recordings), mean ± std over {seeds} seeds ==", markup=False)
+    from mmtransfer.study import mean_interval, paired_interval  # the study engine's statistics
+
     for k in ks:
-        s = np.array([r["scratch"] for r in rows if r["k"] == k])
-        g = np.array([r["transfer"] for r in rows if r["k"] == k])
-        d = g - s
+        s = mean_interval([r["scratch"] for r in rows if r["k"] == k])
+        g = mean_interval([r["transfer"] for r in rows if r["k"] == k])
+        d = paired_interval([r["transfer"] for r in rows if r["k"] == k], [r["scratch"] for r in rows if r["k"] == k])
+        interval = f", 95 % CI [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" if d["low"] is not None else ""
         console.print(
-            f"k={k:3d} per class: scratch {100 * s.mean():.1f} ± {100 * _sd(s):.1f} %, transfer {100 * g.mean():.1f} "
-            f"± {100 * _sd(g):.1f} %, gain {100 * d.mean():+.1f} ± {100 * _sd(d):.1f} pp"
+            f"k={k:3d} per class: scratch {100 * s['mean']:.1f} ± {100 * s['std']:.1f} %, transfer "
+            f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f} %, gain {100 * d['mean']:+.1f} ± {100 * d['std']:.1f} pp"
+            + interval
         )
     (out / "summary.json").write_text(json.dumps({"command": command(), "rows": rows}, indent=1))
     return rows

@@ -11,13 +11,9 @@ audio alone, and both fused, and prints their test accuracy.
 from __future__ import annotations
 
 import argparse
-import gzip
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from _common import command, console, run
-from PIL import Image
+from _common import av_table, command, console, run
 
 from mmtransfer.config import (
     AudioColumn,
@@ -39,24 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     console.print(f"command: {command()}")
 
-    pairs = pd.read_csv(args.data / "av_mnist_style" / "pairs.csv")
-    images = np.frombuffer(gzip.open(args.data / "mnist" / "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8)
-    images = images.reshape(-1, 28, 28)
-    png = args.out / "mnist_png"
-    png.mkdir(parents=True, exist_ok=True)
-    for i in pairs.mnist_t10k_index:
-        if not (png / f"{i}.png").is_file():
-            Image.fromarray(images[i]).save(png / f"{i}.png")
-    recordings = (args.data / "fsdd" / "recordings").resolve()
-    table = pd.DataFrame(
-        {
-            "image": [f"mnist_png/{i}.png" for i in pairs.mnist_t10k_index],
-            "audio": [str(recordings / f) for f in pairs.fsdd_file],
-            "label": pairs.label.astype(str),
-            "split": pairs.split,
-        }
-    )
-    table.to_csv(args.out / "pairs.csv", index=False)
+    av_table(args.data, args.out)
 
     columns = {
         "image": ImageColumn(size=(28, 28), channels=1, augment=False),

@@ -376,6 +376,109 @@ def demo(
 
 
 @app.command()
+def study(
+    study_file: Annotated[
+        Path | None, typer.Argument(help="Study YAML: base (a run config), budgets, seeds, arms, reference.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default: the file's name).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Cells run at once, each in its own process.")] = 1,
+    backend: Annotated[str, typer.Option(help="local (processes on this machine) or ray (a Ray cluster).")] = "local",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads per cell (default: CPU cores / workers).")
+    ] = None,
+    auto: Annotated[
+        Path | None,
+        typer.Option(
+            "--auto",
+            help="Compare the fine-tuning strategies that apply to this run config, on its "
+            "train and validation data only, and recommend one.",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=2, help="--auto: seeds per strategy.")] = 3,
+    apply: Annotated[
+        Path | None, typer.Option("--apply", help="--auto: then fit the recommended strategy into this run folder.")
+    ] = None,
+    report_only: Annotated[bool, typer.Option("--report", help="Only write the report of the finished cells.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Label budgets x seeds x arms, each cell a fit + evaluate on the same test split; the gain of each arm
+    over the reference with a paired t interval, learning curves, confusion matrices, per-input ablation.
+
+    Writes cells.jsonl (each cell as it ends: a killed study goes on where it stopped; a failed cell is
+    recorded and retried on the next start), cells/ (one run folder per cell), report.md, report.html (one
+    self-contained file), results.json (configs, seeds, splits, versions, machine) and the PNGs.
+    With --auto CONFIG: the strategies that apply to the model (linear probe, full, freeze-then-unfreeze,
+    gradual unfreezing, discriminative rates, LoRA for Hugging Face backbones) are scored on the validation
+    split, never the test split; the best is recommended, and --apply RUN fits it.
+    """
+    import shlex
+    import sys
+
+    from mmtransfer import study as engine
+
+    if (study_file is None) == (auto is None):
+        _fail(ConfigError("give a study file, or --auto CONFIG (not both)"))
+    if backend not in ("local", "ray"):
+        _fail(ConfigError(f"--backend {backend!r}: local or ray"))
+    if apply is not None and auto is None:
+        _fail(ConfigError("--apply goes with --auto CONFIG"))
+    try:
+        if auto is not None:
+            spec, base, folder = engine.auto_study(auto, seeds=seeds)
+            out = out or Path(f"{auto.stem}-auto")
+        else:
+            spec, base, folder = engine.load_study(study_file)
+            out = out or Path(study_file.stem)
+        if apply is not None:
+            from mmtransfer.artifact import check_out
+
+            check_out(apply, overwrite=False, resume=False)
+        command = "mmtransfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        previous = out / "results.json"
+        if report_only and previous.is_file():  # the report keeps the command that ran the cells
+            command = json.loads(previous.read_text()).get("command") or command
+        runner = engine.Study(spec, base, folder, out, console=console, selection_only=auto is not None,
+                              command=command, source=str(study_file or auto))  # fmt: skip
+    except USER_ERRORS as err:
+        _fail(err)
+    console.quiet = quiet
+    try:
+        results = runner.report() if report_only else runner.run(workers, backend, threads)
+    except USER_ERRORS as err:
+        _fail(err)
+    engine.print_summary(results, spec, console, out)
+    if auto is None:
+        return
+    best = engine.recommend(results, spec)
+    if best is None:
+        _fail(ValueError(f"no strategy finished; see the logs in {out / 'cells'}"))
+    m = best[spec.metric]
+    line = (f"recommended: {best['arm']}: validation {spec.metric} {100 * m['mean']:.1f} %"
+            + (f" [{100 * m['low']:.1f}, {100 * m['high']:.1f}]" if m["low"] is not None else "")
+            + f", {best['seconds']:.1f} s per fit")  # fmt: skip
+    if "margin" in best and best["margin"]["low"] is not None:
+        g = best["margin"]
+        line += (
+            f"; ahead of {best['runner_up']} by {100 * g['mean']:+.1f} pp "
+            f"[{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] ({round(100 * spec.confidence)} % paired t)"
+        )
+    (out / "recommendation.json").write_text(json.dumps(best, indent=1))
+    console.print(line, markup=False, highlight=False)
+    if apply is None:
+        console.print(f"fit it: mmtransfer fit {auto} --set train.strategy.name={best['arm']} --out RUN "
+                      f"(or add --apply RUN)", markup=False, highlight=False)  # fmt: skip
+        return
+    from mmtransfer.runs import fit_run
+
+    try:
+        cfg = load_config(auto, [f"train.strategy.name={best['arm']}"])
+        metrics = fit_run(cfg, apply, console)
+    except USER_ERRORS as err:
+        _fail(err)
+    _print_metrics(metrics["test"], f"test metrics ({apply}, strategy {best['arm']})", metrics["classes"])
+
+
+@app.command()
 def graft(
     source: Annotated[
         str, typer.Argument(help="Run folder, .safetensors / .pt file, Hugging Face folder or hf:ID, or timm:NAME.")

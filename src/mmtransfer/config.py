@@ -285,6 +285,17 @@ class ModelConfig(_Strict):
     )
     head_hidden: int | None = Field(None, ge=1, description="Hidden layer of the head; none = linear head.")
     head_dropout: float = Field(0.0, ge=0, lt=1)
+    tokens: Literal["pooled", "regions"] = Field(
+        "pooled",
+        description="attention fusion: one pooled token per input, or one token per region of a pretrained image "
+        "backbone's last feature map (efficientnet_lite: (H/32) x (W/32) tokens); other inputs stay one token.",
+    )
+
+    @model_validator(mode="after")
+    def _regions_need_attention(self):
+        if self.tokens == "regions" and self.fusion != "attention":
+            raise ValueError(f"tokens: regions needs fusion: attention (fusion is {self.fusion})")
+        return self
 
 
 class StrategyConfig(_Strict):
@@ -338,6 +349,7 @@ class TrainConfig(_Strict):
     precision: Literal["32", "bf16", "fp16"] = Field(
         "32", description="Mixed precision through Accelerate: 32 (none), bf16 (CPU or GPU), fp16 (GPU)."
     )
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value):
@@ -401,19 +413,25 @@ class RunConfig(_Strict):
 # ---------------------------------------------------------------- loading
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as a raw dict, its relative paths made absolute against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = _read_yaml(path, str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, transfer)")
+    resolve_paths(raw, path.parent)  # a path written in the file is relative to the file
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate."""
     raw: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
-        path = Path(path)
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        raw = _read_yaml(path, str(path))
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, transfer)")
-        resolve_paths(raw, path.parent)  # a path written in the file is relative to the file
+        raw = read_config_file(path)
     if overrides:
         where += " with --set " + " ".join(overrides)
         # Overrides apply on top of the complete config (defaults filled in), so `--set model.encoders.image.

@@ -187,8 +187,10 @@ def _train(epochs: int, seed: int, progress: bool) -> TrainConfig:
 
 
 def _mean_std(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+    """Mean, sample std and the 95 % Student t interval of the mean: the study engine's statistics."""
+    from mmtransfer.study import mean_interval
+
+    return mean_interval(values)
 
 
 def _summarise(rows: list[dict]) -> dict:
@@ -211,6 +213,12 @@ def _fmt(s: dict, unit: str = "%") -> str:
     return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f} {unit}"
 
 
+def _gain(s: dict) -> str:
+    """The gain with its 95 % paired t interval over seeds (the same seed: the same labels and splits)."""
+    interval = f", 95 % CI [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}]" if s.get("low") is not None else ""
+    return _fmt(s, "pp") + interval
+
+
 def _table(summary: dict, seeds: int, k: int, labels: dict) -> Grid:
     rows = [
         ["source CNN (reference)", _fmt(summary["source_cnn_accuracy"]), _fmt(summary["source_cnn_seconds"], "s")],
@@ -220,7 +228,7 @@ def _table(summary: dict, seeds: int, k: int, labels: dict) -> Grid:
             _fmt(summary["transfer_accuracy"]),
             _fmt(summary["transfer_seconds"], "s"),
         ],
-        [Text("gain (transfer - scratch)", style="bold"), Text(_fmt(summary["gain"], "pp"), style="bold"), ""],
+        [Text("gain (transfer - scratch)", style="bold"), Text(_gain(summary["gain"]), style="bold"), ""],
     ]
     title = (
         f"digits, GRU with {k} labelled images per class ({labels['train']} train + {labels['selection']} select "
@@ -241,8 +249,9 @@ def _markdown(result: dict) -> str:
         f"early stopping on validation loss). Every target label counts: of the "
         f"{setup['target_labels']['total']} labelled target images, {setup['target_labels']['train']} train the "
         f"GRU and {setup['target_labels']['selection']} select its best epoch; no other target label is used. "
-        f"Test accuracy over {setup['seeds']} seeds, mean ± sample std; every split is stratified and disjoint "
-        "from the test set.",
+        f"Test accuracy over {setup['seeds']} seeds, mean ± sample std; the gain's interval is the 95 % Student "
+        "t interval of the per-seed differences (the same seed: the same labels and splits, as `mmtransfer "
+        "study` computes it); every split is stratified and disjoint from the test set.",
         "",
         "| arm | test accuracy | time |",
         "|---|---|---|",
@@ -251,7 +260,7 @@ def _markdown(result: dict) -> str:
         f"| GRU transfer, before fine-tuning | {_fmt(s['transfer_before_finetune_accuracy'])} | |",
         f"| GRU transfer (distil + graft + fine-tune) | {_fmt(s['transfer_accuracy'])} | "
         f"{_fmt(s['transfer_seconds'], 's')} |",
-        f"| **gain (transfer - scratch)** | **{_fmt(s['gain'], 'pp')}** | |",
+        f"| **gain (transfer - scratch)** | **{_gain(s['gain'])}** | |",
         "",
         "| seed | source CNN | scratch | transfer | gain |",
         "|---|---|---|---|---|",

@@ -9,13 +9,14 @@ import contextlib
 import json
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from mmtransfer import artifact
 from mmtransfer.backbones import with_backbone_preprocessing
 from mmtransfer.cache import add_cached_features
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
-from mmtransfer.data import Dataset, load_dataset
+from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.resume import CHECKPOINT
@@ -41,6 +42,8 @@ def fit_run(
     modules: dict | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    ablate: bool = False,
+    selection_only: bool = False,
 ) -> dict:
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder.
 
@@ -60,25 +63,48 @@ def fit_run(
     artifact.check_out(out, overwrite=overwrite, resume=resume)  # before any work
     with artifact.locked(out) if state.is_main_process else contextlib.nullcontext():
         return _fit_run(
-            cfg, out, console, state, source=source, modules=modules or {}, overwrite=overwrite, resume=resume
-        )
+            cfg, out, console, state, source=source, modules=modules or {}, overwrite=overwrite, resume=resume,
+            ablate=ablate, selection_only=selection_only,
+        )  # fmt: skip
 
 
-def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool, resume: bool) -> dict:
+def _fit_run(
+    cfg,
+    out: Path,
+    console,
+    state,
+    *,
+    source,
+    modules,
+    overwrite: bool,
+    resume: bool,
+    ablate=False,
+    selection_only=False,
+) -> dict:  # noqa: E501
     cfg = with_backbone_preprocessing(cfg, console)  # a pretrained image backbone's own size, crop, mean, std
     data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
+    if selection_only:
+        data = _without_test(data, cfg)
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
     console.print(
         "encoders: "
         + ", ".join(
             f"{name} ({spec.kind} {list(spec.shape)}) -> {type(model.encoders[name]).__name__}"
             + ("" if name in cfg.model.encoders else " (default)")
+            + (" (one token per region)" if model.uses_regions(name) else "")
             for name, spec in sorted(data.specs.items())
         )
         + f"; fusion {cfg.model.fusion}",
         markup=False,
         highlight=False,
     )
+    if cfg.model.tokens == "regions" and not any(model.uses_regions(name) for name in model.encoders):
+        console.print(
+            "note: model.tokens is regions, but no encoder here gives region tokens (efficientnet_lite does); "
+            "each input is one token",
+            markup=False,
+            highlight=False,
+        )
     encoders = {name: cfg.model.encoders.get(name) or default_encoder(spec) for name, spec in data.specs.items()}
     for name, module in modules.items():
         encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
@@ -146,6 +172,13 @@ def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool
         "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
+    if selection_only:
+        metrics["scored"] = "the validation split (the test split was not read)"
+    if ablate and len(model.encoders) > 1:
+        metrics["ablation"] = {
+            name: _scores(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
+            for name in sorted(model.encoders)
+        }
     if state.is_main_process:
         (out / "history.json").write_text(json.dumps(result.history, indent=1))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -153,6 +186,40 @@ def _fit_run(cfg, out: Path, console, state, *, source, modules, overwrite: bool
         artifact.finish(out)
     state.wait_for_everyone()
     return metrics
+
+
+class Masked(torch.nn.Module):
+    """The model with one input marked missing in every row (the mask its fusion already supports)."""
+
+    def __init__(self, model, name: str):
+        super().__init__()
+        self.model, self.name = model, name
+        self.classes = getattr(model, "classes", None)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        some = next(iter(inputs.values()))
+        return self.model({**inputs, f"{self.name}.present": torch.zeros(len(some), dtype=torch.bool)})
+
+
+def _scores(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("n", "accuracy", "macro_f1", "loss")}
+
+
+def _without_test(data: Dataset, cfg: RunConfig) -> Dataset:
+    """Validation becomes the scored split; a stratified part of train selects the epoch; test is dropped."""
+    if data.val is None:
+        raise ValueError(
+            "study --auto scores strategies on the validation split, and this config has none "
+            "(train.validation: none, or a label budget too small to hold one selection label per class)"
+        )
+    parts = split_budget(data.train, cfg.data.val_fraction, cfg.train.seed)
+    if parts is None:
+        raise ValueError("study --auto: a class has a single train example, so none is left to select the epoch")
+    scored = len(data.val)
+    data.test, (data.train, data.val) = data.val, parts
+    note = f"{scored} validation labels score the strategies; the test split is not read"
+    data.labels = LabelUse(len(data.train), len(data.val), "budget", data.labels.budget if data.labels else None, note)
+    return data
 
 
 def _checkpoint_place(out: Path) -> str:

@@ -1,0 +1,694 @@
+"""``mmtransfer study``: label budgets x seeds x arms, each cell a ``fit`` + ``evaluate`` on the same test split.
+
+A study file names a base run config, the label budgets, the seeds and the arms (each a named set of ``--set``
+overrides). Every cell is one run folder under ``OUT/cells``; its record goes to ``OUT/cells.jsonl`` as soon as
+it ends, so a killed study resumes where it stopped and a finished cell is never computed again. A cell that
+fails is recorded with its error and the others go on. Then the study writes ``report.md``, a self-contained
+``report.html`` (plots embedded), ``results.json`` (everything needed to rerun it) and the PNGs.
+
+Statistics: per budget and arm, the mean and sample std over seeds; the gain over the reference arm is the
+mean of the per-seed differences (same budget, same seed: the same labels and splits), with a 95 % Student t
+interval on n - 1 degrees of freedom (mean ± t * sd / sqrt(n)).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import json
+import math
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmtransfer.config import (
+    ConfigError,
+    _read_yaml,
+    apply_override,
+    read_config_file,
+    resolve_paths,
+    validate,
+)
+
+Budget = int | float | Literal["all"]
+METRICS = ("accuracy", "macro_f1")
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | dict[str, Any] = Field(
+        description="The run config every cell starts from: a YAML file (relative to the study file) or inline."
+    )
+    budgets: list[Budget] = Field(
+        default_factory=lambda: ["all"],
+        description="Label budgets: an int is k labelled examples per class, a float in (0, 1) a share of the "
+        "train labels, 'all' every one. The labels that select the best epoch come out of the same budget.",
+    )
+    seeds: int | list[int] = Field(3, description="How many seeds (0, 1, ...) or which ones; each seed draws the "
+                                   "splits, the budget's labels and the initialisation.")  # fmt: skip
+    arms: dict[str, dict[str, Any]] = Field(
+        description="Arm name -> overrides of the base config ({train.strategy.name: linear_probe}); {} is the "
+        "base config as it is (e.g. from scratch with the library's defaults)."
+    )
+    reference: str | None = Field(None, description="The arm gains are measured against (default: the first).")
+    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="The metric tables and plots show.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the paired Student t intervals.")
+    ablation: bool = Field(True, description="With several inputs, also score each cell with each input masked.")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets: list) -> list:
+        if not budgets:
+            raise ValueError("give at least one budget")
+        for b in budgets:
+            if isinstance(b, bool) or (isinstance(b, int) and b < 1) or (isinstance(b, float) and not 0 < b < 1):
+                raise ValueError(f"budget {b!r}: an int >= 1 (per class), a float in (0, 1) or 'all'")
+        if len({budget_name(b) for b in budgets}) != len(budgets):
+            raise ValueError("a budget is listed twice")
+        return budgets
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: dict) -> dict:
+        if not arms:
+            raise ValueError("give at least one arm")
+        for name in arms:
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"arm name {name!r}: letters, digits, '-', '_' and '.' only (it names a folder)")
+        return arms
+
+    @model_validator(mode="after")
+    def _reference(self):
+        if self.reference is not None and self.reference not in self.arms:
+            raise ValueError(f"reference {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
+        if isinstance(self.seeds, int) and self.seeds < 1:
+            raise ValueError("seeds: at least 1")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def reference_arm(self) -> str:
+        return self.reference or next(iter(self.arms))
+
+
+def budget_name(b: Budget) -> str:
+    return "all" if b == "all" else f"k{b}" if isinstance(b, int) else f"f{b:g}"
+
+
+def budget_label(b: Budget) -> str:
+    return "all labels" if b == "all" else f"k={b}" if isinstance(b, int) else f"{100 * b:g} %"
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) + ": " if loc else ""
+
+
+def load_study(path: str | Path) -> tuple[StudyConfig, dict, Path]:
+    """The study, the base config as a raw dict (paths absolute) and the study file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    raw = _read_yaml(path, str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with base, budgets, seeds and arms")
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"  {_where(e['loc'])}{e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
+        raise ConfigError(f"{path}: {len(lines)} invalid field(s)\n" + "\n".join(lines)) from None
+    base = study.base
+    if isinstance(base, str):
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: config file not found: {base_path}")
+        base_raw = read_config_file(base_path)
+    else:
+        base_raw = copy.deepcopy(base)
+        resolve_paths(base_raw, path.parent)
+    return study, base_raw, path.parent.resolve()
+
+
+def cell_config(base_raw: dict, overrides: dict, budget: Budget, seed: int, folder: Path, where: str):
+    """The validated RunConfig of one cell: base + the arm's overrides + the budget and the seed."""
+    raw = copy.deepcopy(base_raw)
+    for key, value in overrides.items():
+        apply_override(raw, f"{key}={json.dumps(value)}")  # JSON is YAML: a quoted string stays a string
+    resolve_paths(raw, folder)  # a path an arm names is relative to the study file
+    data, train = raw.setdefault("data", {}), raw.setdefault("train", {})
+    if not isinstance(data, dict) or not isinstance(train, dict):
+        raise ConfigError(f"{where}: data and train must be sections")
+    data["k_per_class"] = budget if isinstance(budget, int) and budget != "all" else None
+    data["label_fraction"] = budget if isinstance(budget, float) else None
+    data["seed"] = seed
+    train["seed"] = seed
+    train.setdefault("progress", False)
+    return validate(raw, where)
+
+
+def cells_of(study: StudyConfig) -> list[dict]:
+    return [
+        {"arm": arm, "budget": b, "budget_name": budget_name(b), "seed": seed}
+        for b in study.budgets
+        for seed in study.seed_list
+        for arm in study.arms
+    ]
+
+
+def cell_id(cell: dict) -> str:
+    return f"{cell['arm']}/{cell['budget_name']}/seed{cell['seed']}"
+
+
+def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_only: bool, threads: int) -> dict:
+    """One cell in this process: fit + evaluate into ``folder``; the record (never raises)."""
+    import torch
+    from rich.console import Console
+
+    from mmtransfer.config import RunConfig
+    from mmtransfer.runs import fit_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**cell, "folder": str(out)}
+    start = time.perf_counter()
+    with (out.parent / f"{out.name}.log").open("w") as log:
+        console = Console(file=log, width=120, no_color=True)
+        try:
+            cfg = RunConfig.model_validate(cfg_json)
+            metrics = fit_run(cfg, out, console, overwrite=True, ablate=ablate, selection_only=selection_only)
+        except Exception as err:  # one cell's failure is recorded; the others go on
+            log.write(traceback.format_exc())
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return {**record, "status": "failed", "error": f"{type(err).__name__}: {message}",
+                    "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+    test = metrics["test"]
+    splits = out / "splits.json"
+    return {
+        **record,
+        "status": "ok",
+        "seconds": round(time.perf_counter() - start, 2),
+        "fit_seconds": metrics["fit_seconds"],
+        "labels": metrics["labels"],
+        "classes": metrics["classes"],
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        "scored": "val" if selection_only else "test",
+        "test": {k: test[k] for k in ("n", "accuracy", "macro_f1", "loss", "confusion")},
+        "ablation": metrics.get("ablation"),
+        "splits": json.loads(splits.read_text()) if splits.is_file() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class Study:
+    """Runs the cells not yet finished (in order, or in parallel), then reports."""
+
+    def __init__(
+        self,
+        study: StudyConfig,
+        base_raw: dict,
+        folder: Path,
+        out: str | Path,
+        *,
+        console=None,
+        selection_only: bool = False,
+        command: str = "",
+        source: str = "",
+    ):
+        from mmtransfer.display import make_console
+
+        self.study, self.base_raw, self.folder, self.out = study, base_raw, folder, Path(out)
+        self.console = console or make_console()
+        self.selection_only, self.command, self.source = selection_only, command, source
+        self.cells = cells_of(study)
+        self.configs = {}
+        for cell in self.cells:  # every cell's config is checked before any work
+            where = f"arm {cell['arm']}, budget {budget_label(cell['budget'])}, seed {cell['seed']}"
+            cfg = cell_config(base_raw, study.arms[cell["arm"]], cell["budget"], cell["seed"], folder, where)
+            self.configs[cell_id(cell)] = cfg
+        self.log = self.out / "cells.jsonl"
+
+    def finished(self) -> dict[str, dict]:
+        """The cells recorded as done (a failed cell is tried again on the next start)."""
+        done = {}
+        if self.log.is_file():
+            for line in self.log.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if r.get("status") == "ok":
+                    done[cell_id(r)] = r
+        return done
+
+    def run(self, workers: int = 1, backend: str = "local", threads: int | None = None) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        done = self.finished()
+        pending = [c for c in self.cells if cell_id(c) not in done]
+        cores = os.cpu_count() or 1
+        threads = threads or max(1, cores // max(1, workers))
+        self.console.print(
+            f"study: {len(self.cells)} cells ({len(self.study.arms)} arms x {len(self.study.budgets)} budgets x "
+            f"{len(self.study.seed_list)} seeds); {len(done)} finished before, {len(pending)} to run "
+            f"({workers} worker{'s' if workers > 1 else ''}, {backend}, {threads} torch thread"
+            f"{'s' if threads > 1 else ''} each); cells.jsonl in {self.out}",
+            markup=False, highlight=False,
+        )  # fmt: skip
+        ablate = self.study.ablation and not self.selection_only
+        jobs = [
+            (self.configs[cell_id(c)].model_dump(mode="json"), str(self.out / "cells" / cell_id(c)), c, ablate,
+             self.selection_only, threads)
+            for c in pending
+        ]  # fmt: skip
+        start, total = time.perf_counter(), len(jobs)
+        for i, record in enumerate(self._execute(jobs, workers, backend, threads), 1):
+            with self.log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            elapsed = time.perf_counter() - start
+            eta = elapsed / i * (total - i)
+            self.console.print(f"[{i}/{total}] {describe(record, self.study.metric)}; ETA {eta:.0f} s",
+                               markup=False, highlight=False)  # fmt: skip
+        return self.report()
+
+    def _execute(self, jobs: list, workers: int, backend: str, threads: int):
+        if backend == "ray":
+            yield from _ray(jobs, threads)
+        elif workers <= 1:
+            for job in jobs:
+                yield run_cell(*job)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as ex:
+                futures = [ex.submit(run_cell, *job) for job in jobs]
+                for future in as_completed(futures):
+                    yield future.result()
+
+    def report(self) -> dict:
+        done = self.finished()
+        failed = {}
+        if self.log.is_file():
+            for line in self.log.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if r.get("status") == "failed" and cell_id(r) not in done:
+                    failed[cell_id(r)] = r
+        records = [done[cell_id(c)] for c in self.cells if cell_id(c) in done]
+        summary = summarise(records, self.study)
+        plots = write_plots(records, summary, self.study, self.out)
+        results = {
+            "command": self.command,
+            "study_file": self.source,
+            "study": self.study.model_dump(mode="json"),
+            "base_config": self.base_raw,
+            "scored_split": "val (the test split was not read)" if self.selection_only else "test",
+            "statistics": STATS_METHOD.format(level=round(100 * self.study.confidence)),
+            "cells": [{**r, "config": self.configs[cell_id(r)].model_dump(mode="json")} for r in records],
+            "failed": list(failed.values()),
+            "summary": summary,
+            "versions": environment(),
+            "plots": [p.name for p in plots],
+        }
+        (self.out / "results.json").write_text(json.dumps(results, indent=1))
+        md = markdown(results, self.study)
+        (self.out / "report.md").write_text(md)
+        (self.out / "report.html").write_text(to_html(results, self.study, plots))
+        return results
+
+
+STATS_METHOD = (
+    "mean ± sample std over seeds; the gain over the reference arm is the mean of the per-seed differences "
+    "(same budget and seed: the same labels and splits) with a {level} % Student t interval, "
+    "mean ± t(n-1) * sd / sqrt(n)"
+)
+
+
+def describe(r: dict, metric: str) -> str:
+    head = f"{r['arm']}, {budget_label(r['budget'])}, seed {r['seed']}"
+    if r["status"] != "ok":
+        return f"{head}: FAILED ({r['error']})"
+    return (
+        f"{head}: {r['scored']} {metric} {r['test'][metric]:.4f} ({r['labels']['train']} train + "
+        f"{r['labels']['selection']} select; {r['seconds']:.1f} s)"
+    )
+
+
+def paired_interval(a, b, confidence: float = 0.95) -> dict:
+    """Mean of a - b (paired) with its Student t interval; no interval for fewer than 2 pairs."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return mean_interval(d, confidence)
+
+
+def mean_interval(values, confidence: float = 0.95) -> dict:
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    out = {"n": n, "mean": float(v.mean()) if n else float("nan"), "std": float(v.std(ddof=1)) if n > 1 else 0.0}
+    if n > 1:
+        half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * out["std"] / math.sqrt(n))
+        out.update(low=out["mean"] - half, high=out["mean"] + half)
+    else:
+        out.update(low=None, high=None)
+    return out
+
+
+def summarise(records: list[dict], study: StudyConfig) -> dict:
+    """Per budget: each arm's metrics over seeds, its wall time, its gain over the reference and its ablation."""
+    ref = study.reference_arm
+    out: dict = {}
+    for b in study.budgets:
+        name = budget_name(b)
+        by_arm = {arm: {r["seed"]: r for r in records if r["arm"] == arm and r["budget_name"] == name}
+                  for arm in study.arms}  # fmt: skip
+        section: dict = {}
+        for arm, runs in by_arm.items():
+            if not runs:
+                continue
+            seeds = sorted(runs)
+            entry = {
+                "seeds": seeds,
+                "labels_per_class": float(np.mean([r["labels"]["total"] / len(r["classes"]) for r in runs.values()])),
+                "seconds": mean_interval([runs[s]["seconds"] for s in seeds], study.confidence),
+            }
+            for m in METRICS:
+                entry[m] = mean_interval([runs[s]["test"][m] for s in seeds], study.confidence)
+            paired = [s for s in seeds if s in by_arm.get(ref, {})]
+            if arm != ref and paired:
+                entry["gain"] = {
+                    m: paired_interval([runs[s]["test"][m] for s in paired],
+                                       [by_arm[ref][s]["test"][m] for s in paired], study.confidence)
+                    for m in METRICS
+                }  # fmt: skip
+            ablation = [runs[s]["ablation"] for s in seeds if runs[s].get("ablation")]
+            if ablation:
+                entry["ablation"] = {
+                    inp: {
+                        m: mean_interval([a[inp][m] for a in ablation], study.confidence)
+                        for m in METRICS
+                    } | {"drop": mean_interval([runs[s]["test"][study.metric] - runs[s]["ablation"][inp][study.metric]
+                                                for s in seeds if runs[s].get("ablation")], study.confidence)}
+                    for inp in ablation[0]
+                }  # fmt: skip
+            section[arm] = entry
+        out[name] = section
+    return out
+
+
+def environment() -> dict:
+    from mmtransfer.artifact import versions
+
+    machine = {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        machine["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - the report is written whatever the GPU says
+        machine["gpu"] = None
+    pkgs = versions()
+    for name in ("numpy", "accelerate", "scikit-learn", "pydantic", "safetensors"):
+        try:
+            from importlib.metadata import version
+
+            pkgs[name] = version(name)
+        except Exception:  # noqa: BLE001
+            pass
+    return {"packages": pkgs, "machine": machine}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _cell(entry: dict | None, metric: str) -> str:
+    if entry is None:
+        return "-"
+    s = entry[metric]
+    return f"{_pct(s['mean'])} ± {_pct(s['std'])} ({s['n']})"
+
+
+def _signed(x: float) -> str:
+    return "0.0" if abs(x) < 0.05 else f"{x:+.1f}"
+
+
+def _gain(entry: dict | None, metric: str, level: int) -> str:
+    if entry is None or "gain" not in entry:
+        return "-"
+    g = entry["gain"][metric]
+    ci = f" [{_pct(g['low'])}, {_pct(g['high'])}]" if g["low"] is not None else " (one seed: no interval)"
+    return f"{100 * g['mean']:+.1f}{ci}"
+
+
+def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of each table, for the Markdown and the HTML report alike."""
+    summary, metric, ref = results["summary"], study.metric, study.reference_arm
+    level = round(100 * study.confidence)
+    names = [budget_name(b) for b in study.budgets]
+    labels = [budget_label(b) for b in study.budgets]
+    scored = "validation" if results["scored_split"].startswith("val") else "test"
+    out = [
+        (
+            f"{metric} on the {scored} split (%), mean ± std (seeds)",
+            ["arm", *labels],
+            [[arm, *[_cell(summary[n].get(arm), metric) for n in names]] for arm in study.arms],
+        ),
+        (
+            f"gain over {ref} (percentage points) with its {level} % paired t interval",
+            ["arm", *labels],
+            [[arm, *[_gain(summary[n].get(arm), metric, level) for n in names]] for arm in study.arms if arm != ref],
+        ),
+        (
+            "wall time per cell (s), mean ± std: fit, evaluation and writing the run folder",
+            ["arm", *labels],
+            [[arm, *[(lambda e: "-" if e is None else f"{e['seconds']['mean']:.1f} ± {e['seconds']['std']:.1f}")(
+                summary[n].get(arm)) for n in names]] for arm in study.arms],
+        ),
+    ]  # fmt: skip
+    rows = []
+    for n, label in zip(names, labels, strict=True):
+        for arm in study.arms:
+            e = summary[n].get(arm)
+            if e and "ablation" in e:
+                for inp, a in e["ablation"].items():
+                    rows.append([arm, label, inp, _pct(a[metric]["mean"]), _signed(-100 * a["drop"]["mean"])])
+    if rows:
+        out.append((f"each input masked at test time: {metric} (%) and the change it causes (pp)",
+                    ["arm", "budget", "input masked", metric, "change"], rows))  # fmt: skip
+    if results["failed"]:
+        out.append(("failed cells (run the study again to retry them; the log is beside each cell's folder)",
+                    ["cell", "error"], [[cell_id(r), r["error"]] for r in results["failed"]]))  # fmt: skip
+    return out
+
+
+def _setup_lines(results: dict, study: StudyConfig) -> list[str]:
+    arms = "; ".join(f"{a}: {json.dumps(o) if o else 'the base config'}" for a, o in study.arms.items())
+    return [
+        f"Base config: {study.base if isinstance(study.base, str) else 'inline'}; budgets: "
+        f"{', '.join(budget_label(b) for b in study.budgets)}; seeds: {study.seed_list}; reference: "
+        f"{study.reference_arm}.",
+        f"Arms: {arms}.",
+        "Every cell is one fit and evaluation; each label budget counts the labels that select the best epoch. "
+        f"Statistics: {results['statistics']}.",
+        f"Machine: {results['versions']['machine']['platform']}, {results['versions']['machine']['cpus']} CPUs, "
+        f"GPU {results['versions']['machine']['gpu'] or 'none'}; torch {results['versions']['packages']['torch']}.",
+    ]
+
+
+def markdown(results: dict, study: StudyConfig) -> str:
+    lines = ["# mmtransfer study", ""]
+    if results["command"]:
+        lines += [f"`{results['command']}`", ""]
+    for line in _setup_lines(results, study):
+        lines += [line, ""]
+    for title, header, rows in tables(results, study):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    for p in results["plots"]:
+        lines += [f"![{p}]({p})", ""]
+    return "\n".join(lines)
+
+
+def to_html(results: dict, study: StudyConfig, plots: list[Path]) -> str:
+    """One file: inline CSS, the PNGs as data URIs, no scripts, nothing fetched."""
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>mmtransfer study</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+        "code{background:#f5f5f5;padding:2px 4px}img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
+        "</style></head><body><h1>mmtransfer study</h1>"
+    ]
+    if results["command"]:
+        parts.append(f"<p><code>{e(results['command'])}</code></p>")
+    parts += [f"<p>{e(line)}</p>" for line in _setup_lines(results, study)]
+    for title, header, rows in tables(results, study):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    for p in plots:
+        data = base64.b64encode(p.read_bytes()).decode()
+        parts.append(
+            f"<h2>{e(p.stem.replace('_', ' '))}</h2><img alt='{e(p.name)}' src='data:image/png;base64,{data}'>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Path) -> list[Path]:
+    if not records:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    metric = study.metric
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in study.arms:
+        pts = [(summary[budget_name(b)][arm]) for b in study.budgets if arm in summary[budget_name(b)]]
+        if not pts:
+            continue
+        pts.sort(key=lambda e: e["labels_per_class"])
+        x = [e["labels_per_class"] for e in pts]
+        y = np.array([100 * e[metric]["mean"] for e in pts])
+        (line,) = ax.plot(x, y, marker="o", label=arm)
+        lo = np.array([100 * (e[metric]["low"] if e[metric]["low"] is not None else e[metric]["mean"]) for e in pts])
+        hi = np.array([100 * (e[metric]["high"] if e[metric]["high"] is not None else e[metric]["mean"]) for e in pts])
+        ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color())
+    if len({round(e["labels_per_class"], 3) for s in summary.values() for e in s.values()}) > 1:
+        ax.set_xscale("log")
+    ax.set_xlabel("labelled examples per class (train + selection)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"learning curves: mean and {round(100 * study.confidence)} % t interval over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "learning_curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    largest = study.budgets[-1] if "all" not in study.budgets else "all"
+    for arm in study.arms:  # each arm's confusion matrix at its largest budget, summed over seeds
+        runs = [r for r in records if r["arm"] == arm and r["budget_name"] == budget_name(largest)]
+        if not runs:
+            continue
+        matrix = np.sum([np.asarray(r["test"]["confusion"]) for r in runs], axis=0)
+        classes = runs[0]["classes"]
+        size = min(10, 2.5 + 0.45 * len(classes))
+        fig, ax = plt.subplots(figsize=(size, size * 0.85))
+        ax.imshow(matrix, cmap="Blues")
+        if len(classes) <= 20:
+            ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(classes)), classes, fontsize=8)
+            for i in range(len(classes)):
+                for j in range(len(classes)):
+                    color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{arm}, {budget_label(largest)}: confusion summed over {len(runs)} seeds", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / f"confusion_{arm}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def _ray(jobs: list, threads: int):
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--backend ray needs Ray: pip install 'mmtransfer[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
+    remote = ray.remote(num_cpus=threads)(run_cell)
+    pending = [remote.remote(*job) for job in jobs]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(ready[0])
+
+
+AUTO_STRATEGIES: dict[str, dict] = {
+    "linear_probe": {"train.strategy.name": "linear_probe"},
+    "full": {"train.strategy.name": "full"},
+    "freeze_then_unfreeze": {"train.strategy.name": "freeze_then_unfreeze"},
+    "gradual_unfreeze": {"train.strategy.name": "gradual_unfreeze"},
+    "discriminative": {"train.strategy.name": "discriminative"},
+    "lora": {"train.strategy.name": "lora"},
+}
+
+
+def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, Path]:
+    """A study of the strategies that apply to ``config``'s model, on its own label budget."""
+    path = Path(config)
+    raw = read_config_file(path)
+    cfg = validate(copy.deepcopy(raw), str(path))
+    arms = {k: v for k, v in AUTO_STRATEGIES.items() if k != "lora"}
+    if any(getattr(e, "type", None) == "hf" for e in cfg.model.encoders.values()):
+        arms["lora"] = AUTO_STRATEGIES["lora"]
+    budget: Budget = cfg.data.k_per_class or cfg.data.label_fraction or "all"
+    study = StudyConfig(base=raw, budgets=[budget], seeds=seeds, arms=arms, reference="full", ablation=False)
+    return study, raw, path.parent.resolve()
+
+
+def recommend(results: dict, study: StudyConfig) -> dict | None:
+    """The arm with the best mean validation metric, its interval, its cost, and its paired margin over the
+    runner-up; None when no arm finished."""
+    section = results["summary"][budget_name(study.budgets[0])]
+    if not section:
+        return None
+    metric = study.metric
+    ranked = sorted(section, key=lambda a: section[a][metric]["mean"], reverse=True)
+    best = ranked[0]
+    out = {"arm": best, "overrides": study.arms[best], metric: section[best][metric],
+           "seconds": section[best]["seconds"]["mean"], "ranking": ranked}  # fmt: skip
+    if len(ranked) > 1:
+        cells = [r for r in results["cells"]]
+        a = {r["seed"]: r["test"][metric] for r in cells if r["arm"] == best}
+        b = {r["seed"]: r["test"][metric] for r in cells if r["arm"] == ranked[1]}
+        seeds = sorted(set(a) & set(b))
+        out["runner_up"] = ranked[1]
+        out["margin"] = paired_interval([a[s] for s in seeds], [b[s] for s in seeds], study.confidence)
+    return out
+
+
+def print_summary(results: dict, study: StudyConfig, console, out: Path, emit: Callable | None = None) -> None:
+    from mmtransfer.display import Grid
+
+    for title, header, rows in tables(results, study):
+        console.print(Grid(title, header, rows))
+    console.print(
+        f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'results.json'}, "
+        + ", ".join(str(out / p) for p in results["plots"]),
+        markup=False,
+        highlight=False,
+    )
+
+
+def dump_study(study: StudyConfig) -> str:
+    return yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)

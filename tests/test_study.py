@@ -1,0 +1,286 @@
+"""mmtransfer study: the grid of cells, the report files, resuming, failures, the statistics, --auto, workers, Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from mmtransfer import study as engine
+from mmtransfer.config import ConfigError
+
+BASE = {
+    "data": {"dataset": "digits"},
+    "model": {"embed_dim": 16, "encoders": {"image": {"type": "cnn", "channels": [8, 16]}}},
+    "train": {"epochs": 3, "batch_size": 32, "lr": 5e-3},
+}
+
+
+def write_study(folder: Path, **changes) -> Path:
+    (folder / "base.yaml").write_text(yaml.safe_dump(BASE))
+    spec = {
+        "base": "base.yaml",
+        "budgets": [5, "all"],
+        "seeds": 2,
+        "reference": "scratch",
+        "arms": {"scratch": {}, "probe": {"train.strategy.name": "linear_probe"}},
+        **changes,
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def cli(*args, cwd, timeout=600, **env_vars):
+    env = {**os.environ, "COLUMNS": "160", **env_vars}
+    return subprocess.run(
+        [sys.executable, "-m", "mmtransfer", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+
+
+def test_paired_interval_equals_a_hand_computation():
+    # differences 0.20, 0.05, 0.25: mean 1/6, sd sqrt(0.0325 / 3) = 0.104083, t(0.975, 2) = 4.302653
+    ci = engine.paired_interval([0.90, 0.80, 0.85], [0.70, 0.75, 0.60])
+    half = 4.302653 * 0.1040833 / np.sqrt(3)
+    assert ci["n"] == 3
+    assert ci["mean"] == pytest.approx(1 / 6)
+    assert ci["std"] == pytest.approx(0.1040833, rel=1e-6)
+    assert ci["low"] == pytest.approx(1 / 6 - half, rel=1e-5)
+    assert ci["high"] == pytest.approx(1 / 6 + half, rel=1e-5)
+    assert engine.paired_interval([0.9], [0.8])["low"] is None  # one pair: no interval
+
+
+def test_a_tiny_study_writes_the_tables_json_and_a_self_contained_html(tmp_path):
+    path = write_study(tmp_path)
+    result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "s"
+    cells = records(out)
+    assert len(cells) == 8 and {c["status"] for c in cells} == {"ok"}
+    assert {(c["arm"], c["budget_name"], c["seed"]) for c in cells} == {
+        (a, b, s) for a in ("scratch", "probe") for b in ("k5", "all") for s in (0, 1)
+    }
+    results = json.loads((out / "results.json").read_text())
+    assert results["study"]["seeds"] == 2 and results["base_config"]["data"]["dataset"] == "digits"
+    assert results["versions"]["packages"]["torch"] and results["versions"]["machine"]["cpus"] >= 1
+    cell = next(c for c in results["cells"] if c["arm"] == "scratch" and c["budget_name"] == "k5" and c["seed"] == 1)
+    assert cell["config"]["data"]["k_per_class"] == 5 and cell["config"]["data"]["seed"] == 1
+    assert cell["config"]["train"]["seed"] == 1 and cell["splits"]["labels_sha256"]["test"]
+    assert cell["labels"]["total"] == 50 and cell["test"]["n"] == 360  # the budget counts the selection labels
+    # the summary's numbers are the cells' numbers
+    k5 = results["summary"]["k5"]
+    accs = {(c["arm"], c["seed"]): c["test"]["accuracy"] for c in results["cells"] if c["budget_name"] == "k5"}
+    assert k5["scratch"]["accuracy"]["mean"] == pytest.approx((accs["scratch", 0] + accs["scratch", 1]) / 2)
+    gain = k5["probe"]["gain"]["accuracy"]
+    assert gain["mean"] == pytest.approx(k5["probe"]["accuracy"]["mean"] - k5["scratch"]["accuracy"]["mean"])
+    assert gain["low"] < gain["mean"] < gain["high"]
+    md = (out / "report.md").read_text()
+    assert "gain over scratch" in md and "paired t interval" in md and "| probe |" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # learning curves + one confusion matrix per arm
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # nothing fetched
+    for png in ("learning_curves.png", "confusion_scratch.png", "confusion_probe.png"):
+        assert (out / png).stat().st_size > 5000
+    assert "probe" in result.stdout and "gain over scratch" in result.stdout
+
+
+def test_a_killed_study_computes_only_the_remaining_cells(tmp_path):
+    path = write_study(tmp_path)
+    out = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "mmtransfer", "study", str(path), "--out", str(out)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = out / "cells.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = records(out)
+    assert 1 <= len(before) < 8, "the kill should land after the first cell and before the last"
+    result = cli("study", path, "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(before)} finished before, {8 - len(before)} to run" in result.stdout
+    after = records(out)
+    assert after[: len(before)] == before  # the finished cells are kept as they were
+    keys = [(c["arm"], c["budget_name"], c["seed"]) for c in after]
+    assert len(keys) == 8 == len(set(keys))  # each cell computed once
+
+
+def test_a_failing_arm_is_reported_and_the_others_finish(tmp_path):
+    arms = {"scratch": {}, "broken": {"transfer.source": "no-such-run"}}
+    path = write_study(tmp_path, arms=arms, budgets=[5])
+    result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cells = records(tmp_path / "s")
+    assert [c["status"] for c in cells if c["arm"] == "scratch"] == ["ok", "ok"]
+    failed = [c for c in cells if c["arm"] == "broken"]
+    assert [c["status"] for c in failed] == ["failed", "failed"] and "no-such-run" in failed[0]["error"]
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "failed cells" in md and "broken/k5/seed0" in md
+    assert (tmp_path / "s" / "cells" / "broken" / "k5" / "seed0.log").read_text().count("Traceback") == 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"budgets": [0]}, "budgets: budget 0"),
+        ({"reference": "nope"}, "reference 'nope' is not an arm"),
+        ({"arms": {"a b": {}}}, "arm name 'a b'"),
+        ({"arms": {"scratch": {}, "fast": {"train.lr": "fast"}}}, "arm fast, budget k=5, seed 0"),
+        ({"base": "missing.yaml"}, "config file not found"),
+    ],
+)
+def test_bad_study_files_are_one_error_line_before_any_work(tmp_path, change, message):
+    path = write_study(tmp_path, **change)
+    result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s" / "cells.jsonl").exists()
+
+
+def test_two_workers_give_the_same_numbers_as_one(tmp_path):
+    path = write_study(tmp_path, budgets=[5])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli("study", path, "--out", one, "--threads", "1", cwd=tmp_path).returncode == 0
+    result = cli("study", path, "--out", two, "--workers", "2", "--threads", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 workers" in result.stdout
+
+    def numbers(out):
+        return {(c["arm"], c["seed"]): (c["test"]["accuracy"], c["test"]["loss"]) for c in records(out)}
+
+    assert numbers(one) == numbers(two) and len(numbers(one)) == 4
+
+
+def test_auto_never_reads_the_test_split_and_recommends_a_strategy(tmp_path, monkeypatch):
+    from mmtransfer import runs
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(BASE))
+    real = runs.load_dataset
+    scored = []
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the test split was read ({name})")
+
+        def __len__(self):
+            raise AssertionError("the test split was read (len)")
+
+    def without_test(*args, **kwargs):
+        data = real(*args, **kwargs)
+        scored.append(len(data.val))
+        data.test = Untouchable()
+        return data
+
+    monkeypatch.setattr(runs, "load_dataset", without_test)
+    spec, base, folder = engine.auto_study(config, seeds=2)
+    assert set(spec.arms) == {"linear_probe", "full", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative"}
+    results = engine.Study(spec, base, folder, tmp_path / "auto", selection_only=True).run()
+    assert all(c["status"] == "ok" for c in results["cells"]) and len(results["cells"]) == 10
+    assert {c["test"]["n"] for c in results["cells"]} == {216} == set(scored)  # the validation split, scored
+    best = engine.recommend(results, spec)
+    accs = {a: e["accuracy"]["mean"] for a, e in results["summary"]["all"].items()}
+    assert best["arm"] == max(accs, key=accs.get) and best["runner_up"] in accs
+    assert best["margin"]["low"] is not None
+
+
+def test_auto_apply_fits_the_recommended_strategy(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(BASE))
+    result = cli("study", "--auto", config, "--seeds", "2", "--apply", tmp_path / "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    best = json.loads((tmp_path / "run-auto" / "recommendation.json").read_text())
+    assert f"recommended: {best['arm']}" in result.stdout
+    fitted = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert fitted["train"]["strategy"]["name"] == best["arm"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 360
+
+
+def test_per_input_ablation_finds_the_input_that_carries_the_label(tmp_path):
+    """A number column holds the label, the pictures are noise: masking the number costs the accuracy,
+    masking the picture costs nothing much."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(90):
+        Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"picture": f"img/{i}.png", "signal": float(i % 3) + rng.normal(0, 0.1), "label": f"c{i % 3}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    base = {
+        "data": {"table": "t.csv", "test_fraction": 0.3, "columns": {"picture": {"modality": "image", "size": [8, 8]}}},
+        "model": {"embed_dim": 16},
+        "train": {"epochs": 40, "batch_size": 16, "lr": 1e-2},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {"base": "base.yaml", "budgets": ["all"], "seeds": 2, "arms": {"scratch": {}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    result = cli("study", tmp_path / "study.yaml", "--out", tmp_path / "s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((tmp_path / "s" / "results.json").read_text())["summary"]["all"]["scratch"]
+    assert entry["accuracy"]["mean"] > 0.9
+    ablation = entry["ablation"]
+    assert set(ablation) == {"picture", "tabular"}  # number columns are one input
+    assert ablation["tabular"]["drop"]["mean"] > 0.4  # without the number, little better than chance (1/3)
+    assert ablation["picture"]["drop"]["mean"] < 0.15
+    assert "input masked" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_ray_backend_runs_a_tiny_study(tmp_path):
+    pytest.importorskip("ray")
+    path = write_study(tmp_path, budgets=[5], seeds=2, arms={"scratch": {}})
+    result = cli("study", path, "--out", tmp_path / "s", "--backend", "ray", "--threads", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cells = records(tmp_path / "s")
+    assert len(cells) == 2 and {c["status"] for c in cells} == {"ok"} and "ray" in result.stdout
+
+
+def test_study_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="budgets"):
+        engine.load_study(write_study(tmp_path, budgets=[1.5]))
+
+
+def test_the_readme_study_file_is_a_valid_study():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(# study\.yaml:.*?)```", readme, re.S).group(1)
+    spec = engine.StudyConfig.model_validate(yaml.safe_load(block))
+    assert spec.budgets == [5, 20, 100] and spec.reference_arm == "scratch" and len(spec.arms) == 3
+
+
+def test_an_arm_can_set_a_whole_section_and_the_budget_and_seed_are_the_cells(tmp_path):
+    arm = {"model.encoders.image": {"type": "rnn", "cell": "gru", "hidden_size": 8}, "train.lr": 1e-3}
+    cfg = engine.cell_config(BASE, arm, 5, 2, tmp_path, "arm gru")
+    assert cfg.model.encoders["image"].type == "rnn" and cfg.model.encoders["image"].hidden_size == 8
+    assert cfg.train.lr == 1e-3 and cfg.train.seed == 2 and cfg.data.seed == 2
+    assert cfg.data.k_per_class == 5 and cfg.data.label_fraction is None
+    assert engine.cell_config(BASE, {}, 0.25, 0, tmp_path, "x").data.label_fraction == 0.25
+    assert engine.cell_config({**BASE, "data": {"dataset": "digits", "k_per_class": 3}}, {}, "all", 0, tmp_path,
+                              "x").data.k_per_class is None  # fmt: skip
+
+
+def test_arms_that_share_a_frozen_encoder_reuse_its_cached_features(tmp_path):
+    arms = {"probe": {"train.strategy.name": "linear_probe"},
+            "probe_slow": {"train.strategy.name": "linear_probe", "train.lr": 1e-3}}  # fmt: skip
+    path = write_study(tmp_path, arms=arms, budgets=[5], seeds=1, reference="probe")
+    result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path, MMTRANSFER_CACHE=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    first = (tmp_path / "s" / "cells" / "probe" / "k5" / "seed0.log").read_text()
+    second = (tmp_path / "s" / "cells" / "probe_slow" / "k5" / "seed0.log").read_text()
+    for split in ("train", "val", "test"):
+        assert f"{split} features" in first and "computed" in first
+        assert any(f"{split} features" in line and "read from cache" in line for line in second.splitlines())
