@@ -120,14 +120,14 @@ def test_a_killed_study_computes_only_the_remaining_cells(tmp_path):
 
 
 def test_a_failing_arm_is_reported_and_the_others_finish(tmp_path):
-    arms = {"scratch": {}, "broken": {"transfer.source": "no-such-run"}}
+    arms = {"scratch": {}, "broken": {"model.encoders.image": {"type": "attention", "max_len": 4}}}  # 8 rows > 4
     path = write_study(tmp_path, arms=arms, budgets=[5])
     result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cells = records(tmp_path / "s")
     assert [c["status"] for c in cells if c["arm"] == "scratch"] == ["ok", "ok"]
     failed = [c for c in cells if c["arm"] == "broken"]
-    assert [c["status"] for c in failed] == ["failed", "failed"] and "no-such-run" in failed[0]["error"]
+    assert [c["status"] for c in failed] == ["failed", "failed"] and "more than max_len=4" in failed[0]["error"]
     md = (tmp_path / "s" / "report.md").read_text()
     assert "failed cells" in md and "broken/k5/seed0" in md
     assert (tmp_path / "s" / "cells" / "broken" / "k5" / "seed0.log").read_text().count("Traceback") == 1
@@ -141,6 +141,7 @@ def test_a_failing_arm_is_reported_and_the_others_finish(tmp_path):
         ({"arms": {"a b": {}}}, "arm name 'a b'"),
         ({"arms": {"scratch": {}, "fast": {"train.lr": "fast"}}}, "arm fast, budget k=5, seed 0"),
         ({"base": "missing.yaml"}, "config file not found"),
+        ({"arms": {"scratch": {}, "t": {"transfer.source": "no-such-run"}}}, "arm t, budget k=5, seed 0: transfer"),
     ],
 )
 def test_bad_study_files_are_one_error_line_before_any_work(tmp_path, change, message):

@@ -34,6 +34,7 @@ from mmtransfer.config import (
     ConfigError,
     _read_yaml,
     apply_override,
+    check_files,
     read_config_file,
     resolve_paths,
     validate,
@@ -245,6 +246,7 @@ class Study:
         for cell in self.cells:  # every cell's config is checked before any work
             where = f"arm {cell['arm']}, budget {budget_label(cell['budget'])}, seed {cell['seed']}"
             cfg = cell_config(base_raw, study.arms[cell["arm"]], cell["budget"], cell["seed"], folder, where)
+            check_files(cfg, f"{source or 'study'}: {where}")  # a missing table or source: before any work
             self.configs[cell_id(cell)] = cfg
         self.log = self.out / "cells.jsonl"
 
