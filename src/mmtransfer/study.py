@@ -594,7 +594,9 @@ def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Pat
     paths.append(out / "learning_curves.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
-    largest = study.budgets[-1] if "all" not in study.budgets else "all"
+    sizes = {budget_name(b): max((e["labels_per_class"] for e in summary[budget_name(b)].values()), default=-1.0)
+             for b in study.budgets}  # fmt: skip
+    largest = max(study.budgets, key=lambda b: sizes[budget_name(b)])  # the most labels, in whatever order given
     for arm in study.arms:  # each arm's confusion matrix at its largest budget, summed over seeds
         runs = [r for r in records if r["arm"] == arm and r["budget_name"] == budget_name(largest)]
         if not runs:
