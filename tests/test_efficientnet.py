@@ -175,15 +175,19 @@ def test_a_column_takes_the_backbones_preprocessing_and_predict_reuses_it(tmp_pa
     prep = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
     assert prep["columns"]["photo"]["crop_pct"] == 0.875
     # predict reads the run's own preprocessing: on the held-out rows it gives exactly the test accuracy
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    out = tmp_path / "pred.csv"
-    pred = runner.invoke(app, ["predict", str(tmp_path / "run"), str(table), "--out", str(out)])
-    assert pred.exit_code == 0, pred.output
+    _predict_gives_the_test_accuracy(tmp_path / "run", table, tmp_path / "pred.csv")
+
+
+def _predict_gives_the_test_accuracy(run, table, out):
+    """``predict`` on the run's own held-out rows scores exactly the test accuracy of its metrics.json."""
     import pandas as pd
 
-    rows = json.loads((tmp_path / "run" / "splits.json").read_text())["rows"]["test"]
+    pred = runner.invoke(app, ["predict", str(run), str(table), "--out", str(out)])
+    assert pred.exit_code == 0, pred.output
+    rows = json.loads((run / "splits.json").read_text())["rows"]["test"]
     p = pd.read_csv(out).set_index("row").loc[rows]
-    assert (p["prediction"] == p["label"]).mean() == pytest.approx(metrics["test"]["accuracy"])
+    accuracy = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+    assert (p["prediction"] == p["label"]).mean() == pytest.approx(accuracy)
 
 
 def test_an_image_too_small_for_the_backbone_is_refused_before_training(tmp_path, photos):
@@ -276,13 +280,6 @@ def test_a_model_with_region_tokens_fits_predicts_and_says_so(tmp_path, photos):
     assert fit.exit_code == 0, fit.output
     assert "EfficientNetLiteEncoder (one token per region)" in fit.output
     assert "frozen encoder" not in fit.output  # region tokens are not cached as pooled features
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    out = tmp_path / "pred.csv"
-    assert runner.invoke(app, ["predict", str(tmp_path / "run"), str(table), "--out", str(out)]).exit_code == 0
-    import pandas as pd
-
-    rows = json.loads((tmp_path / "run" / "splits.json").read_text())["rows"]["test"]
-    p = pd.read_csv(out).set_index("row").loc[rows]
-    assert (p["prediction"] == p["label"]).mean() == pytest.approx(metrics["test"]["accuracy"])
+    _predict_gives_the_test_accuracy(tmp_path / "run", table, tmp_path / "pred.csv")
     bad = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "r2"), "--set", "model.fusion=concat"])
     assert bad.exit_code == 2 and "tokens: regions needs fusion: attention" in bad.output

@@ -413,15 +413,21 @@ class RunConfig(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config file as a raw dict, its relative paths made absolute against the file's folder."""
+def read_mapping(path: str | Path, kind: str = "config", holds: str = "of sections (data, model, train, transfer)"):
+    """A YAML file that must hold a mapping, as a raw dict; ``kind`` and ``holds`` word the errors."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{kind} file not found: {path}")
     raw = _read_yaml(path, str(path))
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, transfer)")
-    resolve_paths(raw, path.parent)  # a path written in the file is relative to the file
+        raise ConfigError(f"{path}: expected a mapping {holds}")
+    return raw
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as a raw dict, its relative paths made absolute against the file's folder."""
+    raw = read_mapping(path)
+    resolve_paths(raw, Path(path).parent)  # a path written in the file is relative to the file
     return raw
 
 

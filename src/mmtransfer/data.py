@@ -152,9 +152,7 @@ class Dataset:
         return {k: s.shape for k, s in self.specs.items()}
 
 
-def load_dataset(
-    cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None
-) -> Dataset:
+def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None) -> Dataset:
     """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
     (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
     (``train.validation``: auto, none or split); ``data.labels`` counts both.
@@ -219,6 +217,7 @@ def _builtin(cfg: DataConfig, hold_out: bool = True) -> Dataset:
         name, kind, classes = "signal", "signal", [str(i) for i in range(10)]
     else:  # the config's Literal makes this unreachable for validated configs
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
+
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         return Split({name: torch.from_numpy(x).float()}, torch.from_numpy(y).long())
 
@@ -226,7 +225,12 @@ def _builtin(cfg: DataConfig, hold_out: bool = True) -> Dataset:
     if not hold_out:
         return Dataset(cfg.dataset, classes, split(x_pool, y_pool), None, split(x_test, y_test), specs={name: spec})
     train, val = stratified_split(
-        np.arange(len(y_pool)), y_pool, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction",
+        np.arange(len(y_pool)),
+        y_pool,
+        cfg.val_fraction,
+        cfg.seed,
+        what="validation",
+        field="data.val_fraction",
         of="train pool",
     )
     x_train, x_val, y_train, y_val = x_pool[train], x_pool[val], y_pool[train], y_pool[val]

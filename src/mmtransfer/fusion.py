@@ -14,12 +14,12 @@ Masks = dict[str, torch.Tensor | None]
 
 def _present(embeddings: dict[str, torch.Tensor], present: Masks | None, keys: list[str]) -> torch.Tensor:
     """[B, M] float mask in ``keys`` order."""
-    first = embeddings[keys[0]]
+    first = embeddings[keys[0]].flatten(1)[:, 0]  # [B], whether the input is one token [B, D] or several [B, T, D]
     cols = []
     for k in keys:
         m = (present or {}).get(k)
         # ones_like keeps the batch size a tensor's, so an ONNX export keeps its batch axis dynamic
-        cols.append(torch.ones_like(first[:, 0]) if m is None else m.to(first.device).to(first.dtype))
+        cols.append(torch.ones_like(first) if m is None else m.to(first.device).to(first.dtype))
     return torch.stack(cols, dim=1)
 
 
@@ -57,8 +57,7 @@ class AttentionFusion(nn.Module):
         self.output_dim = dim
 
     def forward(self, embeddings: dict[str, torch.Tensor], present: Masks | None = None) -> torch.Tensor:
-        pooled = {k: e if e.dim() == 2 else e.mean(1) for k, e in embeddings.items()}
-        mask = _present(pooled, present, self.keys).bool()
+        mask = _present(embeddings, present, self.keys).bool()
         parts, keeps = [], []
         for i, k in enumerate(self.keys):
             e = embeddings[k] if embeddings[k].dim() == 3 else embeddings[k].unsqueeze(1)  # [B, T, D]

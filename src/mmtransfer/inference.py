@@ -147,8 +147,10 @@ def labelled_rows(run, table, rows: list[int]) -> RowSplit:
 
 
 def _skipped_note(files: list[str]) -> str:
-    return f"skipped {len(files)} file(s) that are not images or audio: " + ", ".join(files[:5]) + (
-        f", ... {len(files) - 5} more" if len(files) > 5 else ""
+    return (
+        f"skipped {len(files)} file(s) that are not images or audio: "
+        + ", ".join(files[:5])
+        + (f", ... {len(files) - 5} more" if len(files) > 5 else "")
     )
 
 
@@ -234,8 +236,12 @@ def predict(
     else:
         rejected_path.unlink(missing_ok=True)  # a previous run's file would say rows were rejected now
         rejected_path = None
-    return {"rows": written, "rejected_rows": len({b.row for b in rows.rejected}), "out": str(out),
-            "rejected": str(rejected_path) if rejected_path else None}
+    return {
+        "rows": written,
+        "rejected_rows": len({b.row for b in rows.rejected}),
+        "out": str(out),
+        "rejected": str(rejected_path) if rejected_path else None,
+    }
 
 
 def _plain(value):

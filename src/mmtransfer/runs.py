@@ -78,9 +78,9 @@ def _fit_run(
     modules,
     overwrite: bool,
     resume: bool,
-    ablate=False,
-    selection_only=False,
-) -> dict:  # noqa: E501
+    ablate: bool = False,
+    selection_only: bool = False,
+) -> dict:
     cfg = with_backbone_preprocessing(cfg, console)  # a pretrained image backbone's own size, crop, mean, std
     data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
     if selection_only:

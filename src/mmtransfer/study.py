@@ -22,20 +22,18 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmtransfer.config import (
     ConfigError,
-    _read_yaml,
     apply_override,
     check_files,
     read_config_file,
+    read_mapping,
     resolve_paths,
     validate,
 )
@@ -120,11 +118,7 @@ def _where(loc: tuple) -> str:
 def load_study(path: str | Path) -> tuple[StudyConfig, dict, Path]:
     """The study, the base config as a raw dict (paths absolute) and the study file's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    raw = _read_yaml(path, str(path))
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with base, budgets, seeds and arms")
+    raw = read_mapping(path, "study", "with base, budgets, seeds and arms")
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as err:
@@ -215,12 +209,6 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
     }
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 class Study:
     """Runs the cells not yet finished (in order, or in parallel), then reports."""
 
@@ -250,18 +238,20 @@ class Study:
             self.configs[cell_id(cell)] = cfg
         self.log = self.out / "cells.jsonl"
 
-    def finished(self) -> dict[str, dict]:
-        """The cells recorded as done (a failed cell is tried again on the next start)."""
-        done = {}
+    def _records(self) -> list[dict]:
+        """Every record in cells.jsonl, in order (a line cut short by a kill is skipped)."""
+        records = []
         if self.log.is_file():
             for line in self.log.read_text().splitlines():
                 try:
-                    r = json.loads(line)
+                    records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                if r.get("status") == "ok":
-                    done[cell_id(r)] = r
-        return done
+                    continue
+        return records
+
+    def finished(self, records: list[dict] | None = None) -> dict[str, dict]:
+        """The cells recorded as done (a failed cell is tried again on the next start)."""
+        return {cell_id(r): r for r in (self._records() if records is None else records) if r.get("status") == "ok"}
 
     def run(self, workers: int = 1, backend: str = "local", threads: int | None = None) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -303,22 +293,15 @@ class Study:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as ex:
+            with ProcessPoolExecutor(workers, mp_context=context) as ex:  # run_cell sets each one's torch threads
                 futures = [ex.submit(run_cell, *job) for job in jobs]
                 for future in as_completed(futures):
                     yield future.result()
 
     def report(self) -> dict:
-        done = self.finished()
-        failed = {}
-        if self.log.is_file():
-            for line in self.log.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if r.get("status") == "failed" and cell_id(r) not in done:
-                    failed[cell_id(r)] = r
+        logged = self._records()
+        done = self.finished(logged)
+        failed = {cell_id(r): r for r in logged if r.get("status") == "failed" and cell_id(r) not in done}
         records = [done[cell_id(c)] for c in self.cells if cell_id(c) in done]
         summary = summarise(records, self.study)
         plots = write_plots(records, summary, self.study, self.out)
@@ -431,13 +414,13 @@ def environment() -> dict:
         machine["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001 - the report is written whatever the GPU says
         machine["gpu"] = None
+    from importlib.metadata import PackageNotFoundError, version
+
     pkgs = versions()
     for name in ("numpy", "accelerate", "scikit-learn", "pydantic", "safetensors"):
         try:
-            from importlib.metadata import version
-
             pkgs[name] = version(name)
-        except Exception:  # noqa: BLE001
+        except PackageNotFoundError:
             pass
     return {"packages": pkgs, "machine": machine}
 
@@ -453,11 +436,15 @@ def _cell(entry: dict | None, metric: str) -> str:
     return f"{_pct(s['mean'])} ± {_pct(s['std'])} ({s['n']})"
 
 
+def _seconds(entry: dict | None) -> str:
+    return "-" if entry is None else f"{entry['seconds']['mean']:.1f} ± {entry['seconds']['std']:.1f}"
+
+
 def _signed(x: float) -> str:
     return "0.0" if abs(x) < 0.05 else f"{x:+.1f}"
 
 
-def _gain(entry: dict | None, metric: str, level: int) -> str:
+def _gain(entry: dict | None, metric: str) -> str:
     if entry is None or "gain" not in entry:
         return "-"
     g = entry["gain"][metric]
@@ -481,13 +468,12 @@ def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list
         (
             f"gain over {ref} (percentage points) with its {level} % paired t interval",
             ["arm", *labels],
-            [[arm, *[_gain(summary[n].get(arm), metric, level) for n in names]] for arm in study.arms if arm != ref],
+            [[arm, *[_gain(summary[n].get(arm), metric) for n in names]] for arm in study.arms if arm != ref],
         ),
         (
             "wall time per cell (s), mean ± std: fit, evaluation and writing the run folder",
             ["arm", *labels],
-            [[arm, *[(lambda e: "-" if e is None else f"{e['seconds']['mean']:.1f} ± {e['seconds']['std']:.1f}")(
-                summary[n].get(arm)) for n in names]] for arm in study.arms],
+            [[arm, *[_seconds(summary[n].get(arm)) for n in names]] for arm in study.arms],
         ),
     ]  # fmt: skip
     rows = []
@@ -637,14 +623,7 @@ def _ray(jobs: list, threads: int):
         yield ray.get(ready[0])
 
 
-AUTO_STRATEGIES: dict[str, dict] = {
-    "linear_probe": {"train.strategy.name": "linear_probe"},
-    "full": {"train.strategy.name": "full"},
-    "freeze_then_unfreeze": {"train.strategy.name": "freeze_then_unfreeze"},
-    "gradual_unfreeze": {"train.strategy.name": "gradual_unfreeze"},
-    "discriminative": {"train.strategy.name": "discriminative"},
-    "lora": {"train.strategy.name": "lora"},
-}
+AUTO_STRATEGIES = ("linear_probe", "full", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora")
 
 
 def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, Path]:
@@ -652,9 +631,8 @@ def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, P
     path = Path(config)
     raw = read_config_file(path)
     cfg = validate(copy.deepcopy(raw), str(path))
-    arms = {k: v for k, v in AUTO_STRATEGIES.items() if k != "lora"}
-    if any(getattr(e, "type", None) == "hf" for e in cfg.model.encoders.values()):
-        arms["lora"] = AUTO_STRATEGIES["lora"]
+    hf = any(getattr(e, "type", None) == "hf" for e in cfg.model.encoders.values())  # lora needs a transformer
+    arms = {name: {"train.strategy.name": name} for name in AUTO_STRATEGIES if name != "lora" or hf}
     budget: Budget = cfg.data.k_per_class or cfg.data.label_fraction or "all"
     study = StudyConfig(base=raw, budgets=[budget], seeds=seeds, arms=arms, reference="full", ablation=False)
     return study, raw, path.parent.resolve()
@@ -672,16 +650,15 @@ def recommend(results: dict, study: StudyConfig) -> dict | None:
     out = {"arm": best, "overrides": study.arms[best], metric: section[best][metric],
            "seconds": section[best]["seconds"]["mean"], "ranking": ranked}  # fmt: skip
     if len(ranked) > 1:
-        cells = [r for r in results["cells"]]
-        a = {r["seed"]: r["test"][metric] for r in cells if r["arm"] == best}
-        b = {r["seed"]: r["test"][metric] for r in cells if r["arm"] == ranked[1]}
+        a = {r["seed"]: r["test"][metric] for r in results["cells"] if r["arm"] == best}
+        b = {r["seed"]: r["test"][metric] for r in results["cells"] if r["arm"] == ranked[1]}
         seeds = sorted(set(a) & set(b))
         out["runner_up"] = ranked[1]
         out["margin"] = paired_interval([a[s] for s in seeds], [b[s] for s in seeds], study.confidence)
     return out
 
 
-def print_summary(results: dict, study: StudyConfig, console, out: Path, emit: Callable | None = None) -> None:
+def print_summary(results: dict, study: StudyConfig, console, out: Path) -> None:
     from mmtransfer.display import Grid
 
     for title, header, rows in tables(results, study):
@@ -692,7 +669,3 @@ def print_summary(results: dict, study: StudyConfig, console, out: Path, emit: C
         markup=False,
         highlight=False,
     )
-
-
-def dump_study(study: StudyConfig) -> str:
-    return yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
