@@ -93,58 +93,57 @@ def few_shot_on_fsdd(
     seeds: int,
     epochs: int,
     lr: float,
-) -> list[dict]:
-    """For each k and seed: the target model from scratch vs grafted from ``source``, same data and budget;
-    prints each pair, the graft report and the mean ± std per k; writes summary.json into ``out``."""
+    workers: int = 1,
+) -> dict:
+    """A study (``mmtransfer study``'s engine) on FSDD: for each k and seed, the target model from scratch vs
+    grafted from ``source`` (only the tensors ``select`` names), same data, initialisation and budget. Prints
+    the graft report and the study's tables; the study's files (report.html, results.json) go to ``out/study``.
 
-    from mmtransfer.config import AudioColumn, DataConfig, TrainConfig
-    from mmtransfer.data import load_dataset
-    from mmtransfer.model import build_model
-    from mmtransfer.train import evaluate, fit
-    from mmtransfer.transfer.graft import graft
+    Every label counts: of each class's k, round(0.15 k) (at least 1) select the best epoch and the rest train;
+    k = 1 leaves none to select with, so that run trains all its epochs."""
+    from mmtransfer.config import AudioColumn
+    from mmtransfer.study import Study, StudyConfig, budget_name, print_summary
+    from mmtransfer.transfer.graft import GraftReport, TensorRecord
 
     audio = AudioColumn(sample_rate=8000, seconds=1.0, n_mels=40, n_fft=256, hop_length=80)
-    table = fsdd_table(data / "fsdd", out)
-    rows, report = [], None
-    for k in ks:
-        for seed in range(seeds):
-            # Every label counts: of each class's k, round(0.15 k) (at least 1) select the best epoch, the rest
-            # train; k = 1 leaves none to select with, so that run trains all its epochs.
-            split = load_dataset(
-                DataConfig(table=str(table), split_column="split", columns={"audio": audio}, k_per_class=k, seed=seed)
-            )
-            if seed == 0:
-                console.print(f"k={k}: {split.labels.sentence()}", markup=False)
-            budget = TrainConfig(epochs=epochs, batch_size=16, lr=lr, patience=15, seed=seed, progress=False)
-            result = {"k": k, "seed": seed, "labels": split.labels.to_dict()}
-            for arm in ("scratch", "transfer"):
-                model = build_model(model_cfg, split.specs, split.classes, seed=seed)  # same init for both
-                if arm == "transfer":
-                    reason = "re-initialised: trained on the target"
-                    report = graft(source, model, rules=rules, select=select, unselected_reason=reason)
-                t = time.perf_counter()
-                fit(model, split.train, split.val, budget)
-                result[arm] = evaluate(model, split.test)["accuracy"]
-                result[f"{arm}_seconds"] = round(time.perf_counter() - t, 1)
-            rows.append(result)
-            console.print(
-                f"k={k:3d} seed {seed}: scratch {result['scratch']:.3f}  transfer {result['transfer']:.3f}  "
-                f"gain {100 * (result['transfer'] - result['scratch']):+.1f} pp"
-            )
-    console.print(report.table(f"graft report: {title}"))
-    report.save(out / "graft_report.json")
+    base = {
+        "data": {"table": str(fsdd_table(data / "fsdd", out)), "split_column": "split",
+                 "columns": {"audio": audio.model_dump(mode="json")}},
+        "model": model_cfg.model_dump(mode="json"),
+        "train": {"epochs": epochs, "batch_size": 16, "lr": lr, "patience": 15},
+    }  # fmt: skip
+    transfer = {"transfer.source": str(Path(source).resolve()), "transfer.rules": rules, "transfer.select": select}
+    spec = StudyConfig(base=base, budgets=ks, seeds=seeds, arms={"scratch": {}, "transfer": transfer},
+                       reference="scratch", ablation=False)  # fmt: skip
+    study = Study(spec, base, out, out / "study", console=console, command=command(), source=title)
+    results = study.run(workers=workers)
+    first = next((c for c in results["cells"] if c["arm"] == "transfer"), None)
+    if first is not None:
+        graft = json.loads((Path(first["folder"]) / "transfer_report.json").read_text())["graft"]
+        report = GraftReport([TensorRecord(**r) for r in graft["records"]], graft["unused_source"], graft["source"])
+        console.print(report.table(f"graft report: {title} ({budget_label_of(first)}, seed {first['seed']})"))
+    print_summary(results, spec, console, out / "study")
     console.print(f"== {title}: FSDD test accuracy (300 recordings), mean ± std over {seeds} seeds ==", markup=False)
-    from mmtransfer.study import mean_interval, paired_interval  # the study engine's statistics
-
     for k in ks:
-        s = mean_interval([r["scratch"] for r in rows if r["k"] == k])
-        g = mean_interval([r["transfer"] for r in rows if r["k"] == k])
-        d = paired_interval([r["transfer"] for r in rows if r["k"] == k], [r["scratch"] for r in rows if r["k"] == k])
+        section = results["summary"][budget_name(k)]
+        if "scratch" not in section or "transfer" not in section:
+            continue
+        s, g, d = (
+            section["scratch"]["accuracy"],
+            section["transfer"]["accuracy"],
+            section["transfer"]["gain"]["accuracy"],
+        )
         interval = f", 95 % CI [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" if d["low"] is not None else ""
         console.print(
             f"k={k:3d} per class: scratch {100 * s['mean']:.1f} ± {100 * s['std']:.1f} %, transfer "
             f"{100 * g['mean']:.1f} ± {100 * g['std']:.1f} %, gain {100 * d['mean']:+.1f} ± {100 * d['std']:.1f} pp"
             + interval
         )
-    (out / "summary.json").write_text(json.dumps({"command": command(), "rows": rows}, indent=1))
-    return rows
+    (out / "summary.json").write_text(json.dumps({"command": command(), "summary": results["summary"]}, indent=1))
+    return results
+
+
+def budget_label_of(cell: dict) -> str:
+    from mmtransfer.study import budget_label
+
+    return budget_label(cell["budget"])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,12 +256,16 @@ def test_study_config_errors_name_the_field(tmp_path):
 
 
 def test_the_readme_study_file_is_a_valid_study():
-    import re
-
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"```yaml\n(# study\.yaml:.*?)```", readme, re.S).group(1)
     spec = engine.StudyConfig.model_validate(yaml.safe_load(block))
     assert spec.budgets == [5, 20, 100] and spec.reference_arm == "scratch" and len(spec.arms) == 3
+    demo = re.search(r"```yaml\n(base: \{data: \{dataset: digits.*?)```", readme, re.S).group(1)
+    spec = engine.StudyConfig.model_validate(yaml.safe_load(demo))  # the demo's study, as the README shows it
+    assert list(spec.sources) == ["cnn"] and engine._placeholders(spec.arms["transfer"]) == {"cnn"}
+    cfg = engine.cell_config(spec.base, engine.fill(spec.arms["transfer"], 1, {"cnn": "/runs/cnn1"}), 10, 1,
+                             Path("."), "transfer")  # fmt: skip
+    assert cfg.transfer.source == "/runs/cnn1" and cfg.data.pool == "second_half" and cfg.data.k_per_class == 10
 
 
 def test_an_arm_can_set_a_whole_section_and_the_budget_and_seed_are_the_cells(tmp_path):
@@ -285,3 +290,73 @@ def test_arms_that_share_a_frozen_encoder_reuse_its_cached_features(tmp_path):
     for split in ("train", "val", "test"):
         assert f"{split} features" in first and "computed" in first
         assert any(f"{split} features" in line and "read from cache" in line for line in second.splitlines())
+
+
+def test_sources_are_made_per_seed_before_the_arms_that_transfer_from_them(tmp_path):
+    # The demo's shape: a source per seed on one half of the rows, arms on the other half, {source.NAME} and {seed}.
+    sources = {"cnn": {"data.pool": "first_half", "train.epochs": 2}}
+    arms = {"scratch": {"data.pool": "second_half"},
+            "graft": {"data.pool": "second_half", "transfer.source": "{source.cnn}", "transfer.select": ["encoders.*"],
+                      "transfer.score_before_training": True, "train.epochs": "{seed}"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"(?s)arm graft, budget k=5, seed 0: .*train.epochs"):  # {seed} = 0 < 1
+        engine.Study(*engine.load_study(write_study(tmp_path, sources=sources, arms=arms, budgets=[5])), tmp_path)
+    arms["graft"]["train.epochs"] = 2
+    filled = engine.fill({"a": "runs/s{seed}", "b": ["{source.cnn}/x"], "c": "{seed}", "d": 1.5}, 3, {"cnn": "/p"})
+    assert filled == {"a": "runs/s3", "b": ["/p/x"], "c": 3, "d": 1.5}
+    path = write_study(tmp_path, sources=sources, arms=arms, budgets=[5])
+    result = cli("study", path, "--out", tmp_path / "s", "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "+ 2 source runs" in result.stdout
+    cells = records(tmp_path / "s")
+    order = [c.get("source") or c["arm"] for c in cells]
+    for seed in (0, 1):  # each seed's source ends before the arm that transfers from it
+        src = next(i for i, c in enumerate(cells) if c.get("source") == "cnn" and c["seed"] == seed)
+        arm = next(i for i, c in enumerate(cells) if c.get("arm") == "graft" and c["seed"] == seed)
+        assert src < arm, order
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    graft = {c["seed"]: c for c in results["cells"] if c["arm"] == "graft"}
+    assert graft[1]["config"]["transfer"]["source"] == str(tmp_path / "s" / "cells" / "sources" / "cnn" / "seed1")
+    metrics = json.loads((Path(graft[0]["folder"]) / "metrics.json").read_text())
+    assert 0 <= metrics["before_training"]["accuracy"] <= 1 and metrics["before_training"]["n"] == 360
+    report = json.loads((Path(graft[0]["folder"]) / "transfer_report.json").read_text())["graft"]["records"]
+    state = {r["target"]: (r["state"], r["reason"]) for r in report}
+    assert state["encoders.image.blocks.0.0.weight"][0] == "copied"  # transfer.select: the encoder only
+    assert state["head.out.weight"] == ("skipped", "not in transfer.select: newly initialised")
+    assert set(results["source_summary"]) == {"cnn"} and len(results["sources"]) == 2
+    assert "source runs (one per seed, before the arms)" in (tmp_path / "s" / "report.md").read_text()
+    # the source's rows and the arms' rows are disjoint halves of the non-test rows, the test split the same
+    from mmtransfer.config import DataConfig
+    from mmtransfer.data import load_dataset
+
+    src = load_dataset(DataConfig(dataset="digits", seed=1, pool="first_half"))
+    tgt = load_dataset(DataConfig(dataset="digits", seed=1, pool="second_half", k_per_class=5))
+
+    def rows(*splits):
+        return {s.inputs["image"][i].numpy().tobytes() for s in splits for i in range(len(s))}
+
+    assert len(rows(src.train, src.val)) == 718 and not rows(src.train, src.val) & rows(tgt.train, tgt.val)
+    assert bool((src.test.labels == tgt.test.labels).all()) and len(tgt.train_pool) == 1437
+
+
+def test_a_failed_source_fails_only_the_arms_that_need_it(tmp_path):
+    sources = {"bad": {"model.encoders.image": {"type": "attention", "max_len": 4}}}  # 8 rows > 4: fails
+    arms = {"scratch": {}, "t": {"transfer.source": "{source.bad}"}}
+    path = write_study(tmp_path, sources=sources, arms=arms, budgets=[5], seeds=1)
+    result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    status = {(c.get("source") or c["arm"]): (c["status"], c.get("error", "")) for c in records(tmp_path / "s")}
+    assert status["scratch"][0] == "ok" and status["bad"][0] == "failed"
+    assert status["t"][0] == "failed" and status["t"][1].startswith("source bad of seed 0 failed: ")
+    assert not (tmp_path / "s" / "cells" / "t").exists()  # never started
+
+
+@pytest.mark.parametrize(
+    "sources, arms, message",
+    [
+        ({}, {"t": {"transfer.source": "{source.cnn}"}}, "{source.cnn} names no source (sources: none)"),
+        ({"a": {}, "b": {"transfer.source": "{source.a}"}}, {"t": {}}, "sources.b: a source cannot transfer"),
+    ],
+)
+def test_a_placeholder_must_name_a_source(tmp_path, sources, arms, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        engine.load_study(write_study(tmp_path, sources=sources, arms=arms, reference=None))

@@ -50,11 +50,11 @@ def versions() -> dict[str, str]:
     import mmtransfer
 
     out = {"mmtransfer": mmtransfer.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import transformers
+    try:  # the installed version, without importing transformers (2 s) in runs that never use it
+        from importlib.metadata import version
 
-        out["transformers"] = transformers.__version__
-    except ImportError:
+        out["transformers"] = version("transformers")
+    except ImportError:  # PackageNotFoundError is one
         pass
     return out
 

@@ -366,9 +366,11 @@ def demo(
 ) -> None:
     """The main job: CNN -> GRU transfer on built-in digits, against training from scratch.
 
-    Trains a CNN on a labelled source split, transfers it into a GRU that reads each image row by row (feature
-    distillation on unlabelled images + head graft), fine-tunes on k images per class and compares with the same
-    GRU trained from scratch on the same images, over several seeds. Writes report.md, metrics.json, demo.png.
+    Trains a CNN on one half of the digits, transfers it into a GRU that reads each image row by row (feature
+    distillation on unlabelled images + head graft), fine-tunes on k images per class of the other half and
+    compares with the same GRU trained from scratch on the same images, over several seeds: one study (see
+    `mmtransfer study`), two runs at a time. Writes report.md, metrics.json, demo.png and study/report.html;
+    run again with the same --out, it goes on from the runs it finished.
     """
     from mmtransfer.demo import run_demo
 

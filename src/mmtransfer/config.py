@@ -164,6 +164,13 @@ class DataConfig(_Strict):
         le=1,
         description="Label budget: this share of the train split's labels (stratified); the same rule as k_per_class.",
     )
+    pool: Literal["all", "first_half", "second_half"] = Field(
+        "all",
+        description="Which rows that are not test rows this run may take labels from: all, or one of two "
+        "stratified halves drawn with data.seed, before the validation split and the label budget. Two runs with "
+        "the same seed, one on each half, never share a labelled row: a source trained on one half, a target on "
+        "the other. The other half's inputs still serve as unlabelled data (distillation).",
+    )
     seed: int = Field(0, description="Seed of the stratified splits and of the label-budget draw.")
     num_workers: int = Field(
         0, ge=0, description="Processes that read and transform table rows ahead of training (0: in the main one)."
@@ -399,7 +406,17 @@ class TransferConfig(_Strict):
         description="Name patterns (fnmatch) of tensors left out of the transfer, matched on target and source "
         "names; the report names the pattern that excluded each.",
     )
+    select: list[str] | None = Field(
+        None,
+        description="Name patterns (fnmatch) of the target tensors that may be transferred; the others keep "
+        "their new initialisation, and the report says so (default: every tensor).",
+    )
     strict: bool = Field(False, description="Stop when a matched tensor cannot be transferred.")
+    score_before_training: bool = Field(
+        False,
+        description="Also score the test split right after the transfer, before any training: what the "
+        "source alone gives (metrics.json: before_training).",
+    )
     freeze: list[str] = Field([], description="Name patterns (fnmatch) of parameters kept frozen.")
 
 
@@ -581,10 +598,11 @@ def validate(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raise ConfigError(f"{where}: {len(lines)} invalid field(s)\n" + "\n".join(lines)) from None
 
 
-def check_files(cfg: RunConfig, where: str = "config") -> None:
+def check_files(cfg: RunConfig, where: str = "config", later: set[str] | None = None) -> None:
     """The files a config names that must exist before any work starts: the table and a path source.
 
-    Cheap (no heavy imports), so that a missing file is reported at once.
+    Cheap (no heavy imports), so that a missing file is reported at once. ``later``: source folders that will
+    be made before the run starts (a study's source runs).
     """
     table = cfg.data.table
     if table is not None and not Path(table).is_file():
@@ -593,7 +611,12 @@ def check_files(cfg: RunConfig, where: str = "config") -> None:
     if folder is not None and not Path(folder).is_dir():
         raise ConfigError(f"{where}: data.folder: no such folder: {folder}")
     source = cfg.transfer.source
-    if source is not None and not source.startswith(("hf:", "timm:")) and not Path(source).exists():
+    if (
+        source is not None
+        and not source.startswith(("hf:", "timm:"))
+        and source not in (later or set())
+        and not Path(source).exists()
+    ):
         raise ConfigError(
             f"{where}: transfer.source: no such run folder or file: {source} (hf:ID for a cached Hugging Face "
             "model, timm:NAME for timm)"

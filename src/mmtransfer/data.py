@@ -172,13 +172,16 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     elif cfg.label_fraction is not None:
         budget = f"label_fraction={cfg.label_fraction:g}"
     hold_out = validation == "split" or (validation == "auto" and budget is None)
+    halved = cfg.pool != "all"  # halve every non-test row first, then hold out validation within the half
     if cfg.table is not None or cfg.folder is not None or source is not None:
         from mmtransfer.tables import load_table_dataset
 
-        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out)
+        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out and not halved)
     else:
-        data = _builtin(cfg, hold_out=hold_out)
+        data = _builtin(cfg, hold_out=hold_out and not halved)
     data.train_pool = data.train  # every input of it serves as unlabelled data (distillation)
+    if halved:
+        data.train, data.val = _half(data.train, cfg, hold_out)
     note, used = "", "split" if hold_out else "none"
     if budget is not None:
         if cfg.k_per_class is not None:
@@ -196,6 +199,22 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
                 note = _per_class_note(per_class, f"data.val_fraction={cfg.val_fraction:g} of each class's labels")
     data.labels = LabelUse(len(data.train), 0 if data.val is None else len(data.val), used, budget, note)
     return data
+
+
+def _half(rows: Examples, cfg: DataConfig, hold_out: bool) -> tuple[Examples, Examples | None]:
+    """``data.pool``: one of two stratified halves of the non-test rows; with ``hold_out`` its validation part."""
+    counts = np.bincount(rows.labels.numpy())
+    if counts[counts > 0].min() < 2:
+        raise DataError(f"data.pool={cfg.pool}: a class has a single row that is not a test row; it cannot be halved")
+    first, second = stratified_halves(rows, 0.5, seed=cfg.seed)
+    half = first if cfg.pool == "first_half" else second
+    if not hold_out:
+        return half, None
+    train, val = stratified_split(
+        np.arange(len(half)), half.labels.numpy(), cfg.val_fraction, cfg.seed, what="validation",
+        field="data.val_fraction", of=f"data.pool={cfg.pool}",
+    )  # fmt: skip
+    return half.subset(train), half.subset(val)
 
 
 def _per_class_note(per_class: np.ndarray, why: str) -> str:

@@ -1,19 +1,23 @@
 """``mmtransfer demo``: the seed's transfer scenario on ``digits``, CNN -> GRU, against training from scratch.
 
-Per seed:
-1. split the 8x8 digits into source / target pool / validation / test (stratified, seeded, disjoint);
-2. train a CNN on the labelled source split (early stopping on the validation split: source labels);
-3. build a GRU that reads each image row by row; distil the CNN's embedding into it on unlabelled train
-   images and graft the CNN's head by label name (the graft report says what moved);
-4. draw the target's label budget, k labelled images per class from the target pool; of each class's k,
-   round(0.15 k) (at least 1) select the best epoch (early stopping) and the rest train, so the GRU sees no
-   other target label; fine-tune the transferred GRU on them; evaluate on test;
-5. train the same GRU from scratch on the same labels with the same budget; evaluate on test.
+One study (:mod:`mmtransfer.study`), the engine ``mmtransfer study`` runs. Per seed:
+1. the source: a CNN trained on one stratified half of the 8x8 digits that are not test images
+   (``data.pool: first_half``; its own validation part selects its epoch: source labels);
+2. the arms draw their label budget, k labelled images per class, from the other half (``second_half``), so
+   no labelled row is shared; of each class's k, round(0.15 k) (at least 1) select the best epoch (early
+   stopping) and the rest train, so the GRU sees no other target label;
+3. ``transfer``: a GRU that reads each image row by row; the CNN's embedding is distilled into it on unlabelled
+   images and its head grafted by label name (the graft report says what moved); then fine-tuned on the budget;
+4. ``scratch``: the same GRU, the same initial weights, labels and budget, from scratch.
+Both are scored on the same test split; the gain is the mean of the per-seed differences with its 95 % paired
+Student t interval.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,15 +25,40 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
-from mmtransfer.config import CNNConfig, DataConfig, DistillConfig, ModelConfig, RNNConfig, TrainConfig
-from mmtransfer.data import k_per_class, load_dataset, split_budget, stratified_halves
+from mmtransfer.config import CNNConfig, ModelConfig, RNNConfig
 from mmtransfer.display import Grid, make_console
-from mmtransfer.model import build_model
-from mmtransfer.train import evaluate, fit
-from mmtransfer.transfer.distill import transfer_across
 
 CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64)
 GRU = ModelConfig(encoders={"image": RNNConfig(cell="gru", hidden_size=64)}, embed_dim=64)
+
+
+def demo_study(seeds: int = 3, k: int = 10, source_epochs: int = 30, target_epochs: int = 60,
+               distill_epochs: int = 40):  # fmt: skip
+    """The demo as a study: source ``cnn`` per seed; arms ``scratch`` (the reference) and ``transfer``."""
+    from mmtransfer.study import StudyConfig
+
+    train = {"epochs": target_epochs, "batch_size": 32, "lr": 3e-3, "patience": 15}
+    base = {"data": {"dataset": "digits"}, "model": GRU.model_dump(mode="json"), "train": train}
+    target = {"data.pool": "second_half"}
+    return StudyConfig(
+        base=base,
+        budgets=[k],
+        seeds=seeds,
+        sources={
+            "cnn": {"model": CNN.model_dump(mode="json"), "data.pool": "first_half", "train.epochs": source_epochs}
+        },  # fmt: skip
+        arms={
+            "scratch": target,
+            "transfer": target
+            | {
+                "transfer.source": "{source.cnn}",
+                "transfer.distill": {"epochs": distill_epochs},
+                "transfer.score_before_training": True,
+            },  # fmt: skip
+        },
+        reference="scratch",
+        ablation=False,
+    )
 
 
 def run_demo(
@@ -42,122 +71,74 @@ def run_demo(
     distill_epochs: int = 40,
     progress: bool = True,
     console: Console | None = None,
-    checkpoints: str | Path | None = None,
+    workers: int | None = None,
 ) -> dict:
-    """Run the demo; write ``report.md``, ``metrics.json`` and ``demo.png`` into ``out``; return the metrics.
-    ``checkpoints``: every fit writes its resumable checkpoint there each epoch (to measure what that costs)."""
+    """Run the demo; write ``report.md``, ``metrics.json``, ``demo.png`` and a graft report per seed into
+    ``out``, and the study's own files (cells, ``study/report.html``) under ``out/study``; return the metrics.
+    A demo killed part way goes on from its finished runs when started again with the same ``out``.
+    ``workers``: runs at once, each in its own process (default: 2 where there are 2 cores or more)."""
+    from mmtransfer.study import Study, mean_interval
+
     console = console or make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    spec = demo_study(seeds, k, source_epochs, target_epochs, distill_epochs)
+    study = Study(spec, spec.base, out, out / "study", console=console if progress else Console(quiet=True),
+                  command=f"mmtransfer demo --seeds {seeds} --k {k}", source="demo")  # fmt: skip
+    results = study.run(workers=workers or min(2, os.cpu_count() or 1))
+    if results["failed"]:
+        first = results["failed"][0]
+        raise RuntimeError(f"demo: {len(results['failed'])} run(s) failed, first {first.get('error')}; logs in "
+                           f"{out / 'study' / 'cells'}")  # fmt: skip
+    cells = {(r["arm"], r["seed"]): r for r in results["cells"]}
+    sources = {r["seed"]: r for r in results["sources"]}
     rows = []
-    for seed in range(seeds):
-        data = load_dataset(DataConfig(dataset="digits", seed=seed))
-        source_split, target_pool = stratified_halves(data.train, 0.5, seed=seed)
-        labelled = k_per_class(target_pool, k, seed=seed, classes=data.classes)
-        parts = split_budget(labelled, VAL_FRACTION, seed=seed)
-        target_train, target_val = parts if parts is not None else (labelled, None)
-        shapes, classes = data.input_shapes, data.classes
-        n_val = 0 if target_val is None else len(target_val)
-        if seed == 0:
-            console.print(
-                f"digits, seed {seed}: source {len(source_split)} labelled (+ {len(data.val)} for its early "
-                f"stopping); target budget {k} labelled images per class of {len(target_pool)}: "
-                f"{len(target_train)} train the GRU, {n_val} select its best epoch; test {len(data.test)}",
-                markup=False,
-            )
-
-        # 1. the source CNN
-        cnn = build_model(CNN, shapes, classes, seed=seed)
-        t = time.perf_counter()
-        fit(
-            cnn,
-            source_split,
-            data.val,
-            _train(source_epochs, seed, progress),
-            desc=f"seed {seed}: source CNN",
-            state_dir=_state(checkpoints, seed, "source"),
-        )
-        cnn_seconds = time.perf_counter() - t
-        cnn_test = evaluate(cnn, data.test)
-
-        # 2-3. transfer: distil into a GRU on unlabelled train images, graft the head, fine-tune on the budget
-        budget = _train(target_epochs, seed, progress)
-        t = time.perf_counter()
-        transferred = build_model(GRU, shapes, classes, seed=seed)
-        report, stats = transfer_across(
-            cnn, transferred, data.train, DistillConfig(epochs=distill_epochs), seed=seed, progress=progress
-        )
-        after_graft = evaluate(transferred, data.test)
-        if seed == 0:
-            console.print(report.table("graft report: source CNN -> GRU (seed 0)"))
-            console.print(
-                f"feature distillation on {stats.examples} unlabelled images: MSE {stats.mse_before:.4f} -> "
-                f"{stats.mse_after:.4f}, cosine {stats.cosine_after:.3f}, R^2 {stats.r2_after:.3f}; "
-                f"GRU test accuracy with the grafted head, before any labelled target data: "
-                f"{after_graft['accuracy']:.3f}",
-                markup=False,
-            )
-        report.save(out / f"graft_report_seed{seed}.json")
-        fit(
-            transferred,
-            target_train,
-            target_val,
-            budget,
-            desc=f"seed {seed}: fine-tune GRU",
-            state_dir=_state(checkpoints, seed, "transfer"),
-        )
-        transfer_seconds = time.perf_counter() - t
-        transfer_test = evaluate(transferred, data.test)
-
-        # 4. the same GRU from scratch, same labels, same budget
-        scratch = build_model(GRU, shapes, classes, seed=seed)  # the same initial weights
-        t = time.perf_counter()
-        fit(
-            scratch,
-            target_train,
-            target_val,
-            budget,
-            desc=f"seed {seed}: scratch GRU",
-            state_dir=_state(checkpoints, seed, "scratch"),
-        )
-        scratch_seconds = time.perf_counter() - t
-        scratch_test = evaluate(scratch, data.test)
-
+    for seed in spec.seed_list:
+        scratch, transfer, source = cells[("scratch", seed)], cells[("transfer", seed)], sources[seed]
+        report = json.loads((Path(transfer["folder"]) / "transfer_report.json").read_text())
+        metrics = json.loads((Path(transfer["folder"]) / "metrics.json").read_text())
+        shutil.copy(Path(transfer["folder"]) / "transfer_report.json", out / f"graft_report_seed{seed}.json")
+        shutil.copy(Path(transfer["folder"]) / "transfer_report.md", out / f"graft_report_seed{seed}.md")
+        if seed == spec.seed_list[0]:
+            _print_setup(console, source, scratch, report, metrics, seed)
         rows.append(
             {
                 "seed": seed,
-                "source_cnn_accuracy": cnn_test["accuracy"],
-                "source_cnn_seconds": cnn_seconds,
-                "distill": stats.to_dict(),
-                "graft_counts": report.counts(),
-                "transfer_before_finetune_accuracy": after_graft["accuracy"],
-                "transfer_accuracy": transfer_test["accuracy"],
-                "transfer_macro_f1": transfer_test["macro_f1"],
-                "transfer_seconds": transfer_seconds,
-                "scratch_accuracy": scratch_test["accuracy"],
-                "scratch_macro_f1": scratch_test["macro_f1"],
-                "scratch_seconds": scratch_seconds,
-                "gain": transfer_test["accuracy"] - scratch_test["accuracy"],
+                "source_cnn_accuracy": source["test"]["accuracy"],
+                "source_cnn_seconds": source["seconds"],
+                "distill": report["distill"],
+                "graft_counts": report["graft"]["counts"],
+                "transfer_before_finetune_accuracy": metrics["before_training"]["accuracy"],
+                "transfer_accuracy": transfer["test"]["accuracy"],
+                "transfer_macro_f1": transfer["test"]["macro_f1"],
+                "transfer_seconds": transfer["seconds"],
+                "scratch_accuracy": scratch["test"]["accuracy"],
+                "scratch_macro_f1": scratch["test"]["macro_f1"],
+                "scratch_seconds": scratch["seconds"],
+                "gain": transfer["test"]["accuracy"] - scratch["test"]["accuracy"],
             }
         )
         console.print(
-            f"seed {seed}: source CNN {cnn_test['accuracy']:.3f} | GRU scratch {scratch_test['accuracy']:.3f} "
-            f"| GRU transfer {transfer_test['accuracy']:.3f}"
+            f"seed {seed}: source CNN {rows[-1]['source_cnn_accuracy']:.3f} | GRU scratch "
+            f"{rows[-1]['scratch_accuracy']:.3f} | GRU transfer {rows[-1]['transfer_accuracy']:.3f}"
         )
-
-    summary = _summarise(rows)
+    keys = [k for k in rows[0] if k.endswith(("accuracy", "seconds")) and not k.endswith("macro_f1")] + ["gain"]
+    summary = {key: mean_interval([r[key] for r in rows]) for key in keys}
+    labels = cells[("scratch", spec.seed_list[0])]["labels"]
     result = {
         "setup": {
             "dataset": "digits (scikit-learn, 1,797 8x8 images)",
             "seeds": seeds,
             "k_per_class": k,
-            "target_labels": {"train": len(target_train), "selection": n_val, "total": len(labelled)},
+            "target_labels": {"train": labels["train"], "selection": labels["selection"], "total": labels["total"]},
+            "source_labels": sources[spec.seed_list[0]]["labels"],
             "source_epochs": source_epochs,
             "target_epochs": target_epochs,
             "distill_epochs": distill_epochs,
             "source_model": CNN.model_dump(mode="json"),
             "target_model": GRU.model_dump(mode="json"),
+            "study": spec.model_dump(mode="json"),
         },
         "per_seed": rows,
         "summary": summary,
@@ -169,42 +150,34 @@ def run_demo(
     console.print(_table(summary, seeds, k, result["setup"]["target_labels"]))
     console.print(
         f"total {result['total_seconds']:.1f} s. Files: {out / 'report.md'}, {out / 'metrics.json'}, "
-        f"{out / 'demo.png'}, {out}/graft_report_seed*.json",
+        f"{out / 'demo.png'}, {out}/graft_report_seed*.json; the study's own report: {out / 'study' / 'report.html'}",
         markup=False,
     )
     return result
 
 
-VAL_FRACTION = 0.15  # of each class's k target labels, this share (at least 1) selects the best epoch
+def _print_setup(console, source: dict, scratch: dict, report: dict, metrics: dict, seed: int) -> None:
+    from mmtransfer.transfer.graft import GraftReport, TensorRecord
 
-
-def _state(checkpoints, seed: int, arm: str) -> Path | None:
-    return None if checkpoints is None else Path(checkpoints) / f"seed{seed}-{arm}"
-
-
-def _train(epochs: int, seed: int, progress: bool) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, patience=15, seed=seed, progress=progress)
-
-
-def _mean_std(values: list[float]) -> dict:
-    """Mean, sample std and the 95 % Student t interval of the mean: the study engine's statistics."""
-    from mmtransfer.study import mean_interval
-
-    return mean_interval(values)
-
-
-def _summarise(rows: list[dict]) -> dict:
-    keys = [
-        "source_cnn_accuracy",
-        "scratch_accuracy",
-        "transfer_before_finetune_accuracy",
-        "transfer_accuracy",
-        "gain",
-        "source_cnn_seconds",
-        "scratch_seconds",
-        "transfer_seconds",
-    ]
-    return {key: _mean_std([r[key] for r in rows]) for key in keys}
+    s, t = source["labels"], scratch["labels"]
+    console.print(
+        f"digits, seed {seed}: the source CNN trains on {s['train']} labelled images of one half of the "
+        f"non-test images ({s['selection']} more select its epoch); the GRU's budget is {t['total']} labelled "
+        f"images of the other half ({t['train']} train, {t['selection']} select its best epoch); test "
+        f"{scratch['test']['n']}",
+        markup=False,
+    )
+    graft = report["graft"]
+    records = [TensorRecord(**r) for r in graft["records"]]
+    console.print(GraftReport(records, graft["unused_source"], graft["source"]).table(
+        f"graft report: source CNN -> GRU (seed {seed})"))  # fmt: skip
+    d = report["distill"]
+    console.print(
+        f"feature distillation on {d['examples']} unlabelled images: MSE {d['mse_before']:.4f} -> "
+        f"{d['mse_after']:.4f}, cosine {d['cosine_after']:.3f}, R^2 {d['r2_after']:.3f}; GRU test accuracy with "
+        f"the grafted head, before any labelled target data: {metrics['before_training']['accuracy']:.3f}",
+        markup=False,
+    )
 
 
 def _fmt(s: dict, unit: str = "%") -> str:
@@ -242,16 +215,18 @@ def _markdown(result: dict) -> str:
     lines = [
         "# mmtransfer demo: CNN -> GRU transfer on digits",
         "",
-        f"A CNN trained on a labelled source split is transferred into a GRU that reads each 8x8 image row by row "
-        f"(feature distillation on unlabelled train images, then the CNN's head grafted by label name), "
-        f"fine-tuned on a budget of {setup['k_per_class']} labelled images per class, and compared with the same "
-        f"GRU trained from scratch on the same images with the same budget ({setup['target_epochs']} epochs, "
-        f"early stopping on validation loss). Every target label counts: of the "
-        f"{setup['target_labels']['total']} labelled target images, {setup['target_labels']['train']} train the "
-        f"GRU and {setup['target_labels']['selection']} select its best epoch; no other target label is used. "
+        "A CNN trained on one stratified half of the digits that are not test images is transferred into a GRU "
+        "that reads each 8x8 image row by row (feature distillation on unlabelled images, then the CNN's head "
+        f"grafted by label name), fine-tuned on a budget of {setup['k_per_class']} labelled images per class "
+        "drawn from the other half, and compared with the same GRU trained from scratch on the same images with "
+        f"the same budget ({setup['target_epochs']} epochs, early stopping on validation loss). Every target label "
+        f"counts: of the {setup['target_labels']['total']} labelled target images, "
+        f"{setup['target_labels']['train']} train the GRU and {setup['target_labels']['selection']} select its "
+        "best epoch; no other target label is used, and no labelled image is shared with the source. "
         f"Test accuracy over {setup['seeds']} seeds, mean ± sample std; the gain's interval is the 95 % Student "
-        "t interval of the per-seed differences (the same seed: the same labels and splits, as `mmtransfer "
-        "study` computes it); every split is stratified and disjoint from the test set.",
+        "t interval of the per-seed differences (the same seed: the same labels and splits). It is one "
+        "`mmtransfer study` (source `cnn` per seed, arms `scratch` and `transfer`): its own report is "
+        "`study/report.html`.",
         "",
         "| arm | test accuracy | time |",
         "|---|---|---|",

@@ -172,6 +172,8 @@ def _fit_run(
         "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
+    if transferred is not None and "before_training" in transferred[0]:
+        metrics["before_training"] = transferred[0]["before_training"]
     if selection_only:
         metrics["scored"] = "the validation split (the test split was not read)"
     if ablate and len(model.encoders) > 1:
@@ -299,6 +301,10 @@ def _transfer_in(
         report = graft_from_config(cfg, model, data)
     console.print(report.table(f"graft report: {source} -> {out}"))
     record["graft"] = report.to_dict()
+    if cfg.transfer.score_before_training:
+        record["before_training"] = _scores(evaluate(model, data.test, cpu=cfg.train.cpu))
+        console.print(f"before any training: test accuracy {record['before_training']['accuracy']:.4f}",
+                      markup=False, highlight=False)  # fmt: skip
     return record, report
 
 
@@ -325,6 +331,8 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
         source_vocab=source_vocab if target_vocab else None,
         target_vocab=target_vocab if source_vocab else None,
         strict=t.strict,
+        select=t.select,
+        unselected_reason="not in transfer.select: newly initialised",
         dry_run=dry_run,
     )
 

@@ -14,12 +14,14 @@ interval on n - 1 degrees of freedom (mean ± t * sd / sqrt(n)).
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import html
 import json
 import math
 import os
 import platform
+import re
 import time
 import traceback
 from pathlib import Path
@@ -57,7 +59,14 @@ class StudyConfig(BaseModel):
                                    "splits, the budget's labels and the initialisation.")  # fmt: skip
     arms: dict[str, dict[str, Any]] = Field(
         description="Arm name -> overrides of the base config ({train.strategy.name: linear_probe}); {} is the "
-        "base config as it is (e.g. from scratch with the library's defaults)."
+        "base config as it is (e.g. from scratch with the library's defaults). In a string value, {seed} is the "
+        "cell's seed and {source.NAME} the folder of that seed's run of source NAME."
+    )
+    sources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Source name -> overrides of the base config: a run made once per seed, before the arms, "
+        "on the data its own config gives (the budgets do not apply), for arms to transfer from as "
+        "{source.NAME}; with data.pool: first_half here and second_half in the arms, no labelled row is shared.",
     )
     reference: str | None = Field(None, description="The arm gains are measured against (default: the first).")
     metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="The metric tables and plots show.")
@@ -76,10 +85,10 @@ class StudyConfig(BaseModel):
             raise ValueError("a budget is listed twice")
         return budgets
 
-    @field_validator("arms")
+    @field_validator("arms", "sources")
     @classmethod
-    def _arms(cls, arms: dict) -> dict:
-        if not arms:
+    def _arms(cls, arms: dict, info) -> dict:
+        if not arms and info.field_name == "arms":
             raise ValueError("give at least one arm")
         for name in arms:
             if not name or not all(c.isalnum() or c in "-_." for c in name):
@@ -92,6 +101,14 @@ class StudyConfig(BaseModel):
             raise ValueError(f"reference {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
         if isinstance(self.seeds, int) and self.seeds < 1:
             raise ValueError("seeds: at least 1")
+        for arm, overrides in {**self.arms, **self.sources}.items():
+            for name in _placeholders(overrides):
+                if name not in self.sources:
+                    known = ", ".join(self.sources) or "none"
+                    raise ValueError(f"{arm}: {{source.{name}}} names no source (sources: {known})")
+        for name, overrides in self.sources.items():
+            if _placeholders(overrides):
+                raise ValueError(f"sources.{name}: a source cannot transfer from another source")
         return self
 
     @property
@@ -101,6 +118,38 @@ class StudyConfig(BaseModel):
     @property
     def reference_arm(self) -> str:
         return self.reference or next(iter(self.arms))
+
+
+PLACEHOLDER = re.compile(r"\{source\.([^{}]+)\}")
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _placeholders(overrides: dict) -> set[str]:
+    """The sources an arm's overrides name as {source.NAME}."""
+    return {m for s in _strings(overrides) for m in PLACEHOLDER.findall(s)}
+
+
+def fill(value, seed: int, sources: dict[str, str]):
+    """``value`` with {seed} and {source.NAME} replaced in every string it holds."""
+    if value == "{seed}":
+        return seed  # the seed itself, a number
+    if isinstance(value, str):
+        out = value.replace("{seed}", str(seed))
+        return PLACEHOLDER.sub(lambda m: sources[m.group(1)], out)
+    if isinstance(value, dict):
+        return {k: fill(v, seed, sources) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, seed, sources) for v in value]
+    return value
 
 
 def budget_name(b: Budget) -> str:
@@ -136,8 +185,9 @@ def load_study(path: str | Path) -> tuple[StudyConfig, dict, Path]:
     return study, base_raw, path.parent.resolve()
 
 
-def cell_config(base_raw: dict, overrides: dict, budget: Budget, seed: int, folder: Path, where: str):
-    """The validated RunConfig of one cell: base + the arm's overrides + the budget and the seed."""
+def cell_config(base_raw: dict, overrides: dict, budget: Budget | None, seed: int, folder: Path, where: str):
+    """The validated RunConfig of one cell: base + the arm's overrides + the budget and the seed (a source's
+    cell: ``budget`` None, the data section's own budget if any)."""
     raw = copy.deepcopy(base_raw)
     for key, value in overrides.items():
         apply_override(raw, f"{key}={json.dumps(value)}")  # JSON is YAML: a quoted string stays a string
@@ -145,8 +195,9 @@ def cell_config(base_raw: dict, overrides: dict, budget: Budget, seed: int, fold
     data, train = raw.setdefault("data", {}), raw.setdefault("train", {})
     if not isinstance(data, dict) or not isinstance(train, dict):
         raise ConfigError(f"{where}: data and train must be sections")
-    data["k_per_class"] = budget if isinstance(budget, int) and budget != "all" else None
-    data["label_fraction"] = budget if isinstance(budget, float) else None
+    if budget is not None:
+        data["k_per_class"] = budget if isinstance(budget, int) and budget != "all" else None
+        data["label_fraction"] = budget if isinstance(budget, float) else None
     data["seed"] = seed
     train["seed"] = seed
     train.setdefault("progress", False)
@@ -162,7 +213,13 @@ def cells_of(study: StudyConfig) -> list[dict]:
     ]
 
 
+def source_cells(study: StudyConfig) -> list[dict]:
+    return [{"source": name, "seed": seed} for seed in study.seed_list for name in study.sources]
+
+
 def cell_id(cell: dict) -> str:
+    if "source" in cell:
+        return f"sources/{cell['source']}/seed{cell['seed']}"
     return f"{cell['arm']}/{cell['budget_name']}/seed{cell['seed']}"
 
 
@@ -229,13 +286,24 @@ class Study:
         self.study, self.base_raw, self.folder, self.out = study, base_raw, folder, Path(out)
         self.console = console or make_console()
         self.selection_only, self.command, self.source = selection_only, command, source
-        self.cells = cells_of(study)
+        self.cells, self.source_cells = cells_of(study), source_cells(study)
         self.configs = {}
-        for cell in self.cells:  # every cell's config is checked before any work
-            where = f"arm {cell['arm']}, budget {budget_label(cell['budget'])}, seed {cell['seed']}"
-            cfg = cell_config(base_raw, study.arms[cell["arm"]], cell["budget"], cell["seed"], folder, where)
-            check_files(cfg, f"{source or 'study'}: {where}")  # a missing table or source: before any work
+        for cell in self.source_cells + self.cells:  # every cell's config is checked before any work
+            seed = cell["seed"]
+            folders = {name: str(self.source_folder(name, seed)) for name in study.sources}
+            if "source" in cell:
+                where, overrides, budget = f"source {cell['source']}, seed {seed}", study.sources[cell["source"]], None
+            else:
+                where = f"arm {cell['arm']}, budget {budget_label(cell['budget'])}, seed {seed}"
+                overrides, budget = study.arms[cell["arm"]], cell["budget"]
+            cfg = cell_config(base_raw, fill(overrides, seed, folders), budget, seed, folder, where)
+            # a missing table or source: before any work (a source of this study is made before its arms)
+            check_files(cfg, f"{source or 'study'}: {where}", later=set(folders.values()))
             self.configs[cell_id(cell)] = cfg
+        self.log = self.out / "cells.jsonl"
+
+    def source_folder(self, name: str, seed: int) -> Path:
+        return (self.out / "cells" / cell_id({"source": name, "seed": seed})).resolve()
         self.log = self.out / "cells.jsonl"
 
     def _records(self) -> list[dict]:
@@ -256,53 +324,73 @@ class Study:
     def run(self, workers: int = 1, backend: str = "local", threads: int | None = None) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         done = self.finished()
-        pending = [c for c in self.cells if cell_id(c) not in done]
+        pending = [c for c in self.source_cells + self.cells if cell_id(c) not in done]
         cores = os.cpu_count() or 1
         threads = threads or max(1, cores // max(1, workers))
+        made = f" + {len(self.source_cells)} source runs" if self.source_cells else ""
         self.console.print(
             f"study: {len(self.cells)} cells ({len(self.study.arms)} arms x {len(self.study.budgets)} budgets x "
-            f"{len(self.study.seed_list)} seeds); {len(done)} finished before, {len(pending)} to run "
+            f"{len(self.study.seed_list)} seeds){made}; {len(done)} finished before, {len(pending)} to run "
             f"({workers} worker{'s' if workers > 1 else ''}, {backend}, {threads} torch thread"
             f"{'s' if threads > 1 else ''} each); cells.jsonl in {self.out}",
             markup=False, highlight=False,
         )  # fmt: skip
         ablate = self.study.ablation and not self.selection_only
-        jobs = [
-            (self.configs[cell_id(c)].model_dump(mode="json"), str(self.out / "cells" / cell_id(c)), c, ablate,
-             self.selection_only, threads)
-            for c in pending
-        ]  # fmt: skip
-        start, total = time.perf_counter(), len(jobs)
-        for i, record in enumerate(self._execute(jobs, workers, backend, threads), 1):
-            with self.log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            elapsed = time.perf_counter() - start
-            eta = elapsed / i * (total - i)
+        start, total, i = time.perf_counter(), len(pending), 0
+        made_runs = {(r["source"], r["seed"]) for r in done.values() if "source" in r}
+        failed_sources: dict[tuple[str, int], str] = {}
+
+        def needs(c: dict) -> list[tuple[str, int]]:
+            return [] if "source" in c else [(n, c["seed"]) for n in sorted(_placeholders(self.study.arms[c["arm"]]))]
+
+        def report(record: dict) -> None:
+            nonlocal i
+            i += 1
+            self._record(record)
+            eta = (time.perf_counter() - start) / i * (total - i)
             self.console.print(f"[{i}/{total}] {describe(record, self.study.metric)}; ETA {eta:.0f} s",
                                markup=False, highlight=False)  # fmt: skip
+
+        # An arm that transfers from its seed's source run starts once that run is made; the others at once.
+        with _executor(backend, workers, threads) as ex:
+            waiting, running = list(pending), 0
+            while waiting or running:
+                for c in list(waiting):
+                    failed = [d for d in needs(c) if d in failed_sources]
+                    if failed:  # recorded as failed without running: its source run failed
+                        waiting.remove(c)
+                        report(c | {"status": "failed", "seconds": 0.0, "error": f"source {failed[0][0]} of seed "
+                                    f"{c['seed']} failed: {failed_sources[failed[0]]}"})  # fmt: skip
+                    elif all(d in made_runs for d in needs(c)):
+                        waiting.remove(c)
+                        arm = "source" not in c
+                        ex.submit((self.configs[cell_id(c)].model_dump(mode="json"),
+                                   str(self.out / "cells" / cell_id(c)), c, ablate and arm,
+                                   self.selection_only and arm, threads))  # fmt: skip
+                        running += 1
+                if not running:
+                    break
+                record = ex.next()
+                running -= 1
+                if "source" in record:
+                    key = (record["source"], record["seed"])
+                    if record["status"] == "ok":
+                        made_runs.add(key)
+                    else:
+                        failed_sources[key] = record["error"]
+                report(record)
         return self.report()
 
-    def _execute(self, jobs: list, workers: int, backend: str, threads: int):
-        if backend == "ray":
-            yield from _ray(jobs, threads)
-        elif workers <= 1:
-            for job in jobs:
-                yield run_cell(*job)
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-            with ProcessPoolExecutor(workers, mp_context=context) as ex:  # run_cell sets each one's torch threads
-                futures = [ex.submit(run_cell, *job) for job in jobs]
-                for future in as_completed(futures):
-                    yield future.result()
+    def _record(self, record: dict) -> None:
+        with self.log.open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def report(self) -> dict:
         logged = self._records()
         done = self.finished(logged)
         failed = {cell_id(r): r for r in logged if r.get("status") == "failed" and cell_id(r) not in done}
         records = [done[cell_id(c)] for c in self.cells if cell_id(c) in done]
+        made = [done[cell_id(c)] for c in self.source_cells if cell_id(c) in done]
         summary = summarise(records, self.study)
         plots = write_plots(records, summary, self.study, self.out)
         results = {
@@ -313,6 +401,16 @@ class Study:
             "scored_split": "val (the test split was not read)" if self.selection_only else "test",
             "statistics": STATS_METHOD.format(level=round(100 * self.study.confidence)),
             "cells": [{**r, "config": self.configs[cell_id(r)].model_dump(mode="json")} for r in records],
+            "sources": [{**r, "config": self.configs[cell_id(r)].model_dump(mode="json")} for r in made],
+            "source_summary": {
+                name: {
+                    m: mean_interval([r["test"][m] for r in made if r["source"] == name], self.study.confidence)
+                    for m in METRICS
+                }
+                | {"seconds": mean_interval([r["seconds"] for r in made if r["source"] == name])}
+                for name in self.study.sources
+                if any(r["source"] == name for r in made)
+            },  # fmt: skip
             "failed": list(failed.values()),
             "summary": summary,
             "versions": environment(),
@@ -333,7 +431,10 @@ STATS_METHOD = (
 
 
 def describe(r: dict, metric: str) -> str:
-    head = f"{r['arm']}, {budget_label(r['budget'])}, seed {r['seed']}"
+    if "source" in r:
+        head = f"source {r['source']}, seed {r['seed']}"
+    else:
+        head = f"{r['arm']}, {budget_label(r['budget'])}, seed {r['seed']}"
     if r["status"] != "ok":
         return f"{head}: FAILED ({r['error']})"
     return (
@@ -486,6 +587,11 @@ def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list
     if rows:
         out.append((f"each input masked at test time: {metric} (%) and the change it causes (pp)",
                     ["arm", "budget", "input masked", metric, "change"], rows))  # fmt: skip
+    if results.get("source_summary"):
+        out.append((f"source runs (one per seed, before the arms): {metric} on their own test split (%)",
+                    ["source", metric, "seeds", "time (s)"],
+                    [[name, f"{_pct(s[metric]['mean'])} ± {_pct(s[metric]['std'])}", str(s[metric]["n"]),
+                      f"{s['seconds']['mean']:.1f}"] for name, s in results["source_summary"].items()]))  # fmt: skip
     if results["failed"]:
         out.append(("failed cells (run the study again to retry them; the log is beside each cell's folder)",
                     ["cell", "error"], [[cell_id(r), r["error"]] for r in results["failed"]]))  # fmt: skip
@@ -494,6 +600,8 @@ def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list
 
 def _setup_lines(results: dict, study: StudyConfig) -> list[str]:
     arms = "; ".join(f"{a}: {json.dumps(o) if o else 'the base config'}" for a, o in study.arms.items())
+    if study.sources:
+        arms += ". Sources, one run per seed: " + "; ".join(f"{a}: {json.dumps(o)}" for a, o in study.sources.items())
     return [
         f"Base config: {study.base if isinstance(study.base, str) else 'inline'}; budgets: "
         f"{', '.join(budget_label(b) for b in study.budgets)}; seeds: {study.seed_list}; reference: "
@@ -609,18 +717,77 @@ def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Pat
     return paths
 
 
-def _ray(jobs: list, threads: int):
+class _Serial:
+    """Cells one after another in this process."""
+
+    def __init__(self):
+        self.queue: list = []
+
+    def submit(self, job: tuple) -> None:
+        self.queue.append(job)
+
+    def next(self) -> dict:
+        return run_cell(*self.queue.pop(0))
+
+    def close(self) -> None:
+        pass
+
+
+class _Processes:
+    """Cells in ``workers`` spawned processes (torch and fork do not mix); run_cell sets each one's threads."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.futures: set = set()
+
+    def submit(self, job: tuple) -> None:
+        self.futures.add(self.pool.submit(run_cell, *job))
+
+    def next(self) -> dict:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+        future = next(iter(finished))
+        self.futures.discard(future)
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+class _Ray:
+    """Cells as Ray tasks: a local Ray, or the cluster at RAY_ADDRESS."""
+
+    def __init__(self, threads: int):
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("--backend ray needs Ray: pip install 'mmtransfer[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
+        self.ray, self.remote, self.pending = ray, ray.remote(num_cpus=threads)(run_cell), []
+
+    def submit(self, job: tuple) -> None:
+        self.pending.append(self.remote.remote(*job))
+
+    def next(self) -> dict:
+        ready, self.pending = self.ray.wait(self.pending, num_returns=1)
+        return self.ray.get(ready[0])
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _executor(backend: str, workers: int, threads: int):
+    ex = _Ray(threads) if backend == "ray" else _Processes(workers) if workers > 1 else _Serial()
     try:
-        import ray
-    except ImportError:
-        raise ValueError("--backend ray needs Ray: pip install 'mmtransfer[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
-    remote = ray.remote(num_cpus=threads)(run_cell)
-    pending = [remote.remote(*job) for job in jobs]
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(ready[0])
+        yield ex
+    finally:
+        ex.close()
 
 
 AUTO_STRATEGIES = ("linear_probe", "full", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora")
