@@ -367,6 +367,8 @@ def load(
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     weights = run_dir / "model.safetensors"
     load_into(model, load_weights(weights), where=str(weights))
+    if (run_dir / "calibration.json").is_file():  # temperature scaling fitted after training
+        model.temperature = float(_json(run_dir / "calibration.json")["temperature"])
     model.eval()
     preprocessor = None
     if (run_dir / "preprocessing.json").is_file():

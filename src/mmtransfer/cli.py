@@ -337,7 +337,10 @@ def _print_info(run) -> None:
     if metrics:
         test, labels = metrics.get("test", {}), metrics.get("labels", {})
         scores = f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
-        scores += f"{test.get('macro_f1', float('nan')):.4f} (n={test.get('n')})"
+        scores += f"{test.get('macro_f1', float('nan')):.4f}"
+        if "balanced_accuracy" in test:
+            scores += f", balanced accuracy {test['balanced_accuracy']:.4f}"
+        scores += f" (n={test.get('n')})"
         epochs = f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
         used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
         console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
@@ -349,6 +352,17 @@ def _print_info(run) -> None:
         console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
     else:
         console.print("transferred from: nothing (trained from scratch)", markup=False)
+    calibration = path / "calibration.json"
+    if calibration.is_file():
+        c = json.loads(calibration.read_text())
+        before, after = (100 * c.get("test", {}).get(k, float("nan")) for k in ("ece_before", "ece_after"))
+        console.print(
+            f"calibrated: temperature {c['temperature']:.4f}, fitted on {c.get('n_val')} validation labels; test "
+            f"ECE {before:.2f} % -> {after:.2f} %",
+            markup=False,
+        )
+    else:
+        console.print("calibrated: no (probabilities as the model gives them)", markup=False)
     versions = json.loads((path / "versions.json").read_text()) if (path / "versions.json").is_file() else {}
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
     for difference in run.differences:
@@ -547,7 +561,9 @@ def graft(
 
 def _print_metrics(metrics: dict, title: str, classes: list[str] | None = None) -> None:
     rows = []
-    for key in ("n", "accuracy", "macro_f1", "loss"):
+    for key in ("n", "accuracy", "macro_f1", "balanced_accuracy", "loss"):
+        if key not in metrics:
+            continue
         value = metrics[key]
         rows.append([key, f"{value:.4f}" if isinstance(value, float) else str(value)])
     console.print(Grid(title, ["metric", "value"], rows, right=[1]))

@@ -353,6 +353,18 @@ class TrainConfig(_Strict):
         True, description="Run each fully frozen encoder once per split and cache its features on disk."
     )
     cpu: bool = Field(False, description="Force the CPU even where a GPU is present.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: each class's loss weighted by n_train / (classes * its train count), so rare "
+        "classes count as much as common ones (scikit-learn's 'balanced'); the validation loss that selects the "
+        "best epoch is weighted the same way.",
+    )
+    calibrate: bool = Field(
+        True,
+        description="After training, fit one temperature on the validation split (temperature scaling) so the "
+        "probabilities match how often they are right; stored in the run, applied by predict and export. The "
+        "predicted classes do not change. No validation split: nothing to fit it on, so it is skipped.",
+    )
     precision: Literal["32", "bf16", "fp16"] = Field(
         "32", description="Mixed precision through Accelerate: 32 (none), bf16 (CPU or GPU), fp16 (GPU)."
     )

@@ -52,6 +52,7 @@ class Classifier(nn.Module):
         self.head = head
         self.modality_dropout = modality_dropout
         self.classes = list(classes) if classes is not None else None
+        self.temperature = 1.0  # temperature scaling (mmtransfer.calibration): logits / T; 1 until calibrated
 
     def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         cached = inputs.get(f"{name}.features")
@@ -73,7 +74,8 @@ class Classifier(nn.Module):
         return self.fusion({name: self.encode(name, inputs) for name in names}, present)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.embed(inputs))
+        logits = self.head(self.embed(inputs))
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def check_encoder(name: str, module: nn.Module) -> nn.Module:

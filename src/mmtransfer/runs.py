@@ -163,6 +163,7 @@ def _fit_run(
         resume=resume,
         log_dir=out,
     )
+    calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
     metrics = {
         "classes": data.classes,
         "labels": data.labels.to_dict(),
@@ -172,6 +173,8 @@ def _fit_run(
         "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
+    if calibration is not None:
+        metrics["calibration"] = calibration
     if transferred is not None and "before_training" in transferred[0]:
         metrics["before_training"] = transferred[0]["before_training"]
     if selection_only:
@@ -204,7 +207,44 @@ class Masked(torch.nn.Module):
 
 
 def _scores(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("n", "accuracy", "macro_f1", "loss")}
+    return {k: metrics[k] for k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "loss")}
+
+
+def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, console, write: bool) -> dict | None:
+    """Temperature scaling on the validation split: ``calibration.json`` and ``reliability.png`` in ``out``
+    (where ``write``: the main process); the model keeps the temperature. None when it is off or there is no
+    validation split. Every process computes it (the logits are gathered from all of them)."""
+    from mmtransfer import calibration as cal
+    from mmtransfer.train import logits_of
+
+    if not cfg.train.calibrate:
+        return None
+    if data.val is None:
+        console.print("calibration: skipped (no validation split to fit a temperature on)", markup=False)
+        return None
+    val_logits, val_labels = logits_of(model, data.val, cpu=cfg.train.cpu)
+    test_logits, test_labels = logits_of(model, data.test, cpu=cfg.train.cpu)
+    t = cal.fit_temperature(val_logits, val_labels)
+    record = {"temperature": t, "method": "temperature scaling: one scalar, fitted on the validation split by "
+              "minimising its negative log-likelihood", "fitted_on": "val", "n_val": len(val_labels)}  # fmt: skip
+    for split, logits, labels in (("val", val_logits, val_labels), ("test", test_logits, test_labels)):
+        before, after = cal.reliability(cal.softmax(logits), labels), cal.reliability(cal.softmax(logits, t), labels)
+        record[split] = {"nll_before": cal.nll(logits, labels), "nll_after": cal.nll(logits, labels, t),
+                         "ece_before": before["ece"], "ece_after": after["ece"]}  # fmt: skip
+        if split == "test" and write:
+            cal.plot_reliability(before, after, t, "test", out / "reliability.png")
+    model.temperature = t
+    if write:
+        (out / "calibration.json").write_text(json.dumps(record, indent=1))
+    v, s = record["val"], record["test"]
+    console.print(
+        f"calibration: temperature {t:.3f} fitted on {len(val_labels)} validation labels (NLL {v['nll_before']:.4f} "
+        f"-> {v['nll_after']:.4f}); test ECE {100 * s['ece_before']:.2f} % -> {100 * s['ece_after']:.2f} % "
+        f"(reliability.png)",
+        markup=False,
+        highlight=False,
+    )
+    return record
 
 
 def _without_test(data: Dataset, cfg: RunConfig) -> Dataset:

@@ -41,7 +41,7 @@ from mmtransfer.config import (
 )
 
 Budget = int | float | Literal["all"]
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
 class StudyConfig(BaseModel):
@@ -69,7 +69,11 @@ class StudyConfig(BaseModel):
         "{source.NAME}; with data.pool: first_half here and second_half in the arms, no labelled row is shared.",
     )
     reference: str | None = Field(None, description="The arm gains are measured against (default: the first).")
-    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="The metric tables and plots show.")
+    metric: Literal["accuracy", "macro_f1", "balanced_accuracy"] = Field(
+        "accuracy",
+        description="The metric tables and plots show, and --auto ranks by (balanced_accuracy: the mean of the "
+        "classes' recalls, for imbalanced classes).",
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the paired Student t intervals.")
     ablation: bool = Field(True, description="With several inputs, also score each cell with each input masked.")
 
@@ -259,7 +263,7 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
         "best_epoch": metrics["best_epoch"],
         "epochs_run": metrics["epochs_run"],
         "scored": "val" if selection_only else "test",
-        "test": {k: test[k] for k in ("n", "accuracy", "macro_f1", "loss", "confusion")},
+        "test": {k: test[k] for k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "loss", "confusion")},
         "ablation": metrics.get("ablation"),
         "splits": json.loads(splits.read_text()) if splits.is_file() else None,
         "threads": torch.get_num_threads(),
@@ -481,21 +485,22 @@ def summarise(records: list[dict], study: StudyConfig) -> dict:
                 "labels_per_class": float(np.mean([r["labels"]["total"] / len(r["classes"]) for r in runs.values()])),
                 "seconds": mean_interval([runs[s]["seconds"] for s in seeds], study.confidence),
             }
-            for m in METRICS:
+            have = [m for m in METRICS if all(m in runs[s]["test"] for s in seeds)]  # older records: fewer
+            for m in have:
                 entry[m] = mean_interval([runs[s]["test"][m] for s in seeds], study.confidence)
             paired = [s for s in seeds if s in by_arm.get(ref, {})]
             if arm != ref and paired:
                 entry["gain"] = {
                     m: paired_interval([runs[s]["test"][m] for s in paired],
                                        [by_arm[ref][s]["test"][m] for s in paired], study.confidence)
-                    for m in METRICS
+                    for m in have if all(m in by_arm[ref][s]["test"] for s in paired)
                 }  # fmt: skip
             ablation = [runs[s]["ablation"] for s in seeds if runs[s].get("ablation")]
             if ablation:
                 entry["ablation"] = {
                     inp: {
                         m: mean_interval([a[inp][m] for a in ablation], study.confidence)
-                        for m in METRICS
+                        for m in METRICS if all(m in a[inp] for a in ablation)
                     } | {"drop": mean_interval([runs[s]["test"][study.metric] - runs[s]["ablation"][inp][study.metric]
                                                 for s in seeds if runs[s].get("ablation")], study.confidence)}
                     for inp in ablation[0]

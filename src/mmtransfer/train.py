@@ -133,10 +133,11 @@ class Objective:
 
 
 class Classification(Objective):
-    """Cross-entropy of the model's logits against integer labels."""
+    """Cross-entropy of the model's logits against integer labels; ``weight``: one loss weight per class."""
 
-    def __init__(self):
-        self.fn = nn.CrossEntropyLoss()
+    def __init__(self, weight: torch.Tensor | None = None):
+        self.weight = weight
+        self.fn = nn.CrossEntropyLoss(weight=weight)
 
     def loss(self, model, inputs, targets):
         return self.fn(model(inputs), targets)
@@ -185,7 +186,11 @@ def fit(
     (:class:`TrainingError`), keeping the last checkpoint. Progress: a bar on a terminal, otherwise one line per
     epoch on ``console`` (with an ETA).
     """
-    objective = objective or Classification()
+    if objective is None:
+        weight = None
+        if cfg.class_weights == "balanced":
+            weight = balanced_weights(train.labels, _num_outputs(model))
+        objective = Classification(weight)
     set_seed(cfg.seed)
     start = time.perf_counter()
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
@@ -319,7 +324,7 @@ def fit(
                     save_weights(accelerator.unwrap_model(model).state_dict(), checkpoint)
                 status = f"train loss {row['train_loss']:.3f}"
             else:
-                val_metrics = _evaluate_loader(model, val_loader, accelerator, nn.CrossEntropyLoss())
+                val_metrics = _evaluate_loader(model, val_loader, accelerator, _selection_loss(objective))
                 row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics["accuracy"]
                 if val_metrics["loss"] < state.best_loss:
                     state.best_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
@@ -421,6 +426,44 @@ class _State:
             self.epoch = 10**9  # it had stopped early: nothing left to train
 
 
+def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """n / (classes present * count) per class (scikit-learn's 'balanced'); a class with no train example: 1."""
+    counts = torch.bincount(labels.long().cpu(), minlength=classes).double()
+    present = int((counts > 0).sum())
+    weight = torch.where(counts > 0, counts.sum() / (present * counts.clamp(min=1)), torch.ones_like(counts))
+    return weight.float()
+
+
+def _num_outputs(model: nn.Module) -> int:
+    classes = getattr(model, "classes", None)
+    if classes:
+        return len(classes)
+    out = getattr(getattr(model, "head", None), "out", None)
+    return int(out.out_features)
+
+
+def _selection_loss(objective: Objective) -> nn.Module:
+    """The loss the validation split is scored with to pick the best epoch: the training criterion's own
+    class weights where it has them."""
+    weight = getattr(objective, "weight", None)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> tuple:
+    """(logits [N, C] before any temperature, labels [N]) of ``split``, in eval mode, in row order."""
+    accelerator = make_accelerator(cpu)
+    model, loader = accelerator.prepare(model, make_loader(split, batch_size))
+    model.eval()
+    temperature = getattr(model, "temperature", 1.0)
+    outs, labels = [], []
+    for inputs, y in loader:
+        logits, y = accelerator.gather_for_metrics((model(inputs), y))
+        outs.append(logits.float().cpu() * temperature)
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
 def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> dict:
     """Accuracy, macro-F1, mean cross-entropy, the confusion matrix (rows: true class, columns: predicted) and
     each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
@@ -429,6 +472,12 @@ def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: b
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
     out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The mean of each class's recall, over the classes present in ``y_true``."""
+    present = np.unique(y_true)
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in present]))
 
 
 @torch.no_grad()
@@ -448,6 +497,7 @@ def _evaluate_loader(model, loader, accelerator, loss_fn, with_confusion: bool =
         "loss": float(sum(losses) / len(y_true)),
         "accuracy": float((y_pred == y_true).mean()),
         "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
     }
     if with_confusion:
         out["confusion"] = confusion_matrix(y_true, y_pred, labels=classes).tolist()
