@@ -240,7 +240,12 @@ def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, cons
     console.print(
         f"calibration: temperature {t:.3f} fitted on {len(val_labels)} validation labels (NLL {v['nll_before']:.4f} "
         f"-> {v['nll_after']:.4f}); test ECE {100 * s['ece_before']:.2f} % -> {100 * s['ece_after']:.2f} % "
-        f"(reliability.png)",
+        f"(reliability.png)"
+        + (
+            f"; note: {len(val_labels)} labels are few to fit it on, so it may help little or hurt"
+            if len(val_labels) < 50
+            else ""
+        ),
         markup=False,
         highlight=False,
     )
