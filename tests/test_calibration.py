@@ -29,6 +29,8 @@ def test_temperature_scaling_lowers_the_nll_of_an_over_confident_model_and_keeps
     assert cal.ece(after, labels.numpy()) < cal.ece(before, labels.numpy()) / 3
     # a model that is already calibrated keeps T = 1 within a few per cent
     assert cal.fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)
+    # every row right: the NLL falls towards 0 as T -> 0, no finite best, so no temperature (T = 1)
+    assert cal.fit_temperature(true_logits, true_logits.argmax(1)) == 1.0
 
 
 def test_ece_equals_a_hand_computation():

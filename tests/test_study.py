@@ -301,6 +301,10 @@ def test_sources_are_made_per_seed_before_the_arms_that_transfer_from_them(tmp_p
     with pytest.raises(ConfigError, match=r"(?s)arm graft, budget k=5, seed 0: .*train.epochs"):  # {seed} = 0 < 1
         engine.Study(*engine.load_study(write_study(tmp_path, sources=sources, arms=arms, budgets=[5])), tmp_path)
     arms["graft"]["train.epochs"] = 2
+    later = tmp_path / "later"
+    later.mkdir()
+    later_arm = {"transfer.source": "{source.cnn}/model.safetensors"}  # a file inside a source run: made later too
+    engine.Study(*engine.load_study(write_study(later, sources=sources, arms={"t": later_arm}, reference=None)), later)
     filled = engine.fill({"a": "runs/s{seed}", "b": ["{source.cnn}/x"], "c": "{seed}", "d": 1.5}, 3, {"cnn": "/p"})
     assert filled == {"a": "runs/s3", "b": ["/p/x"], "c": 3, "d": 1.5}
     path = write_study(tmp_path, sources=sources, arms=arms, budgets=[5])
@@ -355,6 +359,7 @@ def test_a_failed_source_fails_only_the_arms_that_need_it(tmp_path):
     [
         ({}, {"t": {"transfer.source": "{source.cnn}"}}, "{source.cnn} names no source (sources: none)"),
         ({"a": {}, "b": {"transfer.source": "{source.a}"}}, {"t": {}}, "sources.b: a source cannot transfer"),
+        ({"k5": {}}, {"sources": {}}, "arm name 'sources' is taken"),
     ],
 )
 def test_a_placeholder_must_name_a_source(tmp_path, sources, arms, message):

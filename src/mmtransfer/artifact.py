@@ -367,6 +367,9 @@ def load(
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     weights = run_dir / "model.safetensors"
     load_into(model, load_weights(weights), where=str(weights))
+    if (run_dir / "target.json").is_file():  # a regression run: the output in the target's units
+        target = _json(run_dir / "target.json")
+        model.task, model.target_mean, model.target_std = "regression", float(target["mean"]), float(target["std"])
     if (run_dir / "calibration.json").is_file():  # temperature scaling fitted after training
         model.temperature = float(_json(run_dir / "calibration.json")["temperature"])
     model.eval()

@@ -38,6 +38,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         options={"xatol": 1e-6},
     )
     best = math.exp(float(result.x))
+    if not 0.051 < best < 19.9:  # at a bound: no finite best (e.g. every validation row right, NLL -> 0 as T -> 0)
+        return 1.0
     return best if nll(logits, labels, best) < nll(logits, labels, 1.0) else 1.0  # never worse than none
 
 

@@ -143,12 +143,17 @@ def evaluate(
     ] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
     png: Annotated[
-        Path | None, typer.Option(help="With DATA: the confusion-matrix PNG (default: DATA's name + _confusion.png).")
+        Path | None,
+        typer.Option(
+            help="With DATA: the confusion-matrix PNG, or for a regression run the predicted-vs-true plot (default: "
+            "DATA's name + _confusion.png / _predicted_vs_true.png)."
+        ),
     ] = None,
     encoding: Annotated[str | None, typer.Option(help="Text encoding of a CSV / TSV table.")] = None,
     allow_unfinished: Annotated[bool, UNFINISHED] = False,
 ) -> None:
-    """Evaluate a run folder's model: accuracy, macro-F1, loss, per-class precision / recall / F1, confusion.
+    """Evaluate a run folder's model: accuracy, macro-F1, balanced accuracy, loss, per-class precision / recall
+    / F1, confusion; for a regression run RMSE, MAE and R² (and a predicted-vs-true plot with DATA).
 
     Without DATA it scores exactly the rows the run held out (recorded in splits.json), and refuses if its table
     changed since. With DATA (a labelled table or folder with the run's input columns) it scores those rows
@@ -165,12 +170,15 @@ def evaluate(
         else:
             run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
             _notes(run)
-            png = png or Path(f"{data.stem or data.name}_confusion.png")
+            kind = "predicted_vs_true" if getattr(run.model, "task", "") == "regression" else "confusion"
+            png = png or Path(f"{data.stem or data.name}_{kind}.png")
             metrics = evaluate_data(run, data, png, encoding=encoding, console=console)
             title = f"metrics of {run_dir} on {data}"
         _print_metrics(metrics, title, metrics.get("classes"))
         if "confusion_png" in metrics:
             console.print(f"confusion matrix: {metrics['confusion_png']}", markup=False)
+        if "plot_png" in metrics:
+            console.print(f"predicted vs true: {metrics['plot_png']}", markup=False)
         if json_out:
             json_out.write_text(json.dumps(metrics, indent=1))
     except USER_ERRORS as err:
@@ -333,14 +341,23 @@ def _print_info(run) -> None:
         f"fusion {run.cfg.model.fusion}, embedding {run.cfg.model.embed_dim}; {total} parameters in all",
         markup=False,
     )
-    console.print(f"classes ({len(run.classes)}): {', '.join(run.classes)}", markup=False)
+    target = path / "target.json"
+    if target.is_file():
+        t = json.loads(target.read_text())
+        console.print(f"task: regression of {t['label']!r} (train mean {t['mean']:.4g}, std {t['std']:.4g}; loss "
+                      f"{t.get('loss', 'mse')}); predictions are in its units", markup=False)  # fmt: skip
+    else:
+        console.print(f"task: classification; classes ({len(run.classes)}): {', '.join(run.classes)}", markup=False)
     if metrics:
         test, labels = metrics.get("test", {}), metrics.get("labels", {})
-        scores = f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
-        scores += f"{test.get('macro_f1', float('nan')):.4f}"
-        if "balanced_accuracy" in test:
-            scores += f", balanced accuracy {test['balanced_accuracy']:.4f}"
-        scores += f" (n={test.get('n')})"
+        if "r2" in test:  # a regression run
+            scores = f"test RMSE {test['rmse']:.4g}, MAE {test['mae']:.4g}, R² {test['r2']:.4f} (n={test.get('n')})"
+        else:
+            scores = f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
+            scores += f"{test.get('macro_f1', float('nan')):.4f}"
+            if "balanced_accuracy" in test:
+                scores += f", balanced accuracy {test['balanced_accuracy']:.4f}"
+            scores += f" (n={test.get('n')})"
         epochs = f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
         used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
         console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
@@ -361,7 +378,7 @@ def _print_info(run) -> None:
             f"ECE {before:.2f} % -> {after:.2f} %",
             markup=False,
         )
-    else:
+    elif not target.is_file():
         console.print("calibrated: no (probabilities as the model gives them)", markup=False)
     versions = json.loads((path / "versions.json").read_text()) if (path / "versions.json").is_file() else {}
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
@@ -386,9 +403,14 @@ def demo(
     `mmtransfer study`), two runs at a time. Writes report.md, metrics.json, demo.png and study/report.html;
     run again with the same --out, it goes on from the runs it finished.
     """
+    import os
+
     from mmtransfer.demo import run_demo
 
-    run_demo(out, seeds=seeds, k=k, progress=progress, console=console)
+    try:
+        run_demo(out, seeds=seeds, k=k, progress=progress, console=console, workers=min(2, os.cpu_count() or 1))
+    except USER_ERRORS as err:
+        _fail(err)
 
 
 @app.command()
@@ -561,7 +583,7 @@ def graft(
 
 def _print_metrics(metrics: dict, title: str, classes: list[str] | None = None) -> None:
     rows = []
-    for key in ("n", "accuracy", "macro_f1", "balanced_accuracy", "loss"):
+    for key in ("n", "accuracy", "macro_f1", "balanced_accuracy", "rmse", "mae", "r2", "loss"):
         if key not in metrics:
             continue
         value = metrics[key]

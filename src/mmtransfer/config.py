@@ -137,6 +137,12 @@ class DataConfig(_Strict):
     )
     encoding: str = Field("utf-8", description="Text encoding of a CSV / TSV table, e.g. latin-1 or cp1252.")
     label: str = Field("label", description="The label column of the table.")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="What the label column holds: classes, or a number to predict (regression). auto: numbers "
+        "with more than 20 distinct values are a regression target, anything else names classes; the guess is "
+        "printed with the column binding. Built-in datasets are classification.",
+    )
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="Columns bound to modalities; the other columns are inferred."
     )
@@ -168,8 +174,9 @@ class DataConfig(_Strict):
         "all",
         description="Which rows that are not test rows this run may take labels from: all, or one of two "
         "stratified halves drawn with data.seed, before the validation split and the label budget. Two runs with "
-        "the same seed, one on each half, never share a labelled row: a source trained on one half, a target on "
-        "the other. The other half's inputs still serve as unlabelled data (distillation).",
+        "the same seed and the same rows (the same table, columns, bad rows and test_fraction), one on each half, "
+        "never share a labelled row: a source trained on one half, a target on the other. The other half's inputs "
+        "still serve as unlabelled data (distillation). A split column's val rows join the half they fall in.",
     )
     seed: int = Field(0, description="Seed of the stratified splits and of the label-budget draw.")
     num_workers: int = Field(
@@ -364,6 +371,9 @@ class TrainConfig(_Strict):
         description="After training, fit one temperature on the validation split (temperature scaling) so the "
         "probabilities match how often they are right; stored in the run, applied by predict and export. The "
         "predicted classes do not change. No validation split: nothing to fit it on, so it is skipped.",
+    )
+    regression_loss: Literal["mse", "huber"] = Field(
+        "mse", description="Regression: the loss on standardised targets (huber: quadratic within 1 std, then linear)."
     )
     precision: Literal["32", "bf16", "fp16"] = Field(
         "32", description="Mixed precision through Accelerate: 32 (none), bf16 (CPU or GPU), fp16 (GPU)."
@@ -623,12 +633,8 @@ def check_files(cfg: RunConfig, where: str = "config", later: set[str] | None = 
     if folder is not None and not Path(folder).is_dir():
         raise ConfigError(f"{where}: data.folder: no such folder: {folder}")
     source = cfg.transfer.source
-    if (
-        source is not None
-        and not source.startswith(("hf:", "timm:"))
-        and source not in (later or set())
-        and not Path(source).exists()
-    ):
+    made_later = source is not None and any(source == f or source.startswith(f + "/") for f in later or ())
+    if source is not None and not source.startswith(("hf:", "timm:")) and not made_later and not Path(source).exists():
         raise ConfigError(
             f"{where}: transfer.source: no such run folder or file: {source} (hf:ID for a cached Hugging Face "
             "model, timm:NAME for timm)"

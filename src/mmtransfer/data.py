@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from mmtransfer.config import DataConfig
 from mmtransfer.modalities.base import DataError, InputSpec
+from mmtransfer.tasks import strata
 
 
 class Examples(Protocol):
@@ -145,6 +146,7 @@ class Dataset:
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     train_pool: Examples | None = None
     labels: LabelUse | None = None
+    task: str = "classification"  # or "regression": labels are the numbers, classes names the one target
     preprocessor: Any = None  # tables: the fitted TablePreprocessor, which new rows go through
 
     @property
@@ -183,6 +185,11 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     if halved:
         data.train, data.val = _half(data.train, cfg, hold_out)
     note, used = "", "split" if hold_out else "none"
+    if data.task == "regression" and cfg.k_per_class is not None:
+        raise DataError(
+            f"data.k_per_class={cfg.k_per_class}: a regression target has no classes to draw k of; give the "
+            "budget as data.label_fraction"
+        )
     if budget is not None:
         if cfg.k_per_class is not None:
             labelled = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed, classes=data.classes)
@@ -195,15 +202,18 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
                 note = "a class has a single label in the budget, so none is left to select with"
             else:
                 used, (data.train, data.val) = "budget", parts
-                per_class = np.bincount(data.val.labels.numpy(), minlength=len(data.classes))
-                note = _per_class_note(per_class, f"data.val_fraction={cfg.val_fraction:g} of each class's labels")
+                if data.task == "classification":
+                    per_class = np.bincount(data.val.labels.numpy(), minlength=len(data.classes))
+                    note = _per_class_note(per_class, f"data.val_fraction={cfg.val_fraction:g} of each class's labels")
+                else:
+                    note = f"data.val_fraction={cfg.val_fraction:g} of them, across the target's range"
     data.labels = LabelUse(len(data.train), 0 if data.val is None else len(data.val), used, budget, note)
     return data
 
 
 def _half(rows: Examples, cfg: DataConfig, hold_out: bool) -> tuple[Examples, Examples | None]:
     """``data.pool``: one of two stratified halves of the non-test rows; with ``hold_out`` its validation part."""
-    counts = np.bincount(rows.labels.numpy())
+    counts = np.bincount(strata(rows.labels.numpy()))
     if counts[counts > 0].min() < 2:
         raise DataError(f"data.pool={cfg.pool}: a class has a single row that is not a test row; it cannot be halved")
     first, second = stratified_halves(rows, 0.5, seed=cfg.seed)
@@ -211,7 +221,7 @@ def _half(rows: Examples, cfg: DataConfig, hold_out: bool) -> tuple[Examples, Ex
     if not hold_out:
         return half, None
     train, val = stratified_split(
-        np.arange(len(half)), half.labels.numpy(), cfg.val_fraction, cfg.seed, what="validation",
+        np.arange(len(half)), strata(half.labels.numpy()), cfg.val_fraction, cfg.seed, what="validation",
         field="data.val_fraction", of=f"data.pool={cfg.pool}",
     )  # fmt: skip
     return half.subset(train), half.subset(val)
@@ -296,9 +306,10 @@ def k_per_class(split: Split, k: int, seed: int = 0, classes: list[str] | None =
 
 
 def label_fraction(split: Split, fraction: float, seed: int = 0, classes: list[str] | None = None) -> Split:
-    """``fraction`` of each class's examples (rounded, at least one), drawn without replacement with ``seed``."""
+    """``fraction`` of each class's examples (rounded, at least one), drawn without replacement with ``seed``
+    (a regression target: of each part of its range)."""
     rng = np.random.default_rng(seed)
-    labels = split.labels.numpy()
+    labels = strata(split.labels.numpy())
     chosen = []
     for c in np.unique(labels):
         where = np.flatnonzero(labels == c)
@@ -310,7 +321,7 @@ def split_budget(labelled: Split, fraction: float, seed: int = 0) -> tuple[Split
     """(train, selection): of each class's n labelled examples, round(fraction * n) but at least one select the
     model and the rest train it; None when a class has a single example (nothing would be left to train on)."""
     rng = np.random.default_rng([seed, 1])  # not the stream that drew the budget
-    labels = labelled.labels.numpy()
+    labels = strata(labelled.labels.numpy())
     train, val = [], []
     for c in np.unique(labels):
         where = np.flatnonzero(labels == c)
@@ -357,7 +368,7 @@ def stratified_split(
 def stratified_halves(split: Split, fraction: float = 0.5, seed: int = 0) -> tuple[Split, Split]:
     """Two disjoint stratified parts; the first holds ``fraction`` of the examples."""
     index = np.arange(len(split))
-    a, b = train_test_split(index, train_size=fraction, stratify=split.labels.numpy(), random_state=seed)
+    a, b = train_test_split(index, train_size=fraction, stratify=strata(split.labels.numpy()), random_state=seed)
     return split.subset(np.sort(a)), split.subset(np.sort(b))
 
 

@@ -16,7 +16,6 @@ Student t interval.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -76,7 +75,8 @@ def run_demo(
     """Run the demo; write ``report.md``, ``metrics.json``, ``demo.png`` and a graft report per seed into
     ``out``, and the study's own files (cells, ``study/report.html``) under ``out/study``; return the metrics.
     A demo killed part way goes on from its finished runs when started again with the same ``out``.
-    ``workers``: runs at once, each in its own process (default: 2 where there are 2 cores or more)."""
+    ``workers``: runs at once, each in its own process (``mmtransfer demo`` uses 2 where there are 2 cores or more;
+    from Python, more than 1 needs the ``if __name__ == "__main__":`` guard that spawned processes need)."""
     from mmtransfer.study import Study, mean_interval
 
     console = console or make_console()
@@ -86,10 +86,10 @@ def run_demo(
     spec = demo_study(seeds, k, source_epochs, target_epochs, distill_epochs)
     study = Study(spec, spec.base, out, out / "study", console=console if progress else Console(quiet=True),
                   command=f"mmtransfer demo --seeds {seeds} --k {k}", source="demo")  # fmt: skip
-    results = study.run(workers=workers or min(2, os.cpu_count() or 1))
+    results = study.run(workers=workers or 1)
     if results["failed"]:
         first = results["failed"][0]
-        raise RuntimeError(f"demo: {len(results['failed'])} run(s) failed, first {first.get('error')}; logs in "
+        raise ValueError(f"demo: {len(results['failed'])} run(s) failed, first {first.get('error')}; logs in "
                            f"{out / 'study' / 'cells'}")  # fmt: skip
     cells = {(r["arm"], r["seed"]): r for r in results["cells"]}
     sources = {r["seed"]: r for r in results["sources"]}

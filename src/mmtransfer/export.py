@@ -121,6 +121,8 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         ],
         "outputs": [{"name": "logits", "shape": ["batch", len(run.classes)]}],
         "classes": run.classes,
+        "task": getattr(run.model, "task", "classification"),
+        "temperature": getattr(run.model, "temperature", 1.0),  # already applied: the logits are divided by it
         "preprocessing": json.loads((run.path / "preprocessing.json").read_text())
         if (run.path / "preprocessing.json").is_file()
         else {"dataset": run.cfg.data.dataset},
@@ -128,5 +130,7 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         "checked_rows": int(len(got)),
         "max_abs_diff": diff,
     }
+    if description["task"] == "regression":  # one value per row, in the target's units
+        description["outputs"] = [{"name": "logits", "shape": ["batch"], "meaning": f"predicted {run.classes[0]}"}]
     final.with_suffix(".json").write_text(json.dumps(description, indent=1))
     return description

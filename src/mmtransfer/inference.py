@@ -100,7 +100,19 @@ def read_rows(
     cells, bad = pre.check(df, base, name, console)
     ids = df.index.to_numpy()
     label_ids = np.full(len(df), -1)
-    if has_labels:
+    if has_labels and getattr(run.model, "task", "classification") == "regression":
+        from mmtransfer.tasks import parse_number
+
+        label_ids = np.full(len(df), np.nan, dtype=np.float32)
+        for i, value in enumerate(df[label].tolist()):
+            text = "" if is_missing(value) else str(value).strip()
+            number = parse_number(text) if text else None
+            if number is not None and np.isfinite(number):
+                label_ids[i] = number
+            elif need_labels:
+                reason = "missing label" if not text else f"{text!r} is not a finite number (a regression target)"
+                bad.append(BadCell(int(ids[i]), label, reason))
+    elif has_labels:
         where = {c: i for i, c in enumerate(run.classes)}
         for i, value in enumerate(df[label].tolist()):
             text = "" if is_missing(value) else str(value).strip()
@@ -178,7 +190,10 @@ def probabilities(model, split, batch_size: int = 256) -> Iterator[tuple[np.ndar
     device = next(model.parameters()).device
     for index, inputs in batches(split, batch_size):
         logits = model({k: v.to(device) for k, v in inputs.items()})
-        yield index, torch.softmax(logits.float(), dim=-1).cpu()
+        if getattr(model, "task", "classification") == "regression":
+            yield index, logits.float().cpu()  # the predicted numbers, [B]
+        else:
+            yield index, torch.softmax(logits.float(), dim=-1).cpu()
 
 
 def predict(
@@ -202,7 +217,8 @@ def predict(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     label = run.cfg.data.label
-    header = [id_column or "row", "prediction", *[f"p_{c}" for c in run.classes]]
+    regression = getattr(run.model, "task", "classification") == "regression"
+    header = [id_column or "row", "prediction", *([] if regression else [f"p_{c}" for c in run.classes])]
     labels = rows.table[label].to_numpy()[np.asarray(rows.split.rows)] if rows.has_labels else None
     header += [label] if rows.has_labels else []
     show = progress and console is not None and console.is_terminal
@@ -212,9 +228,12 @@ def predict(
         writer.writerow(header)
         task = bar.add_task("predict", total=len(rows.split), status="")
         for index, p in probabilities(run.model, rows.split, batch_size):
-            best = p.argmax(-1).tolist()
+            best = p.argmax(-1).tolist() if not regression else None
             for j, i in enumerate(index):
-                line = [_plain(rows.ids[i]), run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
+                if regression:  # the value in the target's units
+                    line = [_plain(rows.ids[i]), f"{float(p[j]):.6g}"]
+                else:
+                    line = [_plain(rows.ids[i]), run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
                 writer.writerow(line + ([labels[i]] if labels is not None else []))
             written += len(index)
             bar.update(task, advance=len(index))
@@ -257,7 +276,13 @@ def evaluate_data(run, source, png: str | Path | None = None, encoding: str | No
 
     rows = read_rows(run, source, need_labels=True, encoding=encoding, console=console, skippable=False)
     metrics = evaluate(run.model, rows.split, cpu=run.cfg.train.cpu)
-    if png is not None:
+    if png is not None and "r2" in metrics:  # regression: predicted against true
+        from mmtransfer.tasks import plot_predicted_vs_true
+
+        pred = torch.cat([p for _, p in probabilities(run.model, rows.split)]).numpy()
+        plot_predicted_vs_true(pred, rows.split.labels.numpy(), png, f"{run.path.name} on {Path(str(source)).name}")
+        metrics["plot_png"] = str(png)
+    elif png is not None:
         plot_confusion(metrics["confusion"], run.classes, png, f"{run.path.name} on {Path(str(source)).name}")
         metrics["confusion_png"] = str(png)
     return metrics

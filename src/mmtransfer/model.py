@@ -53,6 +53,8 @@ class Classifier(nn.Module):
         self.modality_dropout = modality_dropout
         self.classes = list(classes) if classes is not None else None
         self.temperature = 1.0  # temperature scaling (mmtransfer.calibration): logits / T; 1 until calibrated
+        # regression (mmtransfer.tasks): the one output is the head's value * target_std + target_mean, [B]
+        self.task, self.target_mean, self.target_std = "classification", 0.0, 1.0
 
     def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         cached = inputs.get(f"{name}.features")
@@ -75,6 +77,8 @@ class Classifier(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.head(self.embed(inputs))
+        if self.task == "regression":
+            return logits[..., 0] * self.target_std + self.target_mean
         return logits if self.temperature == 1.0 else logits / self.temperature
 
 

@@ -151,7 +151,9 @@ class TablePreprocessor:
         return specs
 
     def split(self, cells: Cells, rows: np.ndarray, labels: torch.Tensor) -> RowSplit:
-        return RowSplit(self, cells, np.asarray(rows, dtype=np.int64), torch.as_tensor(labels, dtype=torch.long))
+        labels = torch.as_tensor(labels)  # class ids, or the numbers of a regression target
+        labels = labels.float() if labels.is_floating_point() else labels.long()
+        return RowSplit(self, cells, np.asarray(rows, dtype=np.int64), labels)
 
     # ------------------------------------------------------------ state
 

@@ -34,7 +34,10 @@ class RunLog:
             self.writer.add_scalar("loss/train", row["train_loss"], step)
             if row.get("val_loss") is not None:
                 self.writer.add_scalar("loss/val", row["val_loss"], step)
-                self.writer.add_scalar("accuracy/val", row["val_accuracy"], step)
+                if row.get("val_accuracy") is not None:
+                    self.writer.add_scalar("accuracy/val", row["val_accuracy"], step)
+                if row.get("val_r2") is not None:
+                    self.writer.add_scalar("r2/val", row["val_r2"], step)
             self.writer.add_scalar("lr", row["lr"], step)
             self.writer.flush()
 
@@ -61,13 +64,16 @@ def plot_curves(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss", color="tab:blue")
-    val = [(h["epoch"], h["val_loss"], h["val_accuracy"]) for h in history if h.get("val_loss") is not None]
+    key, name = ("val_accuracy", "validation accuracy")
+    if any(h.get("val_r2") is not None for h in history):
+        key, name = ("val_r2", "validation R²")  # a regression run
+    val = [(h["epoch"], h["val_loss"], h.get(key)) for h in history if h.get("val_loss") is not None]
     if val:
         ax.plot([v[0] for v in val], [v[1] for v in val], label="validation loss", color="tab:orange")
         right = ax.twinx()
-        right.plot([v[0] for v in val], [v[2] for v in val], label="validation accuracy", color="tab:green", ls="--")
-        right.set_ylabel("validation accuracy")
-        right.set_ylim(0, 1)
+        right.plot([v[0] for v in val], [v[2] for v in val], label=name, color="tab:green", ls="--")
+        right.set_ylabel(name)
+        right.set_ylim(min(0.0, min(v[2] for v in val)) if key == "val_r2" else 0, 1)
         right.legend(loc="center right", fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")

@@ -20,7 +20,7 @@ from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import evaluate, fit, process_state
+from mmtransfer.train import Regression, evaluate, fit, process_state
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.distill import transfer_across
 from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
@@ -108,7 +108,22 @@ def _fit_run(
     encoders = {name: cfg.model.encoders.get(name) or default_encoder(spec) for name, spec in data.specs.items()}
     for name, module in modules.items():
         encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
+    cfg = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"encoders": encoders}),
+            "data": cfg.data.model_copy(update={"task": data.task}),
+        }
+    )  # the task as resolved
+    objective, target = None, None
+    if data.task == "regression":  # standardised with the labels that train; the output stays in the units
+        train_y = data.train.labels.double()
+        std = float(train_y.std()) if len(train_y) > 1 and float(train_y.std()) > 0 else 1.0
+        target = {"task": "regression", "label": cfg.data.label, "mean": float(train_y.mean()), "std": std,
+                  "loss": cfg.train.regression_loss, "fitted_on": f"{len(train_y)} train labels"}  # fmt: skip
+        model.task, model.target_mean, model.target_std = "regression", target["mean"], target["std"]
+        objective = Regression(target["mean"], target["std"], cfg.train.regression_loss)
+        if cfg.train.class_weights != "none":
+            console.print("note: train.class_weights applies to classes; a regression target has none", markup=False)
     if resume:
         _check_resumable(cfg, data, out)
         console.print(f"resuming the run in {out} {_checkpoint_place(out)}", markup=False, highlight=False)
@@ -126,6 +141,8 @@ def _fit_run(
         if preprocessing:
             (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
         artifact.write_splits(out, cfg, data)
+        if target is not None:
+            (out / "target.json").write_text(json.dumps(target, indent=1))
         (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
         if transferred is not None:
             record, report = transferred
@@ -162,8 +179,11 @@ def _fit_run(
         state_dir=out,
         resume=resume,
         log_dir=out,
+        objective=objective,
     )
-    calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
+    calibration = None
+    if data.task == "classification":
+        calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
     metrics = {
         "classes": data.classes,
         "labels": data.labels.to_dict(),
@@ -179,6 +199,12 @@ def _fit_run(
         metrics["before_training"] = transferred[0]["before_training"]
     if selection_only:
         metrics["scored"] = "the validation split (the test split was not read)"
+    if data.task == "regression" and state.is_main_process:
+        from mmtransfer.tasks import plot_predicted_vs_true
+        from mmtransfer.train import logits_of
+
+        pred, true = logits_of(model, data.test, cpu=cfg.train.cpu)
+        plot_predicted_vs_true(pred.numpy(), true.numpy(), out / "predicted_vs_true.png", f"{out.name}: test split")
     if ablate and len(model.encoders) > 1:
         metrics["ablation"] = {
             name: _scores(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
@@ -200,6 +226,8 @@ class Masked(torch.nn.Module):
         super().__init__()
         self.model, self.name = model, name
         self.classes = getattr(model, "classes", None)
+        self.task = getattr(model, "task", "classification")
+        self.target_mean, self.target_std = getattr(model, "target_mean", 0.0), getattr(model, "target_std", 1.0)
 
     def forward(self, inputs: dict) -> torch.Tensor:
         some = next(iter(inputs.values()))
@@ -207,7 +235,7 @@ class Masked(torch.nn.Module):
 
 
 def _scores(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "loss")}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, console, write: bool) -> dict | None:
@@ -225,6 +253,11 @@ def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, cons
     val_logits, val_labels = logits_of(model, data.val, cpu=cfg.train.cpu)
     test_logits, test_labels = logits_of(model, data.test, cpu=cfg.train.cpu)
     t = cal.fit_temperature(val_logits, val_labels)
+    if bool((val_logits.argmax(-1) == val_labels).all()):
+        t = 1.0  # nothing wrong on validation to calibrate against: any T < 1 looks better there
+        console.print(f"calibration: skipped (all {len(val_labels)} validation rows are classified right, so they "
+                      "cannot say how sure the model should be)", markup=False, highlight=False)  # fmt: skip
+        return None
     record = {"temperature": t, "method": "temperature scaling: one scalar, fitted on the validation split by "
               "minimising its negative log-likelihood", "fitted_on": "val", "n_val": len(val_labels)}  # fmt: skip
     for split, logits, labels in (("val", val_logits, val_labels), ("test", test_logits, test_labels)):
@@ -360,16 +393,21 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     with a word vocabulary (run folders record it), embedding rows of shared words are kept too.
     """
     t = cfg.transfer
+    exclude = list(t.exclude)
+    source_task = "regression" if (Path(t.source) / "target.json").is_file() else "classification"
+    across = f"a {data.task} head is never grafted from a {source_task} head: newly initialised"
+    if source_task != data.task:  # a head predicts its own task's outputs: never moved across tasks
+        exclude.append("head.*")
     source_vocab = target_vocab = None
     source_pre = Path(t.source) / "preprocessing.json"
     if source_pre.is_file():
         source_vocab = _single_vocab(json.loads(source_pre.read_text()))
         target_vocab = _single_vocab(data.preprocessing)
-    return graft(
+    report = graft(
         t.source,
         model,
         rules=t.rules,
-        exclude=t.exclude,
+        exclude=exclude,
         structure=t.structure,
         adapt_with=t.adapt,
         target_classes=data.classes,
@@ -380,6 +418,11 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
         unselected_reason="not in transfer.select: newly initialised",
         dry_run=dry_run,
     )
+    if source_task != data.task:  # say why the head stayed new, not just which pattern left it out
+        for record in report.records:
+            if record.excluded_by == "head.*" and "head.*" not in t.exclude:
+                record.reason = across
+    return report
 
 
 def _single_vocab(preprocessing: dict) -> list[str] | None:

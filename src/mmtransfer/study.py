@@ -41,7 +41,9 @@ from mmtransfer.config import (
 )
 
 Budget = int | float | Literal["all"]
-METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "r2", "rmse", "mae")
+FRACTIONS = ("accuracy", "macro_f1", "balanced_accuracy")  # shown in percent, gains in percentage points
+LOWER_BETTER = ("rmse", "mae")  # regression errors, in the target's units
 
 
 class StudyConfig(BaseModel):
@@ -69,10 +71,11 @@ class StudyConfig(BaseModel):
         "{source.NAME}; with data.pool: first_half here and second_half in the arms, no labelled row is shared.",
     )
     reference: str | None = Field(None, description="The arm gains are measured against (default: the first).")
-    metric: Literal["accuracy", "macro_f1", "balanced_accuracy"] = Field(
+    metric: Literal["accuracy", "macro_f1", "balanced_accuracy", "r2", "rmse", "mae"] = Field(
         "accuracy",
         description="The metric tables and plots show, and --auto ranks by (balanced_accuracy: the mean of the "
-        "classes' recalls, for imbalanced classes).",
+        "classes' recalls, for imbalanced classes; r2, rmse, mae: a regression target; rmse and mae rank lowest "
+        "first).",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the paired Student t intervals.")
     ablation: bool = Field(True, description="With several inputs, also score each cell with each input masked.")
@@ -105,7 +108,9 @@ class StudyConfig(BaseModel):
             raise ValueError(f"reference {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
         if isinstance(self.seeds, int) and self.seeds < 1:
             raise ValueError("seeds: at least 1")
-        for arm, overrides in {**self.arms, **self.sources}.items():
+        if "sources" in self.arms:
+            raise ValueError("arm name 'sources' is taken: source runs go in cells/sources/")
+        for arm, overrides in [*self.arms.items(), *self.sources.items()]:
             for name in _placeholders(overrides):
                 if name not in self.sources:
                     known = ", ".join(self.sources) or "none"
@@ -263,7 +268,7 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
         "best_epoch": metrics["best_epoch"],
         "epochs_run": metrics["epochs_run"],
         "scored": "val" if selection_only else "test",
-        "test": {k: test[k] for k in ("n", "accuracy", "macro_f1", "balanced_accuracy", "loss", "confusion")},
+        "test": {k: v for k, v in test.items() if k in ("n", "loss", "confusion", *METRICS)},
         "ablation": metrics.get("ablation"),
         "splits": json.loads(splits.read_text()) if splits.is_file() else None,
         "threads": torch.get_num_threads(),
@@ -410,6 +415,7 @@ class Study:
                 name: {
                     m: mean_interval([r["test"][m] for r in made if r["source"] == name], self.study.confidence)
                     for m in METRICS
+                    if all(m in r["test"] for r in made if r["source"] == name)
                 }
                 | {"seconds": mean_interval([r["seconds"] for r in made if r["source"] == name])}
                 for name in self.study.sources
@@ -531,15 +537,18 @@ def environment() -> dict:
     return {"packages": pkgs, "machine": machine}
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+def _value(metric: str, x: float | None) -> str:
+    """A metric as the tables show it: fractions in percent, R² as it is, errors in the target's units."""
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}" if metric in FRACTIONS else f"{x:.3f}" if metric == "r2" else f"{x:.4g}"
 
 
 def _cell(entry: dict | None, metric: str) -> str:
-    if entry is None:
+    if entry is None or metric not in entry:
         return "-"
     s = entry[metric]
-    return f"{_pct(s['mean'])} ± {_pct(s['std'])} ({s['n']})"
+    return f"{_value(metric, s['mean'])} ± {_value(metric, s['std'])} ({s['n']})"
 
 
 def _seconds(entry: dict | None) -> str:
@@ -551,11 +560,16 @@ def _signed(x: float) -> str:
 
 
 def _gain(entry: dict | None, metric: str) -> str:
-    if entry is None or "gain" not in entry:
+    if entry is None or metric not in entry.get("gain", {}):
         return "-"
     g = entry["gain"][metric]
-    ci = f" [{_pct(g['low'])}, {_pct(g['high'])}]" if g["low"] is not None else " (one seed: no interval)"
-    return f"{100 * g['mean']:+.1f}{ci}"
+    ci = (
+        f" [{_value(metric, g['low'])}, {_value(metric, g['high'])}]"
+        if g["low"] is not None
+        else " (one seed: no interval)"
+    )
+    sign = "+" if g["mean"] >= 0 else ""
+    return f"{sign}{_value(metric, g['mean'])}{ci}"
 
 
 def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -565,14 +579,16 @@ def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list
     names = [budget_name(b) for b in study.budgets]
     labels = [budget_label(b) for b in study.budgets]
     scored = "validation" if results["scored_split"].startswith("val") else "test"
+    unit = " (%)" if metric in FRACTIONS else ""
+    gain_unit = " (percentage points)" if metric in FRACTIONS else f" (difference in {metric})"
     out = [
         (
-            f"{metric} on the {scored} split (%), mean ± std (seeds)",
+            f"{metric} on the {scored} split{unit}, mean ± std (seeds)",
             ["arm", *labels],
             [[arm, *[_cell(summary[n].get(arm), metric) for n in names]] for arm in study.arms],
         ),
         (
-            f"gain over {ref} (percentage points) with its {level} % paired t interval",
+            f"gain over {ref}{gain_unit} with its {level} % paired t interval",
             ["arm", *labels],
             [[arm, *[_gain(summary[n].get(arm), metric) for n in names]] for arm in study.arms if arm != ref],
         ),
@@ -588,14 +604,17 @@ def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list
             e = summary[n].get(arm)
             if e and "ablation" in e:
                 for inp, a in e["ablation"].items():
-                    rows.append([arm, label, inp, _pct(a[metric]["mean"]), _signed(-100 * a["drop"]["mean"])])
+                    change = -a["drop"]["mean"]
+                    shown = _signed(100 * change) if metric in FRACTIONS else f"{change:+.4g}"
+                    rows.append([arm, label, inp, _value(metric, a[metric]["mean"]), shown])
     if rows:
-        out.append((f"each input masked at test time: {metric} (%) and the change it causes (pp)",
+        out.append((f"each input masked at test time: {metric}{unit} and the change it causes",
                     ["arm", "budget", "input masked", metric, "change"], rows))  # fmt: skip
     if results.get("source_summary"):
-        out.append((f"source runs (one per seed, before the arms): {metric} on their own test split (%)",
+        out.append((f"source runs (one per seed, before the arms): {metric} on their own test split{unit}",
                     ["source", metric, "seeds", "time (s)"],
-                    [[name, f"{_pct(s[metric]['mean'])} ± {_pct(s[metric]['std'])}", str(s[metric]["n"]),
+                    [[name, f"{_value(metric, s[metric]['mean'])} ± {_value(metric, s[metric]['std'])}",
+                      str(s[metric]["n"]),
                       f"{s['seconds']['mean']:.1f}"] for name, s in results["source_summary"].items()]))  # fmt: skip
     if results["failed"]:
         out.append(("failed cells (run the study again to retry them; the log is beside each cell's folder)",
@@ -677,15 +696,18 @@ def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Pat
             continue
         pts.sort(key=lambda e: e["labels_per_class"])
         x = [e["labels_per_class"] for e in pts]
-        y = np.array([100 * e[metric]["mean"] for e in pts])
+        scale = 100 if metric in FRACTIONS else 1
+        y = np.array([scale * e[metric]["mean"] for e in pts])
         (line,) = ax.plot(x, y, marker="o", label=arm)
-        lo = np.array([100 * (e[metric]["low"] if e[metric]["low"] is not None else e[metric]["mean"]) for e in pts])
-        hi = np.array([100 * (e[metric]["high"] if e[metric]["high"] is not None else e[metric]["mean"]) for e in pts])
+        lo = np.array([scale * (e[metric]["low"] if e[metric]["low"] is not None else e[metric]["mean"]) for e in pts])
+        hi = np.array(
+            [scale * (e[metric]["high"] if e[metric]["high"] is not None else e[metric]["mean"]) for e in pts]
+        )
         ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color())
     if len({round(e["labels_per_class"], 3) for s in summary.values() for e in s.values()}) > 1:
         ax.set_xscale("log")
     ax.set_xlabel("labelled examples per class (train + selection)")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"{metric} (%)" if metric in FRACTIONS else metric)
     ax.set_title(f"learning curves: mean and {round(100 * study.confidence)} % t interval over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -698,7 +720,7 @@ def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Pat
     largest = max(study.budgets, key=lambda b: sizes[budget_name(b)])  # the most labels, in whatever order given
     for arm in study.arms:  # each arm's confusion matrix at its largest budget, summed over seeds
         runs = [r for r in records if r["arm"] == arm and r["budget_name"] == budget_name(largest)]
-        if not runs:
+        if not runs or any("confusion" not in r["test"] for r in runs):  # a regression target: no classes
             continue
         matrix = np.sum([np.asarray(r["test"]["confusion"]) for r in runs], axis=0)
         classes = runs[0]["classes"]
@@ -817,7 +839,7 @@ def recommend(results: dict, study: StudyConfig) -> dict | None:
     if not section:
         return None
     metric = study.metric
-    ranked = sorted(section, key=lambda a: section[a][metric]["mean"], reverse=True)
+    ranked = sorted(section, key=lambda a: section[a][metric]["mean"], reverse=metric not in LOWER_BETTER)
     best = ranked[0]
     out = {"arm": best, "overrides": study.arms[best], metric: section[best][metric],
            "seconds": section[best]["seconds"]["mean"], "ranking": ranked}  # fmt: skip

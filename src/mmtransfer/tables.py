@@ -24,6 +24,7 @@ from mmtransfer.data import Dataset, stratified_split
 from mmtransfer.display import Grid
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.preprocess import MODALITIES, TABULAR, TablePreprocessor
+from mmtransfer.tasks import infer_task, parse_number, strata
 
 __all__ = ["MODALITIES", "DataError", "load_table_dataset", "read_folder", "read_table"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -206,10 +207,14 @@ def split_values(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column].astype(str).str.strip().str.lower().replace({"validation": "val", "valid": "val"})
 
 
-def check_labels(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, bad_rows: set[int]) -> list[BadCell]:
+def check_labels(
+    df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, bad_rows: set[int], task: str = "classification"
+) -> list[BadCell]:
     """Rows whose split value or label cannot be used, found before any split is drawn."""
     bad = []
     rows = [i for i in range(len(df)) if i not in bad_rows]
+    if task == "regression":  # a number needs no other row like it; only the split values are checked
+        labels = np.array(["number"] * len(df), dtype=object)
     if cfg.split_column:
         split = split_values(df, cfg.split_column).to_numpy()
         for i in rows:
@@ -285,7 +290,23 @@ def load_table_dataset(
     pre = TablePreprocessor(columns)
 
     labels_str = np.array(["" if is_missing(v) else str(v).strip() for v in df[cfg.label]], dtype=object)
-    bad = [BadCell(i, cfg.label, "missing label") for i in np.flatnonzero(labels_str == "")]
+    bad = [BadCell(int(i), cfg.label, "missing label") for i in np.flatnonzero(labels_str == "")]
+    task, why = infer_task([t for t in labels_str if t], cfg.task, cfg.label)
+    if console is not None:
+        console.print(f"task: {task} ({why})", markup=False, highlight=False)
+    values = None
+    if task == "regression":  # every label must be a finite number
+        values = np.full(len(df), np.nan)
+        for i, text in enumerate(labels_str):
+            if not text:
+                continue
+            number = parse_number(text)
+            if number is None:
+                bad.append(BadCell(i, cfg.label, f"{text!r} is not a number (data.task regression)"))
+            elif not np.isfinite(number):
+                bad.append(BadCell(i, cfg.label, f"{text!r} is not a finite number (data.task regression)"))
+            else:
+                values[i] = number
     cells, bad_cells = pre.check(df, base, name, console)
     present = cells.present
     bad += bad_cells
@@ -293,7 +314,7 @@ def load_table_dataset(
         for i in sorted(set(range(len(df))) - {b.row for b in bad}):
             if not any(present[c][i] for c in columns):
                 bad.append(BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty"))
-    bad += check_labels(df, labels_str, cfg, {b.row for b in bad})
+    bad += check_labels(df, labels_str, cfg, {b.row for b in bad}, task)
 
     keep = np.ones(len(df), dtype=bool)
     if bad:
@@ -320,9 +341,13 @@ def load_table_dataset(
             )
 
     split = np.empty(len(df), dtype=object)
-    split[keep] = assign_splits(df[keep], labels_str[keep], cfg, hold_out=hold_out)
-    classes = sorted(set(labels_str[keep & (split == "train")]))
-    label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
+    groups = labels_str[keep] if values is None else strata(values[keep]).astype(str)
+    split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out)
+    if values is None:
+        classes = sorted(set(labels_str[keep & (split == "train")]))
+        label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
+    else:
+        classes, label_ids = [cfg.label], values.astype(np.float32)  # one output: the number
 
     pre.fit(cells, np.flatnonzero(keep & (split == "train")))
     wanted = ("train", "val", "test") if hold_out else ("train", "test")  # without hold_out: no val rows
@@ -338,6 +363,7 @@ def load_table_dataset(
         Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=pre.specs(), augment=augment
     )
     data.preprocessor = pre
+    data.task = task
     data.preprocessing = {
         **pre.state(),
         "skipped_rows": [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file} for b in bad],

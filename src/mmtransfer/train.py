@@ -113,7 +113,10 @@ def epoch_line(row: dict, epochs: int, seconds: float, best: bool, desc: str = "
     """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time."""
     line = f"{'' if desc == 'fit' else desc + ' '}epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
     if row.get("val_loss") is not None:
-        line += f", val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}"
+        score = row.get("val_accuracy")
+        line += f", val loss {row['val_loss']:.4f}, " + (
+            f"val accuracy {score:.4f}" if score is not None else f"val R² {row.get('val_r2', float('nan')):.4f}"
+        )
         line += " (best)" if best else ""
     return line + f", {seconds:.1f} s"
 
@@ -141,6 +144,18 @@ class Classification(Objective):
 
     def loss(self, model, inputs, targets):
         return self.fn(model(inputs), targets)
+
+
+class Regression(Objective):
+    """MSE (or Huber) between the model's output and the targets, both standardised with the train labels'
+    mean and std; validation is scored the same way, with RMSE, MAE and R^2 in the target's units."""
+
+    def __init__(self, mean: float, std: float, kind: str = "mse"):
+        self.mean, self.std, self.kind = mean, std, kind
+        self.fn = nn.HuberLoss(delta=1.0) if kind == "huber" else nn.MSELoss()
+
+    def loss(self, model, inputs, targets):
+        return self.fn((model(inputs) - self.mean) / self.std, (targets.float() - self.mean) / self.std)
 
 
 class FeatureMatch(Objective):
@@ -196,6 +211,9 @@ def fit(
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
         raise ValueError("train.precision fp16 needs a GPU; on the CPU use bf16")
     accelerator = make_accelerator(cfg.cpu, cfg.precision, cfg.grad_accumulation)
+    if getattr(objective, "weight", None) is not None:  # class weights live where the logits are
+        objective.weight = objective.weight.to(accelerator.device)
+        objective.fn = nn.CrossEntropyLoss(weight=objective.weight)
     main = accelerator.is_main_process
     show_bar = cfg.progress and main and (console or Console()).is_terminal
     log = console if (console is not None and main and not show_bar) else None
@@ -324,8 +342,12 @@ def fit(
                     save_weights(accelerator.unwrap_model(model).state_dict(), checkpoint)
                 status = f"train loss {row['train_loss']:.3f}"
             else:
-                val_metrics = _evaluate_loader(model, val_loader, accelerator, _selection_loss(objective))
-                row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics["accuracy"]
+                if isinstance(objective, Regression):
+                    val_metrics = _evaluate_regression(model, val_loader, accelerator, objective)
+                    row["val_r2"] = val_metrics["r2"]
+                else:
+                    val_metrics = _evaluate_loader(model, val_loader, accelerator, _selection_loss(objective))
+                row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics.get("accuracy")
                 if val_metrics["loss"] < state.best_loss:
                     state.best_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
                     state.best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
@@ -333,7 +355,10 @@ def fit(
                         save_weights(state.best_state, checkpoint)
                 else:
                     state.bad_epochs += 1
-                status = f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} (best ep {state.best_epoch})"
+                score = (
+                    f"acc {row['val_accuracy']:.3f}" if row["val_accuracy"] is not None else f"R² {row['val_r2']:.3f}"
+                )
+                status = f"val loss {row['val_loss']:.3f} {score} (best ep {state.best_epoch})"
             stop = val_loader is not None and cfg.patience is not None and state.bad_epochs >= cfg.patience
             state.stopped = stop
             save_state(generator.get_state())
@@ -453,9 +478,9 @@ def _selection_loss(objective: Objective) -> nn.Module:
 def logits_of(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> tuple:
     """(logits [N, C] before any temperature, labels [N]) of ``split``, in eval mode, in row order."""
     accelerator = make_accelerator(cpu)
+    temperature = getattr(model, "temperature", 1.0)  # read before prepare wraps the model (DDP)
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
     model.eval()
-    temperature = getattr(model, "temperature", 1.0)
     outs, labels = [], []
     for inputs, y in loader:
         logits, y = accelerator.gather_for_metrics((model(inputs), y))
@@ -469,9 +494,30 @@ def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: b
     each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
     classes = getattr(model, "classes", None)
     accelerator = make_accelerator(cpu)
+    if getattr(model, "task", "classification") == "regression":
+        objective = Regression(model.target_mean, model.target_std)
+        model, loader = accelerator.prepare(model, make_loader(split, batch_size))
+        return _evaluate_regression(model, loader, accelerator, objective)
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
     out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
+
+
+@torch.no_grad()
+def _evaluate_regression(model, loader, accelerator, objective: Regression) -> dict:
+    """n, loss (the objective's, on standardised values), RMSE, MAE and R^2 in the target's units."""
+    from mmtransfer.tasks import regression_metrics
+
+    model.eval()
+    preds, targets = [], []
+    for inputs, labels in loader:
+        pred, labels = accelerator.gather_for_metrics((model(inputs), labels))
+        preds.append(pred.float().cpu())
+        targets.append(labels.float().cpu())
+    pred, true = torch.cat(preds), torch.cat(targets)
+    out = regression_metrics(pred.numpy(), true.numpy(), objective.std)
+    out["loss"] = float(objective.fn((pred - objective.mean) / objective.std, (true - objective.mean) / objective.std))
+    return out
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
