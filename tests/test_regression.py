@@ -196,3 +196,31 @@ def test_a_study_of_a_regression_target_ranks_by_r2(tmp_path):
     assert "r2 on the test split, mean ± std" in md and "difference in r2" in md
     assert (tmp_path / "s" / "learning_curves.png").is_file() and not list((tmp_path / "s").glob("confusion_*"))
     assert results["cells"][0]["labels"]["total"] < results["cells"][-1]["labels"]["total"]
+
+
+def test_the_python_predictor_predicts_numbers(tmp_path):
+    from mmtransfer import Predictor
+
+    table = regression_table(tmp_path)
+    predictor = Predictor(label="price", train={"epochs": 40, "lr": 0.01, "progress": False}).fit(str(table))
+    values = predictor.predict(pd.read_csv(table).drop(columns="price").head(5))
+    assert values.shape == (5,) and values.dtype.kind == "f" and 30 < values.mean() < 170
+    with pytest.raises(ValueError, match="use predict"):
+        predictor.predict_proba(pd.read_csv(table).head(2))
+
+
+def test_regression_with_a_frozen_encoder_caches_features_and_two_processes_train_one_run(tmp_path):
+    regression_table(tmp_path)
+    probe = cli("fit", "--set", "data.table=prices.csv", "--set", "data.label=price", "--set", "train.epochs=5",
+                "--set", "train.strategy.name=linear_probe", "--out", tmp_path / "probe", cwd=tmp_path)  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    assert "features" in probe.stdout and "r2" in probe.stdout  # the frozen encoder's features, cached
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmtransfer", "fit"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*torchrun, "--set", "data.table=prices.csv", "--set", "data.label=price", "--set",
+                          "train.epochs=5", "--set", "train.progress=false", "--out", str(tmp_path / "two")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("run folder:") == 1
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 48 and np.isfinite(metrics["test"]["r2"])  # every test row scored once

@@ -369,7 +369,10 @@ def load(
     load_into(model, load_weights(weights), where=str(weights))
     if (run_dir / "target.json").is_file():  # a regression run: the output in the target's units
         target = _json(run_dir / "target.json")
-        model.task, model.target_mean, model.target_std = "regression", float(target["mean"]), float(target["std"])
+        if target.get("task") == "multilabel":  # label sets: each label's threshold
+            model.task, model.thresholds = "multilabel", [float(t) for t in target["thresholds"]]
+        else:
+            model.task, model.target_mean, model.target_std = "regression", float(target["mean"]), float(target["std"])
     if (run_dir / "calibration.json").is_file():  # temperature scaling fitted after training
         model.temperature = float(_json(run_dir / "calibration.json")["temperature"])
     model.eval()

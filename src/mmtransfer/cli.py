@@ -344,13 +344,21 @@ def _print_info(run) -> None:
     target = path / "target.json"
     if target.is_file():
         t = json.loads(target.read_text())
-        console.print(f"task: regression of {t['label']!r} (train mean {t['mean']:.4g}, std {t['std']:.4g}; loss "
-                      f"{t.get('loss', 'mse')}); predictions are in its units", markup=False)  # fmt: skip
+        if t.get("task") == "multilabel":
+            shown = ", ".join(f"{c} ({th:.2f})" for c, th in zip(t["labels"], t["thresholds"], strict=True))
+            console.print(f"task: multilabel of {t['label']!r}, labels separated by {t['separator']!r}; "
+                          f"{len(t['labels'])} labels (threshold): {shown}", markup=False)  # fmt: skip
+        else:
+            console.print(f"task: regression of {t['label']!r} (train mean {t['mean']:.4g}, std {t['std']:.4g}; "
+                          f"loss {t.get('loss', 'mse')}); predictions are in its units", markup=False)  # fmt: skip
     else:
         console.print(f"task: classification; classes ({len(run.classes)}): {', '.join(run.classes)}", markup=False)
     if metrics:
         test, labels = metrics.get("test", {}), metrics.get("labels", {})
-        if "r2" in test:  # a regression run
+        if "micro_f1" in test:  # a multi-label run
+            scores = (f"test micro-F1 {test['micro_f1']:.4f}, macro-F1 {test['macro_f1']:.4f}, subset accuracy "
+                      f"{test['subset_accuracy']:.4f}, mAP {test['map']:.4f} (n={test.get('n')})")  # fmt: skip
+        elif "r2" in test:  # a regression run
             scores = f"test RMSE {test['rmse']:.4g}, MAE {test['mae']:.4g}, R² {test['r2']:.4f} (n={test.get('n')})"
         else:
             scores = f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
@@ -583,7 +591,9 @@ def graft(
 
 def _print_metrics(metrics: dict, title: str, classes: list[str] | None = None) -> None:
     rows = []
-    for key in ("n", "accuracy", "macro_f1", "balanced_accuracy", "rmse", "mae", "r2", "loss"):
+    keys = ("n", "accuracy", "micro_f1", "macro_f1", "subset_accuracy", "map", "balanced_accuracy", "rmse", "mae",
+            "r2", "loss")  # fmt: skip
+    for key in keys:
         if key not in metrics:
             continue
         value = metrics[key]

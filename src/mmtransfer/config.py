@@ -137,12 +137,14 @@ class DataConfig(_Strict):
     )
     encoding: str = Field("utf-8", description="Text encoding of a CSV / TSV table, e.g. latin-1 or cp1252.")
     label: str = Field("label", description="The label column of the table.")
-    task: Literal["auto", "classification", "regression"] = Field(
+    task: Literal["auto", "classification", "regression", "multilabel"] = Field(
         "auto",
-        description="What the label column holds: classes, or a number to predict (regression). auto: numbers "
-        "with more than 20 distinct values are a regression target, anything else names classes; the guess is "
-        "printed with the column binding. Built-in datasets are classification.",
+        description="What the label column holds: classes, a number to predict (regression), or a set of labels "
+        "per row (multilabel). auto: cells holding label_separator are label sets, numbers with more than 20 "
+        "distinct values a regression target, anything else classes; the guess is printed with the column "
+        "binding. Built-in datasets are classification.",
     )
+    label_separator: str = Field(";", min_length=1, description="multilabel: what separates the labels in a cell.")
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="Columns bound to modalities; the other columns are inferred."
     )

@@ -146,7 +146,7 @@ class Dataset:
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     train_pool: Examples | None = None
     labels: LabelUse | None = None
-    task: str = "classification"  # or "regression": labels are the numbers, classes names the one target
+    task: str = "classification"  # regression: labels are the numbers; multilabel: labels are 0/1 [N, labels]
     preprocessor: Any = None  # tables: the fitted TablePreprocessor, which new rows go through
 
     @property
@@ -185,10 +185,10 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     if halved:
         data.train, data.val = _half(data.train, cfg, hold_out)
     note, used = "", "split" if hold_out else "none"
-    if data.task == "regression" and cfg.k_per_class is not None:
+    if data.task != "classification" and cfg.k_per_class is not None:
         raise DataError(
-            f"data.k_per_class={cfg.k_per_class}: a regression target has no classes to draw k of; give the "
-            "budget as data.label_fraction"
+            f"data.k_per_class={cfg.k_per_class}: a {data.task} target has no single class per row to draw k of; "
+            "give the budget as data.label_fraction"
         )
     if budget is not None:
         if cfg.k_per_class is not None:

@@ -123,6 +123,7 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         "classes": run.classes,
         "task": getattr(run.model, "task", "classification"),
         "temperature": getattr(run.model, "temperature", 1.0),  # already applied: the logits are divided by it
+        "thresholds": getattr(run.model, "thresholds", None),  # multilabel: sigmoid(logit) >= threshold, per label
         "preprocessing": json.loads((run.path / "preprocessing.json").read_text())
         if (run.path / "preprocessing.json").is_file()
         else {"dataset": run.cfg.data.dataset},

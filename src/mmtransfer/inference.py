@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,20 @@ def read_rows(
             elif need_labels:
                 reason = "missing label" if not text else f"{text!r} is not a finite number (a regression target)"
                 bad.append(BadCell(int(ids[i]), label, reason))
+    elif has_labels and getattr(run.model, "task", "classification") == "multilabel":
+        from mmtransfer.tasks import parse_set
+
+        separator = json.loads((run.path / "target.json").read_text())["separator"]
+        label_ids = np.zeros((len(df), len(run.classes)), dtype=np.float32)
+        where = {c: j for j, c in enumerate(run.classes)}
+        for i, value in enumerate(df[label].tolist()):
+            names = [] if is_missing(value) else parse_set(str(value), separator)
+            unknown = [n for n in names if n not in where]
+            if names and not unknown:
+                label_ids[i, [where[n] for n in names]] = 1.0
+            elif need_labels:
+                reason = f"label {unknown[0]!r} is not one of the run's labels" if unknown else "missing label set"
+                bad.append(BadCell(int(ids[i]), label, reason))
     elif has_labels:
         where = {c: i for i, c in enumerate(run.classes)}
         for i, value in enumerate(df[label].tolist()):
@@ -192,6 +207,8 @@ def probabilities(model, split, batch_size: int = 256) -> Iterator[tuple[np.ndar
         logits = model({k: v.to(device) for k, v in inputs.items()})
         if getattr(model, "task", "classification") == "regression":
             yield index, logits.float().cpu()  # the predicted numbers, [B]
+        elif getattr(model, "task", "classification") == "multilabel":
+            yield index, torch.sigmoid(logits.float()).cpu()  # one probability per label
         else:
             yield index, torch.softmax(logits.float(), dim=-1).cpu()
 
@@ -218,6 +235,10 @@ def predict(
     out.parent.mkdir(parents=True, exist_ok=True)
     label = run.cfg.data.label
     regression = getattr(run.model, "task", "classification") == "regression"
+    multilabel = getattr(run.model, "task", "classification") == "multilabel"
+    if multilabel:
+        separator = json.loads((run.path / "target.json").read_text())["separator"]
+        thresholds = np.asarray(run.model.thresholds or [0.5] * len(run.classes))
     header = [id_column or "row", "prediction", *([] if regression else [f"p_{c}" for c in run.classes])]
     labels = rows.table[label].to_numpy()[np.asarray(rows.split.rows)] if rows.has_labels else None
     header += [label] if rows.has_labels else []
@@ -232,6 +253,10 @@ def predict(
             for j, i in enumerate(index):
                 if regression:  # the value in the target's units
                     line = [_plain(rows.ids[i]), f"{float(p[j]):.6g}"]
+                elif multilabel:  # the label set: every label at or above its threshold
+                    chosen = separator.join(c for c, q, t in zip(run.classes, p[j].tolist(), thresholds, strict=True)
+                                            if q >= t)  # fmt: skip
+                    line = [_plain(rows.ids[i]), chosen, *[f"{v:.6g}" for v in p[j].tolist()]]
                 else:
                     line = [_plain(rows.ids[i]), run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
                 writer.writerow(line + ([labels[i]] if labels is not None else []))
@@ -282,7 +307,7 @@ def evaluate_data(run, source, png: str | Path | None = None, encoding: str | No
         pred = torch.cat([p for _, p in probabilities(run.model, rows.split)]).numpy()
         plot_predicted_vs_true(pred, rows.split.labels.numpy(), png, f"{run.path.name} on {Path(str(source)).name}")
         metrics["plot_png"] = str(png)
-    elif png is not None:
+    elif png is not None and "confusion" in metrics:
         plot_confusion(metrics["confusion"], run.classes, png, f"{run.path.name} on {Path(str(source)).name}")
         metrics["confusion_png"] = str(png)
     return metrics

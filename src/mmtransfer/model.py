@@ -55,6 +55,7 @@ class Classifier(nn.Module):
         self.temperature = 1.0  # temperature scaling (mmtransfer.calibration): logits / T; 1 until calibrated
         # regression (mmtransfer.tasks): the one output is the head's value * target_std + target_mean, [B]
         self.task, self.target_mean, self.target_std = "classification", 0.0, 1.0
+        self.thresholds: list[float] | None = None  # multilabel: each label's threshold on its probability
 
     def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         cached = inputs.get(f"{name}.features")
@@ -79,6 +80,8 @@ class Classifier(nn.Module):
         logits = self.head(self.embed(inputs))
         if self.task == "regression":
             return logits[..., 0] * self.target_std + self.target_mean
+        if self.task == "multilabel":  # one logit per label: sigmoid, not softmax, reads them
+            return logits
         return logits if self.temperature == 1.0 else logits / self.temperature
 
 

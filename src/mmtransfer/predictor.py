@@ -144,17 +144,35 @@ class Predictor:
         return rows.split, ids
 
     def predict_proba(self, data) -> pd.DataFrame:
-        """One row per row of ``data`` (indexed by its row id), one probability column per class."""
+        """One row per row of ``data`` (indexed by its row id), one probability column per class (per label for
+        a multi-label run, each its own sigmoid)."""
         from mmtransfer.inference import probabilities
 
+        if getattr(self._fitted().model, "task", "classification") == "regression":
+            raise ValueError("a regression run predicts numbers, not probabilities: use predict")
         split, ids = self._split(data)
         chunks = [p for _, p in probabilities(self._fitted().model, split)]
         probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes_)))
         return pd.DataFrame(probs, index=pd.Index(ids, name="row"), columns=self.classes_)
 
     def predict(self, data) -> np.ndarray:
-        """The predicted class name of every row of ``data``."""
+        """The predicted class name of every row of ``data``; for a regression run the number (in the target's
+        units); for a multi-label run the list of labels at or above their thresholds."""
+        model = self._fitted().model
+        task = getattr(model, "task", "classification")
+        if task == "regression":
+            from mmtransfer.inference import probabilities
+
+            split, _ = self._split(data)
+            chunks = [p for _, p in probabilities(model, split)]
+            return torch.cat(chunks).numpy() if chunks else np.zeros(0)
         probs = self.predict_proba(data)
+        if task == "multilabel":
+            on = probs.to_numpy() >= np.asarray(model.thresholds or [0.5] * len(self.classes_))
+            sets = np.empty(len(on), dtype=object)  # one list per row, whatever their lengths
+            for i, row in enumerate(on):
+                sets[i] = [c for c, hit in zip(self.classes_, row, strict=True) if hit]
+            return sets
         return np.asarray(self.classes_, dtype=object)[probs.to_numpy().argmax(1)]
 
     def evaluate(self, data) -> dict:

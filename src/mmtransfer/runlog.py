@@ -67,6 +67,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     key, name = ("val_accuracy", "validation accuracy")
     if any(h.get("val_r2") is not None for h in history):
         key, name = ("val_r2", "validation R²")  # a regression run
+    if any(h.get("val_micro_f1") is not None for h in history):
+        key, name = ("val_micro_f1", "validation micro-F1")  # a multi-label run
     val = [(h["epoch"], h["val_loss"], h.get(key)) for h in history if h.get("val_loss") is not None]
     if val:
         ax.plot([v[0] for v in val], [v[1] for v in val], label="validation loss", color="tab:orange")

@@ -20,7 +20,7 @@ from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import Regression, evaluate, fit, process_state
+from mmtransfer.train import Multilabel, Regression, evaluate, fit, process_state
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.distill import transfer_across
 from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
@@ -122,8 +122,13 @@ def _fit_run(
                   "loss": cfg.train.regression_loss, "fitted_on": f"{len(train_y)} train labels"}  # fmt: skip
         model.task, model.target_mean, model.target_std = "regression", target["mean"], target["std"]
         objective = Regression(target["mean"], target["std"], cfg.train.regression_loss)
-        if cfg.train.class_weights != "none":
-            console.print("note: train.class_weights applies to classes; a regression target has none", markup=False)
+    elif data.task == "multilabel":  # one sigmoid output per label; thresholds chosen on validation after training
+        model.task, objective = "multilabel", Multilabel()
+        target = {"task": "multilabel", "label": cfg.data.label, "separator": cfg.data.label_separator,
+                  "labels": data.classes, "thresholds": [0.5] * len(data.classes)}  # fmt: skip
+    if data.task != "classification" and cfg.train.class_weights != "none":
+        console.print(f"note: train.class_weights applies to one class per row; a {data.task} target is not that",
+                      markup=False)  # fmt: skip
     if resume:
         _check_resumable(cfg, data, out)
         console.print(f"resuming the run in {out} {_checkpoint_place(out)}", markup=False, highlight=False)
@@ -184,6 +189,10 @@ def _fit_run(
     calibration = None
     if data.task == "classification":
         calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
+    elif data.task == "multilabel":
+        target = _tune_thresholds(model, data, cfg, target, console)
+        if state.is_main_process:
+            (out / "target.json").write_text(json.dumps(target, indent=1))
     metrics = {
         "classes": data.classes,
         "labels": data.labels.to_dict(),
@@ -199,12 +208,13 @@ def _fit_run(
         metrics["before_training"] = transferred[0]["before_training"]
     if selection_only:
         metrics["scored"] = "the validation split (the test split was not read)"
-    if data.task == "regression" and state.is_main_process:
+    if data.task == "regression":
         from mmtransfer.tasks import plot_predicted_vs_true
         from mmtransfer.train import logits_of
 
-        pred, true = logits_of(model, data.test, cpu=cfg.train.cpu)
-        plot_predicted_vs_true(pred.numpy(), true.numpy(), out / "predicted_vs_true.png", f"{out.name}: test split")
+        pred, true = logits_of(model, data.test, cpu=cfg.train.cpu)  # every process: the outputs are gathered
+        if state.is_main_process:
+            plot_predicted_vs_true(pred.numpy(), true.numpy(), out / "predicted_vs_true.png", f"{out.name}: test")
     if ablate and len(model.encoders) > 1:
         metrics["ablation"] = {
             name: _scores(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
@@ -227,6 +237,7 @@ class Masked(torch.nn.Module):
         self.model, self.name = model, name
         self.classes = getattr(model, "classes", None)
         self.task = getattr(model, "task", "classification")
+        self.thresholds = getattr(model, "thresholds", None)
         self.target_mean, self.target_std = getattr(model, "target_mean", 0.0), getattr(model, "target_std", 1.0)
 
     def forward(self, inputs: dict) -> torch.Tensor:
@@ -236,6 +247,24 @@ class Masked(torch.nn.Module):
 
 def _scores(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _tune_thresholds(model: Classifier, data: Dataset, cfg: RunConfig, target: dict, console) -> dict:
+    """Each label's threshold: the best F1 on the validation split (0.5 without one); the model keeps them."""
+    from mmtransfer.tasks import tune_thresholds
+    from mmtransfer.train import logits_of
+
+    if data.val is None:
+        console.print("thresholds: 0.5 for every label (no validation split to choose them on)", markup=False)
+        model.thresholds = target["thresholds"]
+        return target
+    logits, labels = logits_of(model, data.val, cpu=cfg.train.cpu)
+    thresholds = tune_thresholds(torch.sigmoid(logits).numpy(), labels.numpy())
+    model.thresholds = [float(t) for t in thresholds]
+    shown = ", ".join(f"{c} {t:.2f}" for c, t in zip(data.classes[:12], thresholds, strict=False))
+    console.print(f"thresholds chosen on {len(labels)} validation rows (best F1 per label): {shown}"
+                  + (" ..." if len(data.classes) > 12 else ""), markup=False, highlight=False)  # fmt: skip
+    return {**target, "thresholds": model.thresholds, "thresholds_chosen_on": f"{len(labels)} validation rows"}
 
 
 def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, console, write: bool) -> dict | None:
@@ -394,9 +423,12 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     """
     t = cfg.transfer
     exclude = list(t.exclude)
-    source_task = "regression" if (Path(t.source) / "target.json").is_file() else "classification"
+    source_target = Path(t.source) / "target.json"
+    source_task = json.loads(source_target.read_text())["task"] if source_target.is_file() else "classification"
     across = f"a {data.task} head is never grafted from a {source_task} head: newly initialised"
-    if source_task != data.task:  # a head predicts its own task's outputs: never moved across tasks
+    # a head predicts its own task's outputs: a regression head never moves to or from a head of labels (a
+    # classification or multi-label head moves by label name, as between classification heads)
+    if (source_task == "regression") != (data.task == "regression"):
         exclude.append("head.*")
     source_vocab = target_vocab = None
     source_pre = Path(t.source) / "preprocessing.json"
@@ -418,7 +450,7 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
         unselected_reason="not in transfer.select: newly initialised",
         dry_run=dry_run,
     )
-    if source_task != data.task:  # say why the head stayed new, not just which pattern left it out
+    if (source_task == "regression") != (data.task == "regression"):  # say why the head stayed new
         for record in report.records:
             if record.excluded_by == "head.*" and "head.*" not in t.exclude:
                 record.reason = across

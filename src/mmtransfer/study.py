@@ -41,8 +41,15 @@ from mmtransfer.config import (
 )
 
 Budget = int | float | Literal["all"]
-METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "r2", "rmse", "mae")
-FRACTIONS = ("accuracy", "macro_f1", "balanced_accuracy")  # shown in percent, gains in percentage points
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "micro_f1", "subset_accuracy", "map", "r2", "rmse", "mae")
+FRACTIONS = (
+    "accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "micro_f1",
+    "subset_accuracy",
+    "map",
+)  # shown in percent, gains in percentage points
 LOWER_BETTER = ("rmse", "mae")  # regression errors, in the target's units
 
 
@@ -71,11 +78,13 @@ class StudyConfig(BaseModel):
         "{source.NAME}; with data.pool: first_half here and second_half in the arms, no labelled row is shared.",
     )
     reference: str | None = Field(None, description="The arm gains are measured against (default: the first).")
-    metric: Literal["accuracy", "macro_f1", "balanced_accuracy", "r2", "rmse", "mae"] = Field(
+    metric: Literal[
+        "accuracy", "macro_f1", "balanced_accuracy", "micro_f1", "subset_accuracy", "map", "r2", "rmse", "mae"
+    ] = Field(
         "accuracy",
         description="The metric tables and plots show, and --auto ranks by (balanced_accuracy: the mean of the "
-        "classes' recalls, for imbalanced classes; r2, rmse, mae: a regression target; rmse and mae rank lowest "
-        "first).",
+        "classes' recalls, for imbalanced classes; micro_f1, subset_accuracy, map: label sets; r2, rmse, mae: a "
+        "regression target; rmse and mae rank lowest first).",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the paired Student t intervals.")
     ablation: bool = Field(True, description="With several inputs, also score each cell with each input masked.")

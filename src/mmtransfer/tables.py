@@ -24,7 +24,7 @@ from mmtransfer.data import Dataset, stratified_split
 from mmtransfer.display import Grid
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.preprocess import MODALITIES, TABULAR, TablePreprocessor
-from mmtransfer.tasks import infer_task, parse_number, strata
+from mmtransfer.tasks import infer_task, parse_number, parse_set, strata
 
 __all__ = ["MODALITIES", "DataError", "load_table_dataset", "read_folder", "read_table"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -291,7 +291,7 @@ def load_table_dataset(
 
     labels_str = np.array(["" if is_missing(v) else str(v).strip() for v in df[cfg.label]], dtype=object)
     bad = [BadCell(int(i), cfg.label, "missing label") for i in np.flatnonzero(labels_str == "")]
-    task, why = infer_task([t for t in labels_str if t], cfg.task, cfg.label)
+    task, why = infer_task([t for t in labels_str if t], cfg.task, cfg.label, cfg.label_separator)
     if console is not None:
         console.print(f"task: {task} ({why})", markup=False, highlight=False)
     values = None
@@ -307,6 +307,12 @@ def load_table_dataset(
                 bad.append(BadCell(i, cfg.label, f"{text!r} is not a finite number (data.task regression)"))
             else:
                 values[i] = number
+    sets = None
+    if task == "multilabel":  # every non-empty cell must name at least one label
+        sets = [parse_set(t, cfg.label_separator) if t else [] for t in labels_str]
+        for i, text in enumerate(labels_str):
+            if text and not sets[i]:
+                bad.append(BadCell(i, cfg.label, f"empty label set {text!r} (data.task multilabel)"))
     cells, bad_cells = pre.check(df, base, name, console)
     present = cells.present
     bad += bad_cells
@@ -314,7 +320,8 @@ def load_table_dataset(
         for i in sorted(set(range(len(df))) - {b.row for b in bad}):
             if not any(present[c][i] for c in columns):
                 bad.append(BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty"))
-    bad += check_labels(df, labels_str, cfg, {b.row for b in bad}, task)
+    bad += check_labels(df, labels_str, cfg, {b.row for b in bad}, "classification" if task == "classification"
+                        else "regression")  # fmt: skip
 
     keep = np.ones(len(df), dtype=bool)
     if bad:
@@ -342,8 +349,16 @@ def load_table_dataset(
 
     split = np.empty(len(df), dtype=object)
     groups = labels_str[keep] if values is None else strata(values[keep]).astype(str)
+    if sets is not None:
+        groups = np.zeros(int(keep.sum()), dtype=object)  # label sets: split at random
     split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out)
-    if values is None:
+    if sets is not None:  # the labels any kept row names; a row's labels as 0/1 over them
+        classes = sorted({name for i in np.flatnonzero(keep) for name in sets[i]})
+        label_ids = np.zeros((len(df), len(classes)), dtype=np.float32)
+        where = {c: j for j, c in enumerate(classes)}
+        for i in np.flatnonzero(keep):
+            label_ids[i, [where[name] for name in sets[i]]] = 1.0
+    elif values is None:
         classes = sorted(set(labels_str[keep & (split == "train")]))
         label_ids = np.array([classes.index(v) if v in classes else -1 for v in labels_str])
     else:

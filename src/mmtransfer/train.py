@@ -113,12 +113,18 @@ def epoch_line(row: dict, epochs: int, seconds: float, best: bool, desc: str = "
     """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time."""
     line = f"{'' if desc == 'fit' else desc + ' '}epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
     if row.get("val_loss") is not None:
-        score = row.get("val_accuracy")
-        line += f", val loss {row['val_loss']:.4f}, " + (
-            f"val accuracy {score:.4f}" if score is not None else f"val R² {row.get('val_r2', float('nan')):.4f}"
-        )
+        name, value = _val_score(row)
+        line += f", val loss {row['val_loss']:.4f}, val {name} {value:.4f}"
         line += " (best)" if best else ""
     return line + f", {seconds:.1f} s"
+
+
+def _val_score(row: dict) -> tuple[str, float]:
+    """The validation score an epoch shows: accuracy, or R² (regression), or micro-F1 (multilabel)."""
+    for key, name in (("val_accuracy", "accuracy"), ("val_r2", "R²"), ("val_micro_f1", "micro-F1")):
+        if row.get(key) is not None:
+            return name, row[key]
+    return "score", float("nan")
 
 
 class TrainingError(ValueError):
@@ -156,6 +162,16 @@ class Regression(Objective):
 
     def loss(self, model, inputs, targets):
         return self.fn((model(inputs) - self.mean) / self.std, (targets.float() - self.mean) / self.std)
+
+
+class Multilabel(Objective):
+    """Binary cross-entropy of one logit per label against 0/1 targets."""
+
+    def __init__(self):
+        self.fn = nn.BCEWithLogitsLoss()
+
+    def loss(self, model, inputs, targets):
+        return self.fn(model(inputs), targets.float())
 
 
 class FeatureMatch(Objective):
@@ -345,6 +361,9 @@ def fit(
                 if isinstance(objective, Regression):
                     val_metrics = _evaluate_regression(model, val_loader, accelerator, objective)
                     row["val_r2"] = val_metrics["r2"]
+                elif isinstance(objective, Multilabel):
+                    val_metrics = _evaluate_multilabel(model, val_loader, accelerator)
+                    row["val_micro_f1"] = val_metrics["micro_f1"]
                 else:
                     val_metrics = _evaluate_loader(model, val_loader, accelerator, _selection_loss(objective))
                 row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics.get("accuracy")
@@ -355,9 +374,8 @@ def fit(
                         save_weights(state.best_state, checkpoint)
                 else:
                     state.bad_epochs += 1
-                score = (
-                    f"acc {row['val_accuracy']:.3f}" if row["val_accuracy"] is not None else f"R² {row['val_r2']:.3f}"
-                )
+                name, value = _val_score(row)
+                score = f"{name} {value:.3f}"
                 status = f"val loss {row['val_loss']:.3f} {score} (best ep {state.best_epoch})"
             stop = val_loader is not None and cfg.patience is not None and state.bad_epochs >= cfg.patience
             state.stopped = stop
@@ -498,6 +516,11 @@ def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: b
         objective = Regression(model.target_mean, model.target_std)
         model, loader = accelerator.prepare(model, make_loader(split, batch_size))
         return _evaluate_regression(model, loader, accelerator, objective)
+    if getattr(model, "task", "classification") == "multilabel":
+        thresholds = getattr(model, "thresholds", None)
+        model, loader = accelerator.prepare(model, make_loader(split, batch_size))
+        out = _evaluate_multilabel(model, loader, accelerator, thresholds)
+        return {**out, "classes": classes} if classes is not None else out
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
     out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
@@ -518,6 +541,21 @@ def _evaluate_regression(model, loader, accelerator, objective: Regression) -> d
     out = regression_metrics(pred.numpy(), true.numpy(), objective.std)
     out["loss"] = float(objective.fn((pred - objective.mean) / objective.std, (true - objective.mean) / objective.std))
     return out
+
+
+@torch.no_grad()
+def _evaluate_multilabel(model, loader, accelerator, thresholds=None) -> dict:
+    """Multi-label metrics at ``thresholds`` (0.5 where none): micro- and macro-F1, subset accuracy, mAP, BCE."""
+    from mmtransfer.tasks import multilabel_metrics
+
+    model.eval()
+    probs, targets = [], []
+    for inputs, labels in loader:
+        logits, labels = accelerator.gather_for_metrics((model(inputs), labels))
+        probs.append(torch.sigmoid(logits.float()).cpu())
+        targets.append(labels.cpu())
+    return multilabel_metrics(torch.cat(probs).numpy(), torch.cat(targets).numpy(), 0.5 if thresholds is None
+                              else np.asarray(thresholds))  # fmt: skip
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
