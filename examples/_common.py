@@ -15,6 +15,12 @@ from mmtransfer.runs import fit_run
 console = make_console()
 
 
+def need(parser, data: Path, relative: str) -> None:
+    """Exit with one error line (code 2) unless the shared data folder ``data`` holds ``relative``."""
+    if not (data / relative).exists():
+        parser.exit(2, f"error: {data}: no {relative}; give the shared data folder\n")
+
+
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
@@ -102,7 +108,7 @@ def few_shot_on_fsdd(
     Every label counts: of each class's k, round(0.15 k) (at least 1) select the best epoch and the rest train;
     k = 1 leaves none to select with, so that run trains all its epochs."""
     from mmtransfer.config import AudioColumn
-    from mmtransfer.study import Study, StudyConfig, budget_name, print_summary
+    from mmtransfer.study import Study, StudyConfig, budget_label, budget_name, print_summary
     from mmtransfer.transfer.graft import GraftReport, TensorRecord
 
     audio = AudioColumn(sample_rate=8000, seconds=1.0, n_mels=40, n_fft=256, hop_length=80)
@@ -121,7 +127,7 @@ def few_shot_on_fsdd(
     if first is not None:
         graft = json.loads((Path(first["folder"]) / "transfer_report.json").read_text())["graft"]
         report = GraftReport([TensorRecord(**r) for r in graft["records"]], graft["unused_source"], graft["source"])
-        console.print(report.table(f"graft report: {title} ({budget_label_of(first)}, seed {first['seed']})"))
+        console.print(report.table(f"graft report: {title} ({budget_label(first['budget'])}, seed {first['seed']})"))
     print_summary(results, spec, console, out / "study")
     console.print(f"== {title}: FSDD test accuracy (300 recordings), mean ± std over {seeds} seeds ==", markup=False)
     for k in ks:
@@ -141,9 +147,3 @@ def few_shot_on_fsdd(
         )
     (out / "summary.json").write_text(json.dumps({"command": command(), "summary": results["summary"]}, indent=1))
     return results
-
-
-def budget_label_of(cell: dict) -> str:
-    from mmtransfer.study import budget_label
-
-    return budget_label(cell["budget"])

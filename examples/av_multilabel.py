@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import av_table, command, console
+from _common import av_table, command, console, need
 
 from mmtransfer.config import validate
 from mmtransfer.display import Grid
@@ -50,8 +50,7 @@ def main() -> None:
     parser.add_argument("--mismatch", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args()
-    if not (args.data / "av_mnist_style" / "pairs.csv").is_file():
-        parser.exit(2, f"error: {args.data}: no av_mnist_style/pairs.csv; give the shared data folder\n")
+    need(parser, args.data, "av_mnist_style/pairs.csv")
     console.print(f"command: {command()}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

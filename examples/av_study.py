@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 import yaml
-from _common import av_table, command, console
+from _common import av_table, command, console, need
 
 from mmtransfer import study as engine
 from mmtransfer.artifact import verify
@@ -45,8 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    if not (args.data / "av_mnist_style" / "pairs.csv").is_file():
-        parser.exit(2, f"error: {args.data}: no av_mnist_style/pairs.csv; give the shared data folder\n")
+    need(parser, args.data, "av_mnist_style/pairs.csv")
     console.print(f"command: {command()}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

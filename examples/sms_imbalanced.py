@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import command, console
+from _common import command, console, need
 from sklearn.model_selection import train_test_split
 
 from mmtransfer import study as engine
@@ -51,8 +51,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    if not (args.data / "sms_spam" / "SMSSpamCollection").is_file():
-        parser.exit(2, f"error: {args.data}: no sms_spam/SMSSpamCollection; give the shared data folder\n")
+    need(parser, args.data, "sms_spam/SMSSpamCollection")
     console.print(f"command: {command()}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

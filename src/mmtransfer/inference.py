@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +115,7 @@ def read_rows(
     elif has_labels and getattr(run.model, "task", "classification") == "multilabel":
         from mmtransfer.tasks import parse_set
 
-        separator = json.loads((run.path / "target.json").read_text())["separator"]
+        separator = run.cfg.data.label_separator
         label_ids = np.zeros((len(df), len(run.classes)), dtype=np.float32)
         where = {c: j for j, c in enumerate(run.classes)}
         for i, value in enumerate(df[label].tolist()):
@@ -203,11 +202,12 @@ def probabilities(model, split, batch_size: int = 256) -> Iterator[tuple[np.ndar
 
     model.eval()
     device = next(model.parameters()).device
+    task = getattr(model, "task", "classification")
     for index, inputs in batches(split, batch_size):
         logits = model({k: v.to(device) for k, v in inputs.items()})
-        if getattr(model, "task", "classification") == "regression":
+        if task == "regression":
             yield index, logits.float().cpu()  # the predicted numbers, [B]
-        elif getattr(model, "task", "classification") == "multilabel":
+        elif task == "multilabel":
             yield index, torch.sigmoid(logits.float()).cpu()  # one probability per label
         else:
             yield index, torch.softmax(logits.float(), dim=-1).cpu()
@@ -237,7 +237,7 @@ def predict(
     regression = getattr(run.model, "task", "classification") == "regression"
     multilabel = getattr(run.model, "task", "classification") == "multilabel"
     if multilabel:
-        separator = json.loads((run.path / "target.json").read_text())["separator"]
+        separator = run.cfg.data.label_separator
         thresholds = np.asarray(run.model.thresholds or [0.5] * len(run.classes))
     header = [id_column or "row", "prediction", *([] if regression else [f"p_{c}" for c in run.classes])]
     labels = rows.table[label].to_numpy()[np.asarray(rows.split.rows)] if rows.has_labels else None

@@ -146,14 +146,19 @@ class Predictor:
     def predict_proba(self, data) -> pd.DataFrame:
         """One row per row of ``data`` (indexed by its row id), one probability column per class (per label for
         a multi-label run, each its own sigmoid)."""
-        from mmtransfer.inference import probabilities
-
         if getattr(self._fitted().model, "task", "classification") == "regression":
             raise ValueError("a regression run predicts numbers, not probabilities: use predict")
+        probs, ids = self._outputs(data)
+        probs = probs if probs is not None else np.zeros((0, len(self.classes_)))
+        return pd.DataFrame(probs, index=pd.Index(ids, name="row"), columns=self.classes_)
+
+    def _outputs(self, data) -> tuple[np.ndarray | None, list]:
+        """The model's outputs for ``data`` as ``probabilities`` gives them (None for no rows), and the row ids."""
+        from mmtransfer.inference import probabilities
+
         split, ids = self._split(data)
         chunks = [p for _, p in probabilities(self._fitted().model, split)]
-        probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes_)))
-        return pd.DataFrame(probs, index=pd.Index(ids, name="row"), columns=self.classes_)
+        return (torch.cat(chunks).numpy() if chunks else None), ids
 
     def predict(self, data) -> np.ndarray:
         """The predicted class name of every row of ``data``; for a regression run the number (in the target's
@@ -161,11 +166,8 @@ class Predictor:
         model = self._fitted().model
         task = getattr(model, "task", "classification")
         if task == "regression":
-            from mmtransfer.inference import probabilities
-
-            split, _ = self._split(data)
-            chunks = [p for _, p in probabilities(model, split)]
-            return torch.cat(chunks).numpy() if chunks else np.zeros(0)
+            values, _ = self._outputs(data)
+            return values if values is not None else np.zeros(0)
         probs = self.predict_proba(data)
         if task == "multilabel":
             on = probs.to_numpy() >= np.asarray(model.thresholds or [0.5] * len(self.classes_))

@@ -280,13 +280,12 @@ def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, cons
         console.print("calibration: skipped (no validation split to fit a temperature on)", markup=False)
         return None
     val_logits, val_labels = logits_of(model, data.val, cpu=cfg.train.cpu)
-    test_logits, test_labels = logits_of(model, data.test, cpu=cfg.train.cpu)
-    t = cal.fit_temperature(val_logits, val_labels)
-    if bool((val_logits.argmax(-1) == val_labels).all()):
-        t = 1.0  # nothing wrong on validation to calibrate against: any T < 1 looks better there
+    if bool((val_logits.argmax(-1) == val_labels).all()):  # nothing wrong to calibrate against: any T < 1 wins
         console.print(f"calibration: skipped (all {len(val_labels)} validation rows are classified right, so they "
                       "cannot say how sure the model should be)", markup=False, highlight=False)  # fmt: skip
         return None
+    test_logits, test_labels = logits_of(model, data.test, cpu=cfg.train.cpu)
+    t = cal.fit_temperature(val_logits, val_labels)
     record = {"temperature": t, "method": "temperature scaling: one scalar, fitted on the validation split by "
               "minimising its negative log-likelihood", "fitted_on": "val", "n_val": len(val_labels)}  # fmt: skip
     for split, logits, labels in (("val", val_logits, val_labels), ("test", test_logits, test_labels)):
@@ -425,10 +424,10 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     exclude = list(t.exclude)
     source_target = Path(t.source) / "target.json"
     source_task = json.loads(source_target.read_text())["task"] if source_target.is_file() else "classification"
-    across = f"a {data.task} head is never grafted from a {source_task} head: newly initialised"
     # a head predicts its own task's outputs: a regression head never moves to or from a head of labels (a
     # classification or multi-label head moves by label name, as between classification heads)
-    if (source_task == "regression") != (data.task == "regression"):
+    across_tasks = (source_task == "regression") != (data.task == "regression")
+    if across_tasks:
         exclude.append("head.*")
     source_vocab = target_vocab = None
     source_pre = Path(t.source) / "preprocessing.json"
@@ -450,10 +449,10 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
         unselected_reason="not in transfer.select: newly initialised",
         dry_run=dry_run,
     )
-    if (source_task == "regression") != (data.task == "regression"):  # say why the head stayed new
+    if across_tasks:  # say why the head stayed new, not only which pattern left it out
         for record in report.records:
             if record.excluded_by == "head.*" and "head.*" not in t.exclude:
-                record.reason = across
+                record.reason = f"a {data.task} head is never grafted from a {source_task} head: newly initialised"
     return report
 
 

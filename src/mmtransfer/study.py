@@ -322,7 +322,6 @@ class Study:
 
     def source_folder(self, name: str, seed: int) -> Path:
         return (self.out / "cells" / cell_id({"source": name, "seed": seed})).resolve()
-        self.log = self.out / "cells.jsonl"
 
     def _records(self) -> list[dict]:
         """Every record in cells.jsonl, in order (a line cut short by a kill is skipped)."""
@@ -361,7 +360,7 @@ class Study:
         def needs(c: dict) -> list[tuple[str, int]]:
             return [] if "source" in c else [(n, c["seed"]) for n in sorted(_placeholders(self.study.arms[c["arm"]]))]
 
-        def report(record: dict) -> None:
+        def log_record(record: dict) -> None:
             nonlocal i
             i += 1
             self._record(record)
@@ -377,7 +376,7 @@ class Study:
                     failed = [d for d in needs(c) if d in failed_sources]
                     if failed:  # recorded as failed without running: its source run failed
                         waiting.remove(c)
-                        report(c | {"status": "failed", "seconds": 0.0, "error": f"source {failed[0][0]} of seed "
+                        log_record(c | {"status": "failed", "seconds": 0.0, "error": f"source {failed[0][0]} of seed "
                                     f"{c['seed']} failed: {failed_sources[failed[0]]}"})  # fmt: skip
                     elif all(d in made_runs for d in needs(c)):
                         waiting.remove(c)
@@ -396,7 +395,7 @@ class Study:
                         made_runs.add(key)
                     else:
                         failed_sources[key] = record["error"]
-                report(record)
+                log_record(record)
         return self.report()
 
     def _record(self, record: dict) -> None:
@@ -421,15 +420,11 @@ class Study:
             "cells": [{**r, "config": self.configs[cell_id(r)].model_dump(mode="json")} for r in records],
             "sources": [{**r, "config": self.configs[cell_id(r)].model_dump(mode="json")} for r in made],
             "source_summary": {
-                name: {
-                    m: mean_interval([r["test"][m] for r in made if r["source"] == name], self.study.confidence)
-                    for m in METRICS
-                    if all(m in r["test"] for r in made if r["source"] == name)
-                }
-                | {"seconds": mean_interval([r["seconds"] for r in made if r["source"] == name])}
+                name: metric_intervals([r["test"] for r in runs], self.study.confidence)
+                | {"seconds": mean_interval([r["seconds"] for r in runs])}
                 for name in self.study.sources
-                if any(r["source"] == name for r in made)
-            },  # fmt: skip
+                if (runs := [r for r in made if r["source"] == name])
+            },
             "failed": list(failed.values()),
             "summary": summary,
             "versions": environment(),
@@ -482,6 +477,12 @@ def mean_interval(values, confidence: float = 0.95) -> dict:
     return out
 
 
+def metric_intervals(scores: list[dict], confidence: float = 0.95) -> dict:
+    """Each metric of METRICS that every one of ``scores`` holds: its mean and interval over them (an older
+    record may hold fewer)."""
+    return {m: mean_interval([s[m] for s in scores], confidence) for m in METRICS if all(m in s for s in scores)}
+
+
 def summarise(records: list[dict], study: StudyConfig) -> dict:
     """Per budget: each arm's metrics over seeds, its wall time, its gain over the reference and its ablation."""
     ref = study.reference_arm
@@ -500,9 +501,8 @@ def summarise(records: list[dict], study: StudyConfig) -> dict:
                 "labels_per_class": float(np.mean([r["labels"]["total"] / len(r["classes"]) for r in runs.values()])),
                 "seconds": mean_interval([runs[s]["seconds"] for s in seeds], study.confidence),
             }
-            have = [m for m in METRICS if all(m in runs[s]["test"] for s in seeds)]  # older records: fewer
-            for m in have:
-                entry[m] = mean_interval([runs[s]["test"][m] for s in seeds], study.confidence)
+            entry |= metric_intervals([runs[s]["test"] for s in seeds], study.confidence)
+            have = [m for m in METRICS if m in entry]
             paired = [s for s in seeds if s in by_arm.get(ref, {})]
             if arm != ref and paired:
                 entry["gain"] = {
@@ -510,15 +510,14 @@ def summarise(records: list[dict], study: StudyConfig) -> dict:
                                        [by_arm[ref][s]["test"][m] for s in paired], study.confidence)
                     for m in have if all(m in by_arm[ref][s]["test"] for s in paired)
                 }  # fmt: skip
-            ablation = [runs[s]["ablation"] for s in seeds if runs[s].get("ablation")]
-            if ablation:
+            ablated = [s for s in seeds if runs[s].get("ablation")]
+            if ablated:
+                metric = study.metric
                 entry["ablation"] = {
-                    inp: {
-                        m: mean_interval([a[inp][m] for a in ablation], study.confidence)
-                        for m in METRICS if all(m in a[inp] for a in ablation)
-                    } | {"drop": mean_interval([runs[s]["test"][study.metric] - runs[s]["ablation"][inp][study.metric]
-                                                for s in seeds if runs[s].get("ablation")], study.confidence)}
-                    for inp in ablation[0]
+                    inp: metric_intervals([runs[s]["ablation"][inp] for s in ablated], study.confidence)
+                    | {"drop": mean_interval([runs[s]["test"][metric] - runs[s]["ablation"][inp][metric]
+                                             for s in ablated], study.confidence)}
+                    for inp in runs[ablated[0]]["ablation"]
                 }  # fmt: skip
             section[arm] = entry
         out[name] = section

@@ -213,8 +213,8 @@ def check_labels(
     """Rows whose split value or label cannot be used, found before any split is drawn."""
     bad = []
     rows = [i for i in range(len(df)) if i not in bad_rows]
-    if task == "regression":  # a number needs no other row like it; only the split values are checked
-        labels = np.array(["number"] * len(df), dtype=object)
+    if task != "classification":  # a number or a label set needs no other row like it: only the split values
+        labels = np.array(["any"] * len(df), dtype=object)
     if cfg.split_column:
         split = split_values(df, cfg.split_column).to_numpy()
         for i in rows:
@@ -320,8 +320,7 @@ def load_table_dataset(
         for i in sorted(set(range(len(df))) - {b.row for b in bad}):
             if not any(present[c][i] for c in columns):
                 bad.append(BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty"))
-    bad += check_labels(df, labels_str, cfg, {b.row for b in bad}, "classification" if task == "classification"
-                        else "regression")  # fmt: skip
+    bad += check_labels(df, labels_str, cfg, {b.row for b in bad}, task)
 
     keep = np.ones(len(df), dtype=bool)
     if bad:
@@ -348,9 +347,12 @@ def load_table_dataset(
             )
 
     split = np.empty(len(df), dtype=object)
-    groups = labels_str[keep] if values is None else strata(values[keep]).astype(str)
-    if sets is not None:
-        groups = np.zeros(int(keep.sum()), dtype=object)  # label sets: split at random
+    if sets is not None:  # label sets: split at random
+        groups = np.zeros(int(keep.sum()), dtype=object)
+    elif values is not None:  # numbers: by quantile bins
+        groups = strata(values[keep]).astype(str)
+    else:
+        groups = labels_str[keep]
     split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out)
     if sets is not None:  # the labels any kept row names; a row's labels as 0/1 over them
         classes = sorted({name for i in np.flatnonzero(keep) for name in sets[i]})

@@ -493,36 +493,39 @@ def _selection_loss(objective: Objective) -> nn.Module:
 
 
 @torch.no_grad()
+def _gathered(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs, labels) of every batch of ``loader``, gathered from every process, in eval mode, on the CPU."""
+    model.eval()
+    outs, labels = [], []
+    for inputs, y in loader:
+        out, y = accelerator.gather_for_metrics((model(inputs), y))
+        outs.append(out.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
 def logits_of(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> tuple:
     """(logits [N, C] before any temperature, labels [N]) of ``split``, in eval mode, in row order."""
     accelerator = make_accelerator(cpu)
     temperature = getattr(model, "temperature", 1.0)  # read before prepare wraps the model (DDP)
-    model, loader = accelerator.prepare(model, make_loader(split, batch_size))
-    model.eval()
-    outs, labels = [], []
-    for inputs, y in loader:
-        logits, y = accelerator.gather_for_metrics((model(inputs), y))
-        outs.append(logits.float().cpu() * temperature)
-        labels.append(y.cpu())
-    return torch.cat(outs), torch.cat(labels)
+    outputs, labels = _gathered(*accelerator.prepare(model, make_loader(split, batch_size)), accelerator)
+    return outputs * temperature, labels
 
 
 def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> dict:
     """Accuracy, macro-F1, mean cross-entropy, the confusion matrix (rows: true class, columns: predicted) and
     each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
-    classes = getattr(model, "classes", None)
+    classes, task = getattr(model, "classes", None), getattr(model, "task", "classification")
+    objective = Regression(model.target_mean, model.target_std) if task == "regression" else None
+    thresholds = getattr(model, "thresholds", None)  # read before prepare wraps the model (DDP)
     accelerator = make_accelerator(cpu)
-    if getattr(model, "task", "classification") == "regression":
-        objective = Regression(model.target_mean, model.target_std)
-        model, loader = accelerator.prepare(model, make_loader(split, batch_size))
-        return _evaluate_regression(model, loader, accelerator, objective)
-    if getattr(model, "task", "classification") == "multilabel":
-        thresholds = getattr(model, "thresholds", None)
-        model, loader = accelerator.prepare(model, make_loader(split, batch_size))
-        out = _evaluate_multilabel(model, loader, accelerator, thresholds)
-        return {**out, "classes": classes} if classes is not None else out
     model, loader = accelerator.prepare(model, make_loader(split, batch_size))
-    out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
+    if task == "regression":
+        return _evaluate_regression(model, loader, accelerator, objective)
+    if task == "multilabel":
+        out = _evaluate_multilabel(model, loader, accelerator, thresholds)
+    else:
+        out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
 
 
@@ -531,13 +534,8 @@ def _evaluate_regression(model, loader, accelerator, objective: Regression) -> d
     """n, loss (the objective's, on standardised values), RMSE, MAE and R^2 in the target's units."""
     from mmtransfer.tasks import regression_metrics
 
-    model.eval()
-    preds, targets = [], []
-    for inputs, labels in loader:
-        pred, labels = accelerator.gather_for_metrics((model(inputs), labels))
-        preds.append(pred.float().cpu())
-        targets.append(labels.float().cpu())
-    pred, true = torch.cat(preds), torch.cat(targets)
+    pred, true = _gathered(model, loader, accelerator)
+    true = true.float()
     out = regression_metrics(pred.numpy(), true.numpy(), objective.std)
     out["loss"] = float(objective.fn((pred - objective.mean) / objective.std, (true - objective.mean) / objective.std))
     return out
@@ -548,13 +546,8 @@ def _evaluate_multilabel(model, loader, accelerator, thresholds=None) -> dict:
     """Multi-label metrics at ``thresholds`` (0.5 where none): micro- and macro-F1, subset accuracy, mAP, BCE."""
     from mmtransfer.tasks import multilabel_metrics
 
-    model.eval()
-    probs, targets = [], []
-    for inputs, labels in loader:
-        logits, labels = accelerator.gather_for_metrics((model(inputs), labels))
-        probs.append(torch.sigmoid(logits.float()).cpu())
-        targets.append(labels.cpu())
-    return multilabel_metrics(torch.cat(probs).numpy(), torch.cat(targets).numpy(), 0.5 if thresholds is None
+    logits, labels = _gathered(model, loader, accelerator)
+    return multilabel_metrics(torch.sigmoid(logits).numpy(), labels.numpy(), 0.5 if thresholds is None
                               else np.asarray(thresholds))  # fmt: skip
 
 
