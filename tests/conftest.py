@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# The suite trains small networks from scratch unless a test asks for the pretrained defaults (model.preset auto
+# picks ImageNet EfficientNet-Lite0 and MiniLM, which are installed for the tests but slow at 224x224 on 2 cores);
+# CLI processes the tests start inherit it. tests/test_resolve.py sets auto where it tests the preset.
+os.environ.setdefault("MMTRANSFER_PRESET", "scratch")
 
 from mmtransfer.config import CNNConfig, DataConfig, ModelConfig, RNNConfig, RunConfig, TrainConfig
 

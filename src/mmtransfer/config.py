@@ -28,35 +28,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+AUTO = "auto"  # a setting whose value depends on another part (the encoder reading the column): resolved once
+
+
 class ImageColumn(_Strict):
+    """An image column. The fields that say "auto" take, when columns are bound to encoders, the values of the
+    pretrained backbone reading the column (its input size, crop, mean and std; random crops and flips in
+    training), or the modality's defaults (:data:`IMAGE_DEFAULTS`) under a from-scratch encoder. A value the
+    user gives always wins; the printed binding says where each value came from."""
+
     modality: Literal["image"] = "image"
-    size: tuple[int, int] = Field((32, 32), description="Every image becomes (height, width) this way (resize).")
-    resize: Literal["stretch", "pad", "crop"] = Field(
-        "stretch",
-        description="stretch: scaled to fill the size, aspect ratio lost; pad: scaled to fit inside it, aspect "
-        "kept, the rest filled with fill; crop: scaled to cover it, aspect kept, centre cropped.",
+    size: tuple[int, int] | Literal["auto"] = Field(
+        AUTO, description="Every image becomes (height, width) this way (resize); auto: the backbone's, or 32x32."
     )
-    crop_pct: float = Field(
-        1.0,
-        gt=0,
-        le=1,
+    resize: Literal["auto", "stretch", "pad", "crop"] = Field(
+        AUTO,
+        description="stretch: scaled to fill the size, aspect ratio lost; pad: scaled to fit inside it, aspect "
+        "kept, the rest filled with fill; crop: scaled to cover it, aspect kept, centre cropped; auto: the "
+        "backbone's (crop for ImageNet models), or stretch.",
+    )
+    crop_pct: float | Literal["auto"] = Field(
+        AUTO,
         description="crop: the share of the scaled image the centre crop keeps on its shorter side (0.875: "
-        "the shorter side is scaled to size / 0.875, then the centre cut out, as ImageNet models are evaluated).",
+        "the shorter side is scaled to size / 0.875, then the centre cut out, as ImageNet models are evaluated); "
+        "auto: the backbone's, or 1.",
     )
     fill: int = Field(0, ge=0, le=255, description="pad: the border's pixel value, 0-255 (0 = black).")
     margin: int = Field(
         0, ge=0, description="pad: pixels of border kept on every side (MNIST frames 20x20 digits in 28x28: 4)."
     )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
-    mean: float | tuple[float, float, float] = Field(
-        0.5, description="Normalise pixels in [0, 1] as (x - mean) / std: one value, or one per RGB channel."
+    mean: float | tuple[float, float, float] | Literal["auto"] = Field(
+        AUTO,
+        description="Normalise pixels in [0, 1] as (x - mean) / std: one value, or one per RGB channel; auto: the "
+        "backbone's, or 0.5.",
     )
-    std: float | tuple[float, float, float] = Field(0.5, description="One value or one per RGB channel, each > 0.")
-    augment: bool | Literal["shift", "crop_flip"] = Field(
-        True,
+    std: float | tuple[float, float, float] | Literal["auto"] = Field(
+        AUTO, description="One value or one per RGB channel, each > 0; auto: the backbone's, or 0.5."
+    )
+    augment: bool | Literal["auto", "shift", "crop_flip"] = Field(
+        AUTO,
         description="Random changes to training images (never validation or test): shift (true) = random "
         "shifts of up to 1/8 of each side; crop_flip = a random crop of crop_scale of the area, stretched back, "
-        "and a horizontal flip if flip (the default for a column a pretrained image backbone reads); false = none.",
+        "and a horizontal flip if flip; false = none; auto: crop_flip under a pretrained backbone, else shift.",
     )
     crop_scale: tuple[float, float] = Field(
         (0.35, 1.0), description="crop_flip: the smallest and largest share of the image's area a crop keeps."
@@ -65,30 +79,71 @@ class ImageColumn(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.resize == "pad" and 2 * self.margin >= min(self.size):
+        if self.resize == "pad" and self.size != AUTO and 2 * self.margin >= min(self.size):
             raise ValueError(f"margin {self.margin} on each side leaves no room in size {list(self.size)}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if isinstance(value, tuple) and self.channels == 1:
                 raise ValueError(f"{name}: 3 values for a grayscale column (channels: 1); give one")
-        stds = self.std if isinstance(self.std, tuple) else (self.std,)
-        if min(stds) <= 0:
-            raise ValueError(f"std must be > 0, got {self.std}")
+        if self.std != AUTO:
+            stds = self.std if isinstance(self.std, tuple) else (self.std,)
+            if min(stds) <= 0:
+                raise ValueError(f"std must be > 0, got {self.std}")
+        if self.crop_pct != AUTO and not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise ValueError(f"crop_scale must be 0 < smallest <= largest <= 1, got {list(self.crop_scale)}")
         return self
 
+    def auto_fields(self) -> list[str]:
+        """The fields still set to auto."""
+        return [k for k in IMAGE_DEFAULTS if getattr(self, k) == AUTO]
+
+    def resolved(self, values: dict | None = None) -> ImageColumn:
+        """A copy with every auto field set: from ``values`` (a backbone's settings) where they hold it, else
+        :data:`IMAGE_DEFAULTS`. Fields the user set are kept."""
+        update = {k: (values or {}).get(k, IMAGE_DEFAULTS[k]) for k in self.auto_fields()}
+        for key in ("mean", "std"):
+            if isinstance(update.get(key), tuple) and self.channels == 1:  # a grayscale column: one value
+                update[key] = sum(update[key]) / 3
+        return self.model_validate({**self.model_dump(), **update}) if update else self
+
+
+# What an image column gets under a from-scratch encoder (measured in bench/seed_cnn.py and default_encoders.py).
+IMAGE_DEFAULTS = {"size": (32, 32), "resize": "stretch", "crop_pct": 1.0, "mean": 0.5, "std": 0.5, "augment": True}
+
 
 class TextColumn(_Strict):
     modality: Literal["text"] = "text"
     tokenizer: str | None = Field(
-        None, description="Folder (or cached hub id) of a pretrained tokenizer; none = a word vocabulary from train."
+        AUTO,
+        description="Folder (or cached hub id) of a pretrained tokenizer; none = a word vocabulary from train; auto: "
+        "the tokenizer of the pretrained model reading the column (type hf), else a word vocabulary.",
     )
-    max_length: int = Field(64, ge=1, description="Tokens kept per text (padded or truncated).")
+    max_length: int | Literal["auto"] = Field(
+        AUTO, description="Tokens kept per text (padded or truncated); auto: 128 with a pretrained tokenizer, else 64."
+    )
     vocab_size: int = Field(20000, ge=10, description="Word vocabulary: most frequent words kept.")
     min_freq: int = Field(1, ge=1, description="Word vocabulary: words seen fewer times become [UNK].")
     lowercase: bool = True
+
+    @field_validator("max_length")
+    @classmethod
+    def _positive(cls, value):
+        if value != AUTO and value < 1:
+            raise ValueError(f"max_length must be at least 1, got {value}")
+        return value
+
+    def resolved(self, tokenizer: str | None = None) -> TextColumn:
+        """A copy with auto fields set: the tokenizer of the model reading the column (or none: words)."""
+        update = {}
+        if self.tokenizer == AUTO:
+            update["tokenizer"] = tokenizer
+        chosen = update.get("tokenizer", self.tokenizer)
+        if self.max_length == AUTO:
+            update["max_length"] = 128 if chosen else 64
+        return self.model_copy(update=update) if update else self
 
 
 class AudioColumn(_Strict):
@@ -292,7 +347,19 @@ class ModelConfig(_Strict):
         description="Encoder per input name (digits: image; mnist1d: signal; tables: each column, and tabular "
         "for all number/category columns together). Inputs not listed get their kind's default encoder.",
     )
-    embed_dim: int = Field(64, ge=1, description="D: the size of every encoder's output embedding.")
+    preset: Literal["auto", "scratch"] = Field(
+        default_factory=lambda: _preset_default(),
+        description="The encoder of a table's input that model.encoders does not name. auto: a pretrained one where "
+        "its package is installed (images: ImageNet EfficientNet-Lite0, extra [effnet]; text: the packaged MiniLM, "
+        "extra [minilm]), with its own preprocessing; else, and for sound and numbers, a small network trained from "
+        "scratch. scratch: always the small networks. Default auto (MMTRANSFER_PRESET sets another default).",
+    )
+    embed_dim: int | Literal["auto"] = Field(
+        AUTO,
+        description="D: the size of each encoder's output embedding. auto: a pretrained backbone's own feature size "
+        "(no projection) under concat fusion, 64 for networks trained from scratch; under attention or gated fusion "
+        "(one size for all) the largest pretrained size, or 64.",
+    )
     fusion: Literal["concat", "attention", "gated"] = Field(
         "concat", description="Concatenation, a small transformer over one token per input, or gated sum."
     )
@@ -307,11 +374,27 @@ class ModelConfig(_Strict):
         "backbone's last feature map (efficientnet_lite: (H/32) x (W/32) tokens); other inputs stay one token.",
     )
 
+    @field_validator("embed_dim")
+    @classmethod
+    def _dim_positive(cls, value):
+        if value != AUTO and value < 1:
+            raise ValueError(f"embed_dim must be at least 1, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _regions_need_attention(self):
         if self.tokens == "regions" and self.fusion != "attention":
             raise ValueError(f"tokens: regions needs fusion: attention (fusion is {self.fusion})")
         return self
+
+
+def _preset_default() -> str:
+    import os
+
+    value = os.environ.get("MMTRANSFER_PRESET", "auto")
+    if value not in ("auto", "scratch"):
+        raise ConfigError(f"MMTRANSFER_PRESET={value!r}: expected auto or scratch")
+    return value
 
 
 class StrategyConfig(_Strict):
@@ -481,12 +564,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = read_config_file(path)
     if overrides:
         where += " with --set " + " ".join(overrides)
-        # Overrides apply on top of the complete config (defaults filled in), so `--set model.encoders.image.
-        # channels=[8]` works without a file; where the file itself is invalid they apply to it as written.
-        try:
-            raw = RunConfig.model_validate(raw).model_dump(mode="json")
-        except ValidationError:
-            pass
+        # Overrides apply to the mapping as the user wrote it, never to a dump with every default filled in: a
+        # field the user did not set stays unset (or auto), so what depends on other parts (an image column's
+        # size under a pretrained backbone) resolves the same with or without --set.
         for item in overrides:
             apply_override(raw, item)
         resolve_paths(raw, Path.cwd())  # a path given on the command line is relative to where it was typed

@@ -148,13 +148,17 @@ class Dataset:
     labels: LabelUse | None = None
     task: str = "classification"  # regression: labels are the numbers; multilabel: labels are 0/1 [N, labels]
     preprocessor: Any = None  # tables: the fitted TablePreprocessor, which new rows go through
+    columns: dict = field(default_factory=dict)  # tables: every input column as bound, no setting left auto
+    encoders: dict = field(default_factory=dict)  # tables: the encoder model.preset chose for a column, by input
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: s.shape for k, s in self.specs.items()}
 
 
-def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None) -> Dataset:
+def load_dataset(
+    cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None, model=None
+) -> Dataset:
     """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
     (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
     (``train.validation``: auto, none or split); ``data.labels`` counts both.
@@ -164,7 +168,10 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     every row that is not a test row; with ``auto`` a stratified part of them (``val_fraction`` of each class,
     at least one) selects the model, so the labels that choose the best epoch come out of the same budget;
     ``none`` selects with nothing; ``split`` holds the validation split out first and selects with it.
-    ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``.
+    ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``. ``model`` (the
+    run's ModelConfig) decides the encoder of each table column the config does not name (``model.preset``) and
+    so the settings left auto (an image column's size under a pretrained backbone); without it the modalities'
+    own defaults apply.
     """
     if validation not in ("auto", "none", "split"):
         raise ValueError(f"validation must be auto, none or split, got {validation!r}")
@@ -178,7 +185,7 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     if cfg.table is not None or cfg.folder is not None or source is not None:
         from mmtransfer.tables import load_table_dataset
 
-        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out and not halved)
+        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out and not halved, model=model)
     else:
         data = _builtin(cfg, hold_out=hold_out and not halved)
     data.train_pool = data.train  # every input of it serves as unlabelled data (distillation)

@@ -126,6 +126,33 @@ def default_encoder(spec: InputSpec):
     return CNNConfig()
 
 
+PRETRAINED_TYPES = ("efficientnet_lite", "hf", "timm")
+SCRATCH_DIM = 64  # model.embed_dim auto: the embedding of an encoder trained from scratch
+
+
+def _one_size(encoders: dict[str, nn.Module], cfg: ModelConfig, specs: dict[str, InputSpec], given: set) -> None:
+    """Attention and gated fusion need one embedding size: the largest pretrained backbone's, or 64; a backbone
+    of another size gets a new projection to it, a from-scratch encoder is built for it."""
+    native = [enc.output_dim for name, enc in encoders.items() if _encoder_type(cfg, name, specs) in PRETRAINED_TYPES]
+    size = max(native, default=SCRATCH_DIM)
+    for name, enc in list(encoders.items()):
+        if enc.output_dim == size:
+            continue
+        if name in given:  # a module the user built: its size is theirs to choose
+            raise ValueError(f"encoder for {name!r}: output_dim {enc.output_dim}, but {cfg.fusion} fusion needs one "
+                             f"size for every input ({size}); set model.embed_dim")  # fmt: skip
+        if hasattr(enc, "proj") and _encoder_type(cfg, name, specs) in PRETRAINED_TYPES:
+            enc.proj, enc.output_dim = nn.Linear(enc.output_dim, size), size
+        else:
+            enc_cfg = cfg.encoders.get(name) or default_encoder(specs[name])
+            encoders[name] = ENCODERS[enc_cfg.type](specs[name], size, **enc_cfg.model_dump(exclude={"type"}))
+
+
+def _encoder_type(cfg: ModelConfig, name: str, specs: dict[str, InputSpec]) -> str:
+    enc_cfg = cfg.encoders.get(name) or default_encoder(specs[name])
+    return enc_cfg.type
+
+
 def build_model(
     cfg: ModelConfig,
     specs: dict[str, InputSpec | tuple[int, ...]],
@@ -159,6 +186,7 @@ def build_model(
             f"no input named {unknown}"
         )
     encoders = {}
+    auto = cfg.embed_dim == "auto"
     modules = modules or {}
     unknown = sorted(set(modules) - set(specs))
     if unknown:
@@ -178,10 +206,14 @@ def build_model(
             kwargs["weights"] = False
         elif not pretrained and enc_cfg.type in ("timm", "efficientnet_lite"):
             kwargs.update(pretrained=False, weights=None)
+        # embed_dim auto: a pretrained backbone keeps its own feature size (None), a new network gets 64
+        dim = (None if enc_cfg.type in PRETRAINED_TYPES else SCRATCH_DIM) if auto else cfg.embed_dim
         try:
-            encoders[name] = ENCODERS[enc_cfg.type](spec, cfg.embed_dim, **kwargs)
+            encoders[name] = ENCODERS[enc_cfg.type](spec, dim, **kwargs)
         except ValueError as err:
             raise ValueError(f"model.encoders.{name}: {err}") from None
+    if auto and cfg.fusion != "concat":
+        _one_size(encoders, cfg, specs, set(modules))
     dims = {name: enc.output_dim for name, enc in encoders.items()}
     fusion = FUSIONS[cfg.fusion](dims)
     head = ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout)

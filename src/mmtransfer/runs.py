@@ -13,7 +13,6 @@ import torch
 from rich.console import Console
 
 from mmtransfer import artifact
-from mmtransfer.backbones import with_backbone_preprocessing
 from mmtransfer.cache import add_cached_features
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
@@ -81,17 +80,17 @@ def _fit_run(
     ablate: bool = False,
     selection_only: bool = False,
 ) -> dict:
-    cfg = with_backbone_preprocessing(cfg, console)  # a pretrained image backbone's own size, crop, mean, std
-    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source)
+    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source, model=cfg.model)
     if selection_only:
         data = _without_test(data, cfg)
+    cfg = resolved_config(cfg, data, modules)  # every column and every input's encoder as they were bound
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
     console.print(
         "encoders: "
         + ", ".join(
             f"{name} ({spec.kind} {list(spec.shape)}) -> {type(model.encoders[name]).__name__}"
-            + ("" if name in cfg.model.encoders else " (default)")
             + (" (one token per region)" if model.uses_regions(name) else "")
+            + f", {model.encoders[name].output_dim}-d"
             for name, spec in sorted(data.specs.items())
         )
         + f"; fusion {cfg.model.fusion}",
@@ -105,15 +104,6 @@ def _fit_run(
             markup=False,
             highlight=False,
         )
-    encoders = {name: cfg.model.encoders.get(name) or default_encoder(spec) for name, spec in data.specs.items()}
-    for name, module in modules.items():
-        encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
-    cfg = cfg.model_copy(
-        update={
-            "model": cfg.model.model_copy(update={"encoders": encoders}),
-            "data": cfg.data.model_copy(update={"task": data.task}),
-        }
-    )  # the task as resolved
     objective, target = None, None
     if data.task == "regression":  # standardised with the labels that train; the output stays in the units
         train_y = data.train.labels.double()
@@ -265,6 +255,35 @@ def _tune_thresholds(model: Classifier, data: Dataset, cfg: RunConfig, target: d
     console.print(f"thresholds chosen on {len(labels)} validation rows (best F1 per label): {shown}"
                   + (" ..." if len(data.classes) > 12 else ""), markup=False, highlight=False)  # fmt: skip
     return {**target, "thresholds": model.thresholds, "thresholds_chosen_on": f"{len(labels)} validation rows"}
+
+
+def resolve_run(cfg: RunConfig, *, source=None, console: Console | None = None) -> RunConfig:
+    """The config a fit of ``cfg`` would run, every auto setting resolved (it reads and checks the data, as a fit
+    does first; nothing is trained or written)."""
+    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source, model=cfg.model)
+    return resolved_config(cfg, data)
+
+
+def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) -> RunConfig:
+    """The run's config as it was bound to its data: every table column with no setting left auto (inferred
+    columns included), every input's encoder named (the config's, the preset's, or its modality's default), and
+    the task as resolved. What a config file, ``--set``, a study cell and the Python API give for the same run
+    is this same object, and ``config.yaml`` stores it."""
+    encoders = {
+        name: cfg.model.encoders.get(name) or data.encoders.get(name) or default_encoder(spec)
+        for name, spec in data.specs.items()
+    }
+    for name, module in (modules or {}).items():
+        encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
+    data_update = {"task": data.task}
+    if data.columns:
+        data_update["columns"] = dict(data.columns)
+    return cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"encoders": encoders}),
+            "data": cfg.data.model_copy(update=data_update),
+        }
+    )
 
 
 def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, console, write: bool) -> dict | None:

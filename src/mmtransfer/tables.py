@@ -19,6 +19,7 @@ import pandas as pd
 from rich.console import Console
 from rich.text import Text
 
+from mmtransfer.backbones import bind_encoders
 from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn, TabularColumn, TextColumn
 from mmtransfer.data import Dataset, stratified_split
 from mmtransfer.display import Grid
@@ -162,8 +163,9 @@ def infer_columns(df: pd.DataFrame, skip: set[str]) -> dict[str, tuple[ColumnCon
     return out
 
 
-def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str, console: Console | None) -> dict[str, ColumnConfig]:
-    """The columns used as inputs and their modality: configured ones, plus inferred ones; printed."""
+def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str) -> tuple[dict[str, ColumnConfig], dict[str, str]]:
+    """The columns used as inputs and their modality: configured ones, plus inferred ones; and how each was
+    bound (configured, or inferred and why)."""
     if cfg.label not in df.columns:
         raise DataError(f"{name}: no label column {cfg.label!r}; columns are {list(df.columns)}")
     for col in [*cfg.columns, *cfg.ignore, *([cfg.split_column] if cfg.split_column else [])]:
@@ -177,20 +179,41 @@ def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str, console: Console 
         raise DataError(f"{name}: column names may not contain '.': {dotted}; rename them")
     if not columns:
         raise DataError(f"{name}: no input columns (label {cfg.label!r}; set data.columns or data.infer)")
-    if console is not None:
-        rows = []
-        for col in df.columns:
-            if col in columns:
-                how = "configured" if col in cfg.columns else f"inferred: {inferred[col][1]}"
-                rows.append([str(col), describe_column(columns[col]), how])
-            else:
-                role = "label" if col == cfg.label else "split" if col == cfg.split_column else "ignored"
-                rows.append([str(col), Text(role, style="dim"), ""])
-        console.print(Grid(f"columns of {name}", ["column", "modality", "how"], rows))
-        if inferred:
-            hint = "override with data.columns.NAME.modality=image|text|audio|tabular"
-            console.print(hint, style="dim", markup=False)
-    return columns
+    how = {c: "configured" if c in cfg.columns else f"inferred: {inferred[c][1]}" for c in columns}
+    return columns, how
+
+
+def print_binding(df: pd.DataFrame, cfg: DataConfig, name: str, how: dict, binding, console: Console) -> None:
+    """The column table (each column's modality, resolved settings, encoder and how it was bound), then one
+    line per image or text column saying where each setting came from."""
+    from mmtransfer.backbones import binding_line
+
+    rows = []
+    for col in df.columns:
+        if col in binding.columns:
+            rows.append([str(col), describe_column(binding.columns[col]), how[col]])
+        else:
+            role = "label" if col == cfg.label else "split" if col == cfg.split_column else "ignored"
+            rows.append([str(col), Text(role, style="dim"), ""])
+    console.print(Grid(f"columns of {name}", ["column", "modality", "how"], rows))
+    for col, column in binding.columns.items():
+        line = binding_line(col, column, binding)
+        note = binding.notes.get(col, "")
+        if line or note:
+            encoder = binding.readers.get(col)
+            reads = f"; read by {_encoder_name(encoder)}" if encoder is not None else ""
+            console.print((line or f"{column.modality} column {col}") + reads + (f" [{note}]" if note else ""),
+                          markup=False, highlight=False)  # fmt: skip
+    if any(h.startswith("inferred") for h in how.values()):
+        console.print("override with data.columns.NAME.modality=image|text|audio|tabular", style="dim", markup=False)
+
+
+def _encoder_name(encoder) -> str:
+    if encoder.type == "efficientnet_lite":
+        return f"efficientnet_lite {encoder.variant}"
+    if encoder.type == "hf":
+        return f"hf {encoder.path}"
+    return encoder.type
 
 
 def describe_column(c: ColumnConfig) -> str:
@@ -272,6 +295,7 @@ def load_table_dataset(
     source: str | Path | pd.DataFrame | None = None,
     console: Console | None = None,
     hold_out: bool = True,
+    model=None,
 ):
     """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
     :class:`~mmtransfer.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at once.
@@ -286,7 +310,11 @@ def load_table_dataset(
             + (f", ... {len(skipped_files) - 5} more" if len(skipped_files) > 5 else ""),
             markup=False,
         )
-    columns = bind_columns(df, cfg, name, console)
+    columns, how = bind_columns(df, cfg, name)
+    binding = bind_encoders(columns, model)  # every auto setting resolved once, from the encoder reading it
+    columns = binding.columns
+    if console is not None:
+        print_binding(df, cfg, name, how, binding, console)
     pre = TablePreprocessor(columns)
 
     labels_str = np.array(["" if is_missing(v) else str(v).strip() for v in df[cfg.label]], dtype=object)
@@ -381,6 +409,7 @@ def load_table_dataset(
     )
     data.preprocessor = pre
     data.task = task
+    data.columns, data.encoders = columns, binding.encoders
     data.preprocessing = {
         **pre.state(),
         "skipped_rows": [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file} for b in bad],

@@ -39,10 +39,11 @@ class EfficientNetLiteEncoder(nn.Module):
     """EfficientNet-Lite without its classifier: the head convolution's 1280 features, averaged over the image,
     then a projection to ``output_dim``."""
 
-    def __init__(self, backbone: nn.Module, output_dim: int):
+    def __init__(self, backbone: nn.Module, output_dim: int | None):
         super().__init__()
         self.backbone = backbone
         hidden = backbone._conv_head.out_channels
+        output_dim = output_dim or hidden  # None: the backbone's own feature size (model.embed_dim auto)
         self.proj = nn.Identity() if hidden == output_dim else nn.Linear(hidden, output_dim)
         self.output_dim = output_dim
 
@@ -161,7 +162,7 @@ def initialise(backbone: nn.Module) -> None:
 
 def build_efficientnet_lite(
     spec: InputSpec,
-    output_dim: int,
+    output_dim: int | None,
     *,
     variant: str = "lite0",
     pretrained: bool = True,

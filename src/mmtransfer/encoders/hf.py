@@ -39,7 +39,7 @@ def resolve_model_path(path: str) -> str:
 
 def build_hf(
     spec: InputSpec,
-    output_dim: int,
+    output_dim: int | None,
     *,
     path: str,
     pooling: str = "mean",
@@ -129,7 +129,7 @@ class HFEncoder(nn.Module):
         self,
         backbone: nn.Module,
         hidden: int,
-        output_dim: int,
+        output_dim: int | None,
         spec: InputSpec,
         *,
         pooling: str = "mean",
@@ -142,6 +142,7 @@ class HFEncoder(nn.Module):
             # Unused by mean / cls pooling: trainable but gradient-free weights break DDP's gradient reduction.
             pooler.requires_grad_(False)
         self.projection = projection
+        output_dim = output_dim or hidden  # None: the backbone's own feature size (model.embed_dim auto)
         self.proj = nn.Identity() if hidden == output_dim else nn.Linear(hidden, output_dim)
         self.kind, self.pad_id, self.pooling = spec.kind, spec.pad_id, pooling
         self.output_dim = output_dim

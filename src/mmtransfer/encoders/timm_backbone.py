@@ -19,10 +19,11 @@ from mmtransfer.modalities.base import InputSpec
 class TimmEncoder(nn.Module):
     """A timm model without its classifier (pooled features [B, num_features]) and a projection."""
 
-    def __init__(self, backbone: nn.Module, output_dim: int):
+    def __init__(self, backbone: nn.Module, output_dim: int | None):
         super().__init__()
         self.backbone = backbone
         hidden = backbone.num_features
+        output_dim = output_dim or hidden  # None: the backbone's own feature size (model.embed_dim auto)
         self.proj = nn.Identity() if hidden == output_dim else nn.Linear(hidden, output_dim)
         self.output_dim = output_dim
 
@@ -36,7 +37,7 @@ class TimmEncoder(nn.Module):
 
 def build_timm(
     spec: InputSpec,
-    output_dim: int,
+    output_dim: int | None,
     *,
     name: str,
     pretrained: bool = True,

@@ -19,7 +19,7 @@ class ImageModality:
 
     def __init__(self, name: str, cfg: ImageColumn | None = None):
         self.name = name
-        self.cfg = cfg or ImageColumn()
+        self.cfg = (cfg or ImageColumn()).resolved()  # settings left auto: the modality's defaults
 
     @classmethod
     def from_state(cls, name: str, cfg: ImageColumn | None, state: dict) -> ImageModality:

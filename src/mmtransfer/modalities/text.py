@@ -28,7 +28,7 @@ class TextModality:
 
     def __init__(self, name: str, cfg: TextColumn | None = None):
         self.name = name
-        self.cfg = cfg or TextColumn()
+        self.cfg = (cfg or TextColumn()).resolved()  # settings left auto: a word vocabulary, 64 tokens
         self.vocab: list[str] = [PAD, UNK]
         self._ids = {PAD: 0, UNK: 1}
         self._tokenizer = None
