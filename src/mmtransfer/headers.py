@@ -106,8 +106,20 @@ def check_columns(columns: list[str], cfg: DataConfig, name: str) -> None:
             note = ""
             if not cfg.header and cfg.names is None:
                 note = " (it has no header: name its columns with data.names, e.g. --set 'data.names=[label,text]')"
+            elif cfg.header and cfg.names is None and any(_looks_like_data(c) for c in columns):
+                note = " (is its first line data? then --set data.header=false and name the columns with data.names)"
             shown = ", ".join(map(str, columns[:30])) + (f", ... ({len(columns)} in all)" if len(columns) > 30 else "")
             raise ValueError(f"{name}: no {what} {column!r} ({field}){hint or ';'} its columns: {shown}{note}")
+
+
+def _looks_like_data(cell) -> bool:
+    """A header cell that reads like a value: a number, or a long text."""
+    text = str(cell).strip()
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return len(text) > 40
 
 
 def folder_columns(folder: str | Path, cfg: DataConfig) -> list[str]:
