@@ -52,7 +52,7 @@ def quoting(path: str | Path, sep: str, encoding: str = "utf-8") -> int:
         return csv.QUOTE_MINIMAL
     csv.field_size_limit(sys.maxsize)
     with open(path, newline="", encoding=encoding, errors="replace") as f:
-        if '"' not in f.read():
+        if not any('"' in chunk for chunk in iter(lambda: f.read(1 << 20), "")):
             return csv.QUOTE_MINIMAL
         f.seek(0)
         try:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from mmtransfer.config import did_you_mean
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.preprocess import RowSplit
 
@@ -109,6 +110,7 @@ def read_rows(
         raise DataError(
             f"{name}: no column {missing[0]!r}, which the model reads"
             + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + did_you_mean(missing[0], list(df.columns))
             + f"; the table has {list(df.columns)}"
         )
     if id_column is None and not isinstance(source, pd.DataFrame) and Path(source).is_dir():
@@ -125,7 +127,10 @@ def read_rows(
     label = run.cfg.data.label
     has_labels = label in df.columns
     if need_labels and not has_labels:
-        raise DataError(f"{name}: no label column {label!r} to evaluate against; the table has {list(df.columns)}")
+        raise DataError(
+            f"{name}: no label column {label!r} to evaluate against{did_you_mean(label, list(df.columns))}; the "
+            f"table has {list(df.columns)}"
+        )
     ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column, "split")]
     if ignored and console is not None:
         console.print(f"columns the model does not read, ignored: {', '.join(map(str, ignored))}", markup=False)
