@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -535,3 +536,15 @@ def test_ctrl_c_during_fit_says_where_the_run_stopped_and_how_to_continue(tmp_pa
     sets = "--set train.epochs=500 --set train.validation=none"
     assert f"Continue it with: mmtransfer fit {cfg} {sets} --out {out} --resume" in said
     assert not (out / ".lock").exists()  # the folder is free for --resume
+
+
+def test_data_and_label_override_a_config_file_and_its_set(tmp_path, monkeypatch):
+    from mmtransfer.cli import _data_overrides
+    from mmtransfer.config import load_config
+
+    (tmp_path / "photos: [raw]").mkdir()  # YAML-looking names stay names
+    (tmp_path / "cfg.yaml").write_text("data: {table: old.csv, label: y, sep: tab}\ntrain: {epochs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(tmp_path / "cfg.yaml", ["data.table=other.csv", *_data_overrides(Path("photos: [raw]"), "kind")])
+    assert (cfg.data.folder, cfg.data.table, cfg.data.label) == (str(tmp_path / "photos: [raw]"), None, "kind")
+    assert cfg.data.sep == "\t" and cfg.train.epochs == 3  # the rest of the file stands

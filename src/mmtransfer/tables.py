@@ -56,7 +56,11 @@ def read_table(
         raise DataError(f"{path}: a folder, not a table (a folder of class folders is data.folder)")
     if not path.is_file():
         raise DataError(f"table not found: {path}")
-    settings = DataConfig(sep=sep, header=header, names=names, encoding=encoding or "utf-8")
+    try:
+        settings = DataConfig(sep=sep, header=header, names=names, encoding=encoding or "utf-8")
+    except ValueError as err:  # pydantic's ValidationError: the field and why, in one line
+        first = err.errors()[0] if hasattr(err, "errors") else {"loc": ("?",), "msg": str(err)}
+        raise DataError(f"{path}: data.{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
     try:
         kind = table_format(path, settings.sep)
         if kind == "parquet":
