@@ -95,7 +95,7 @@ def text(data: Path, out: Path, previous: bool) -> list[tuple]:
         rows.append((name, "TF-IDF words + pairs, logistic regression", acc, time.perf_counter() - start))
         print(rows[-1], flush=True)
         data_cfg = DataConfig(table=str(table), split_column="split", columns={"text": TextColumn()})
-        arms = {"mmtransfer default (word vocabulary + CNN)": ModelConfig()}
+        arms = {"mmtransfer default (word vocabulary + CNN)": ModelConfig(preset="scratch")}
         if previous:
             arms["previous default CNN"] = ModelConfig(encoders={"text": PREVIOUS})
         for arm, model in arms.items():
@@ -118,7 +118,7 @@ def audio(data: Path, out: Path, previous: bool) -> list[tuple]:
     acc = logistic(stats(pool), pool.labels.numpy(), stats(d.test), d.test.labels.numpy())
     rows = [("fsdd", "log-mel band mean + std, logistic regression", acc, time.perf_counter() - start)]
     print(rows[-1], flush=True)
-    arms = {"mmtransfer default (CNN over log-mel)": ModelConfig()}
+    arms = {"mmtransfer default (CNN over log-mel)": ModelConfig(preset="scratch")}
     if previous:
         arms["previous default CNN"] = ModelConfig(encoders={"audio": PREVIOUS})
     for arm, model in arms.items():

@@ -75,6 +75,7 @@ def main() -> int:
         config.write_text(
             f"data: {{table: {table.name}{f', num_workers: {args.workers}' if args.workers else ''}}}\n"
             f"train: {{epochs: {args.epochs}, batch_size: 256, progress: false}}\n"
+            "model: {preset: scratch}\n"  # the small default CNN this benchmark has always measured
         )
         # A fresh process per size, which reports its own peak (and its DataLoader workers', if any) as it ends.
         start = time.perf_counter()

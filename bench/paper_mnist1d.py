@@ -41,7 +41,7 @@ def main() -> int:
     models = args.models.split(",")
     base = {
         "data": {"dataset": "mnist1d"},
-        "model": {"embed_dim": 128},
+        "model": {"embed_dim": 128, "preset": "scratch"},
         "train": {"epochs": args.epochs, "batch_size": 64, "lr": 3e-3, "patience": 20},
     }
     spec = engine.StudyConfig(

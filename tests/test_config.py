@@ -37,7 +37,10 @@ def test_unknown_key_names_field_and_allowed(tmp_path):
 
 def test_unknown_key_inside_encoder_lists_that_encoders_fields(tmp_path):
     p = write(tmp_path, "model:\n  encoders:\n    image: {type: rnn, hidden: 3}\n")
-    with pytest.raises(ConfigError, match=r"model\.encoders\.image\.rnn\.hidden: unknown field; allowed: type, cell"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.encoders\.image\.rnn\.hidden: unknown field; did you mean hidden_size\? allowed: type, cell",
+    ):
         load_config(p)
 
 

@@ -183,10 +183,14 @@ def test_skip_bad_rows_counts_them(tmp_path):
 
 
 def test_config_errors_name_the_column(tmp_path, table):
-    with pytest.raises(DataError, match="no label column 'target'"):
+    with pytest.raises(DataError, match=r"no label column 'target' \(data.label\); its columns: picture, sound"):
         load_table_dataset(config(table, label="target"))
-    with pytest.raises(DataError, match="names column 'wieght', not in the table"):
+    with pytest.raises(DataError, match=r"no column 'wieght' \(data.columns.wieght\); did you mean weight\?"):
         load_table_dataset(config(table, columns={"wieght": TabularColumn()}))
+    with pytest.raises(DataError, match=r"no label column 'Label' \(data.label\); did you mean label\?"):
+        load_table_dataset(config(table, label="Label"))
+    with pytest.raises(DataError, match=r"no split column 'split' \(data.split_column\)"):
+        load_table_dataset(config(table, split_column="split"))
     with pytest.raises(DataError, match="table not found"):
         load_table_dataset(config(tmp_path / "nope.csv"))
 
@@ -280,3 +284,101 @@ def test_a_label_budget_on_a_table_selects_with_its_own_labels(table):
     assert len(data.train_pool) == N - 6  # every row outside the test split (20 % of 30) is in the pool
     none = load_dataset(config(table, k_per_class=4), validation="none")
     assert none.val is None and len(none.train) == 12
+
+
+# ---------------------------------------------------------------- headerless and tab-separated tables
+
+
+def texts(n=30):
+    """Short texts of three classes, some opening with a quote they do not close, as the SMS Spam Collection's."""
+    words = {"cat": "purr meow whiskers", "dog": "bark woof fetch", "owl": "hoot night feathers"}
+    rows = []
+    for i in range(n):
+        label = ["cat", "dog", "owl"][i % 3]
+        text = f"{words[label]} {i}"
+        if i % 5 == 0:
+            text = f'"{words[label]}" she said, {i} times'  # a quote opens the cell but is no CSV quoting
+        elif i % 7 == 0:
+            text = f'{words[label]} "{i}'  # a lone quote
+        rows.append((label, text))
+    return rows
+
+
+def test_a_headerless_tab_separated_file_reads_with_its_quotes_as_written(tmp_path):
+    from mmtransfer.tables import read_table
+
+    rows = texts()
+    path = tmp_path / "messages"  # no suffix, no header: label<TAB>text, as the SMS Spam Collection
+    path.write_text("".join(f"{label}\t{text}\n" for label, text in rows))
+    cfg = DataConfig(table=str(path), sep="tab", header=False, names=["label", "text"])
+    df, _, _, _ = __import__("mmtransfer.tables").tables.read_source(cfg)
+    assert list(df.columns) == ["label", "text"]
+    assert len(df) == 30 and list(zip(df["label"], df["text"], strict=True)) == rows  # every quote kept
+    data = load_table_dataset(cfg)
+    assert data.classes == ["cat", "dog", "owl"] and len(data.train) + len(data.val) + len(data.test) == 30
+    # without names the columns are numbered; with too many names the counts are named
+    assert list(read_table(path, sep="\t", header=False)[0].columns) == ["0", "1"]
+    with pytest.raises(DataError, match=r"data.names gives 3 name\(s\) \(a, b, c\) but the table has 2 column"):
+        read_table(path, sep="tab", header=False, names=["a", "b", "c"])
+    with pytest.raises(DataError, match=r"messages: not a table: .*data.sep"):
+        read_table(path)  # no suffix, no sep: not guessed
+
+
+def test_a_quoted_tsv_and_a_headerless_csv_read_as_pandas_wrote_them(tmp_path):
+    from mmtransfer.tables import read_table
+
+    df = pd.DataFrame({"text": ['say "hi"\tthere', "two\nlines", "plain"], "label": ["a", "b", "a"]})
+    df.to_csv(tmp_path / "q.tsv", sep="\t", index=False)  # quoted cells: a tab, a newline, quotes inside
+    assert read_table(tmp_path / "q.tsv")[0].equals(df)
+    df.to_csv(tmp_path / "q.csv", index=False, header=False)  # AG News: class,title,description, no header
+    back = read_table(tmp_path / "q.csv", header=False, names=["body", "y"])[0]
+    assert list(back.columns) == ["body", "y"] and back["body"].tolist() == df["text"].tolist()
+    renamed = read_table(tmp_path / "q.tsv", names=["body", "y"])[0]  # with a header, names rename its columns
+    assert list(renamed.columns) == ["body", "y"] and len(renamed) == 3
+    df.to_csv(tmp_path / "semi.txt", sep=";", index=False)
+    assert read_table(tmp_path / "semi.txt", sep="semicolon")[0].equals(df)
+
+
+def test_the_config_names_a_separator_and_reads_its_defaults_by_suffix():
+    assert DataConfig(sep="tab").sep == DataConfig(sep="\\t").sep == DataConfig(sep="\t").sep == "\t"
+    assert DataConfig().separator("a.tsv") == "\t" and DataConfig().separator("a.csv") == ","
+    assert DataConfig(sep=";").separator("a.tsv") == ";"
+    from mmtransfer.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"data.sep: expected one character, or tab"):
+        validate({"data": {"sep": "tabs"}})
+    with pytest.raises(ConfigError, match=r"data.names: each column needs its own name; named twice: a"):
+        validate({"data": {"names": ["a", "b", "a"]}})
+
+
+def test_new_rows_read_as_the_run_read_its_table_unless_their_header_names_its_columns(tmp_path):
+    from mmtransfer.inference import read_data
+
+    cfg = DataConfig(sep="tab", header=False, names=["label", "text"])
+    rows = texts(6)
+    (tmp_path / "same").write_text("".join(f"{label}\t{text}\n" for label, text in rows))
+    df = read_data(tmp_path / "same", cfg, ["text"])[0]  # the run's own headerless file
+    assert list(df.columns) == ["label", "text"] and len(df) == 6
+    (tmp_path / "new").write_text("".join(f"{text}\n" for _, text in rows))  # texts only: no label column
+    df = read_data(tmp_path / "new", cfg, ["text"])[0]
+    assert list(df.columns) == ["text"] and df["text"].tolist() == [t for _, t in rows]
+    (tmp_path / "new.csv").write_text("id,text\n1,hello\n2,bye\n")  # a header naming the run's column
+    df = read_data(tmp_path / "new.csv", cfg, ["text"])[0]
+    assert list(df.columns) == ["id", "text"] and len(df) == 2
+
+
+def test_a_split_columns_val_rows_joining_training_is_said(tmp_path):
+    df = write_files(tmp_path)
+    df["part"] = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
+    df.to_csv(tmp_path / "t.csv", index=False)
+    cfg = DataConfig(table=str(tmp_path / "t.csv"), split_column="part")
+    console = Console(record=True, width=300)
+    data = load_table_dataset(cfg, console=console, hold_out=False)
+    assert (len(data.train), data.val, len(data.test)) == (25, None, 5)
+    assert (
+        "note: the 5 val row(s) of split column 'part' join the train rows: train.validation is none, so nothing "
+        "selects the epoch (the last one is kept)" in console.export_text()
+    )
+    console = Console(record=True, width=300)
+    load_table_dataset(cfg, console=console)  # the val rows select: nothing to say
+    assert "join the train rows" not in console.export_text()

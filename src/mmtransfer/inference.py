@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from mmtransfer.config import did_you_mean
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.preprocess import RowSplit
 
@@ -36,14 +37,47 @@ class Rows:
     id_column: str | None = None  # the column naming rows (None: the row number)
 
 
-def read_data(source, encoding: str | None = None, label: str = "label") -> tuple[pd.DataFrame, Path, str]:
+def read_data(source, data=None, columns=(), encoding: str | None = None) -> tuple[pd.DataFrame, Path, str]:
     """(table, folder that relative paths resolve against, name): a CSV / TSV / Parquet file, a folder of class
-    subfolders (``data.folder`` layout, its class folders named in column ``label``), or a DataFrame."""
+    subfolders (``data.folder`` layout, its class folders named in column ``data.label``), or a DataFrame.
+
+    A text table is read as the run's data config says (``data``: sep, header, names) unless its first line
+    names the run's input ``columns``: then it is a table with a header (in the run's separator, or its own
+    suffix's). So the run's own headerless file reads as it trained, and a new table with a header reads as a
+    person wrote it. A headerless table without the label column takes ``data.names`` less the label."""
+    from mmtransfer.config import DataConfig
+    from mmtransfer.headers import first_row, table_format
     from mmtransfer.tables import read_folder, read_table
 
-    if not isinstance(source, pd.DataFrame) and Path(source).is_dir():
-        return read_folder(source, label)
-    return read_table(source, encoding=encoding)
+    data = data or DataConfig()
+    encoding = encoding or data.encoding
+    if isinstance(source, pd.DataFrame):
+        return read_table(source)
+    if Path(source).is_dir():
+        return read_folder(source, data.label)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"table not found: {path}")
+    try:
+        text = table_format(path, data.sep) == "text"
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    if not text:
+        return read_table(path, encoding, names=data.names)
+    own = DataConfig().separator(path)
+    for sep in dict.fromkeys([data.separator(path), own]):
+        try:
+            header = first_row(path, sep, encoding)
+        except (OSError, LookupError):
+            break  # read_table says why
+        if columns and set(columns) <= set(header):
+            return read_table(path, encoding, sep=sep)
+    names = data.names
+    if names is not None and not data.header and data.label in names:
+        found = len(first_row(path, data.separator(path), encoding))
+        if found == len(names) - 1:  # new rows to predict, without the label column
+            names = [n for n in names if n != data.label]
+    return read_table(path, encoding, sep=data.sep, header=data.header, names=names)
 
 
 def read_rows(
@@ -68,7 +102,7 @@ def read_rows(
             f"{run.path}: this run was trained on the built-in {run.cfg.data.dataset} data, not a table; "
             "it reads no table columns (use the Python API on the built-in name)"
         )
-    df, base, name = read_data(source, encoding or run.cfg.data.encoding, run.cfg.data.label)
+    df, base, name = read_data(source, run.cfg.data, list(pre.columns), encoding)
     if len(df) == 0:
         raise DataError(f"{name}: no rows (only a header?); nothing to do")
     missing = [c for c in pre.columns if c not in df.columns]
@@ -76,6 +110,7 @@ def read_rows(
         raise DataError(
             f"{name}: no column {missing[0]!r}, which the model reads"
             + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + did_you_mean(missing[0], list(df.columns))
             + f"; the table has {list(df.columns)}"
         )
     if id_column is None and not isinstance(source, pd.DataFrame) and Path(source).is_dir():
@@ -92,7 +127,10 @@ def read_rows(
     label = run.cfg.data.label
     has_labels = label in df.columns
     if need_labels and not has_labels:
-        raise DataError(f"{name}: no label column {label!r} to evaluate against; the table has {list(df.columns)}")
+        raise DataError(
+            f"{name}: no label column {label!r} to evaluate against{did_you_mean(label, list(df.columns))}; the "
+            f"table has {list(df.columns)}"
+        )
     ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column, "split")]
     if ignored and console is not None:
         console.print(f"columns the model does not read, ignored: {', '.join(map(str, ignored))}", markup=False)

@@ -269,6 +269,12 @@ def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) 
     columns included), every input's encoder named (the config's, the preset's, or its modality's default), and
     the task as resolved. What a config file, ``--set``, a study cell and the Python API give for the same run
     is this same object, and ``config.yaml`` stores it."""
+    unknown = sorted(set(cfg.model.encoders) - set(data.specs))
+    if unknown:  # nothing the user configured is ever dropped
+        raise ValueError(
+            f"model.encoders has {sorted(cfg.model.encoders)} but the data provides inputs {sorted(data.specs)}; "
+            f"no input named {unknown}"
+        )
     encoders = {
         name: cfg.model.encoders.get(name) or data.encoders.get(name) or default_encoder(spec)
         for name, spec in data.specs.items()

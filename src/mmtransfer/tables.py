@@ -32,26 +32,57 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 
 
-def read_table(source: str | Path | pd.DataFrame, encoding: str | None = None) -> tuple[pd.DataFrame, Path, str]:
+def read_table(
+    source: str | Path | pd.DataFrame,
+    encoding: str | None = None,
+    *,
+    sep: str | None = None,
+    header: bool = True,
+    names: list[str] | None = None,
+) -> tuple[pd.DataFrame, Path, str]:
     """(table, folder that relative paths resolve against, a name for messages). ``encoding`` is the text
-    encoding of a CSV / TSV file (UTF-8 by default); a byte it cannot decode is reported with its line."""
+    encoding of a CSV / TSV file (UTF-8 by default); a byte it cannot decode is reported with its line.
+
+    ``sep``, ``header`` and ``names`` are ``data.sep`` / ``data.header`` / ``data.names``: a text table is split by
+    ``sep`` (default: a tab for .tsv, else a comma; with ``sep`` set, a file of any name is a text table); without
+    a header its first line is data and its columns are ``names`` (default 0, 1, 2, ...); with one, ``names``
+    renames them. A tab-separated file whose quotes are not CSV quoting is read with its quotes as they are
+    (:func:`mmtransfer.headers.quoting`)."""
+    from mmtransfer.headers import check_names, quoting, table_format
+
     if isinstance(source, pd.DataFrame):
         return source.reset_index(drop=True), Path.cwd(), "DataFrame"
     path = Path(source)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a table (a folder of class folders is data.folder)")
     if not path.is_file():
         raise DataError(f"table not found: {path}")
-    suffix = path.suffix.lower()
     try:
-        if suffix in (".parquet", ".pq"):
+        settings = DataConfig(sep=sep, header=header, names=names, encoding=encoding or "utf-8")
+    except ValueError as err:  # pydantic's ValidationError: the field and why, in one line
+        first = err.errors()[0] if hasattr(err, "errors") else {"loc": ("?",), "msg": str(err)}
+        raise DataError(f"{path}: data.{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+    try:
+        kind = table_format(path, settings.sep)
+        if kind == "parquet":
             df = pd.read_parquet(path)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            # Only empty cells (and NaN) are missing: a label or category "NA" or "None" is a value.
-            sep = "\t" if suffix == ".tsv" else ","
-            df = pd.read_csv(
-                path, sep=sep, keep_default_na=False, na_values=["", "nan", "NaN"], encoding=encoding or "utf-8"
-            )
         else:
-            raise DataError(f"{path}: expected a .csv, .tsv or .parquet table, or a folder of class folders")
+            delimiter = settings.separator(path)
+            # Only empty cells (and NaN) are missing: a label or category "NA" or "None" is a value.
+            df = pd.read_csv(
+                path,
+                sep=delimiter,
+                header=0 if header else None,
+                quoting=quoting(path, delimiter, settings.encoding),
+                keep_default_na=False,
+                na_values=["", "nan", "NaN"],
+                encoding=settings.encoding,
+            )
+            if not header:
+                df.columns = [str(c) for c in df.columns]
+        if names is not None:
+            check_names(names, df.shape[1], path, settings)
+            df.columns = list(names)
     except UnicodeDecodeError as err:
         line = _undecodable_line(path, encoding or "utf-8")
         raise DataError(
@@ -65,7 +96,10 @@ def read_table(source: str | Path | pd.DataFrame, encoding: str | None = None) -
     except (pd.errors.ParserError, ValueError, OSError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"{path}: cannot read the table: {err}") from None
+        if isinstance(err, pd.errors.ParserError):
+            raise DataError(f"{path}: cannot read the table: {err}; is data.sep right?") from None
+        message = str(err) if str(err).startswith(str(path)) else f"{path}: cannot read the table: {err}"
+        raise DataError(message) from None
     return df.reset_index(drop=True), path.parent.resolve(), str(path)
 
 
@@ -134,7 +168,9 @@ def read_source(cfg: DataConfig, source=None) -> tuple[pd.DataFrame, Path, str, 
         if "split" in df.columns and cfg.split_column is None:
             cfg = cfg.model_copy(update={"split_column": "split"})
         return df, base, name, cfg
-    df, base, name = read_table(source if source is not None else cfg.table, encoding=cfg.encoding)
+    df, base, name = read_table(
+        source if source is not None else cfg.table, cfg.encoding, sep=cfg.sep, header=cfg.header, names=cfg.names
+    )
     return df, base, name, cfg
 
 
@@ -166,11 +202,12 @@ def infer_columns(df: pd.DataFrame, skip: set[str]) -> dict[str, tuple[ColumnCon
 def bind_columns(df: pd.DataFrame, cfg: DataConfig, name: str) -> tuple[dict[str, ColumnConfig], dict[str, str]]:
     """The columns used as inputs and their modality: configured ones, plus inferred ones; and how each was
     bound (configured, or inferred and why)."""
-    if cfg.label not in df.columns:
-        raise DataError(f"{name}: no label column {cfg.label!r}; columns are {list(df.columns)}")
-    for col in [*cfg.columns, *cfg.ignore, *([cfg.split_column] if cfg.split_column else [])]:
-        if col not in df.columns:
-            raise DataError(f"{name}: data config names column {col!r}, not in the table; columns: {list(df.columns)}")
+    from mmtransfer.headers import check_columns
+
+    try:  # the label, columns, ignore and split column are in the table (the nearest named where one is not)
+        check_columns(list(df.columns), cfg, name)
+    except ValueError as err:
+        raise DataError(str(err)) from None
     skip = {cfg.label, *cfg.ignore, *cfg.columns, *([cfg.split_column] if cfg.split_column else [])}
     inferred = infer_columns(df, skip) if cfg.infer else {}
     columns = {**{c: v[0] for c, v in inferred.items()}, **cfg.columns}
@@ -259,15 +296,21 @@ def check_labels(
     return bad
 
 
-def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, hold_out: bool = True) -> np.ndarray:
+def assign_splits(
+    df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, hold_out: bool = True, console: Console | None = None
+) -> np.ndarray:
     """'train' / 'val' / 'test' for every row: from the split column, or stratified and seeded. Without
     ``hold_out`` (no validation wanted, or a label budget that selects with its own labels) every row that is
-    not a test row is a train row."""
+    not a test row is a train row: a split column's val rows too, which ``console`` is told in one line."""
     n = len(df)
     if cfg.split_column:
         split = split_values(df, cfg.split_column).to_numpy(dtype=object)
         if not hold_out:
+            joined = int((split == "val").sum())
             split[split == "val"] = "train"
+            if joined and console is not None:
+                note = f"note: the {joined} val row(s) of split column {cfg.split_column!r} join the train rows: "
+                console.print(note + _why_no_validation(cfg), markup=False, highlight=False)
         elif not (split == "val").any():  # no validation rows given: hold some out of train
             train_idx = np.flatnonzero(split == "train")
             _, val_idx = stratified_split(
@@ -288,6 +331,17 @@ def assign_splits(df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, hold_ou
     )
     split[train], split[val], split[test] = "train", "val", "test"
     return split
+
+
+def _why_no_validation(cfg: DataConfig) -> str:
+    """Why no validation split is held out of a table with a split column, in words."""
+    if cfg.pool != "all":
+        return f"data.pool={cfg.pool} halves them with the others (a half holds its own validation rows)"
+    if cfg.k_per_class is not None or cfg.label_fraction is not None:
+        k, fraction = cfg.k_per_class, cfg.label_fraction
+        budget = f"k_per_class={k}" if k is not None else f"label_fraction={fraction:g}"
+        return f"the label budget ({budget}) is drawn from them, and selects with its own labels"
+    return "train.validation is none, so nothing selects the epoch (the last one is kept)"
 
 
 def load_table_dataset(
@@ -381,7 +435,7 @@ def load_table_dataset(
         groups = strata(values[keep]).astype(str)
     else:
         groups = labels_str[keep]
-    split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out)
+    split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out, console=console)
     if sets is not None:  # the labels any kept row names; a row's labels as 0/1 over them
         classes = sorted({name for i in np.flatnonzero(keep) for name in sets[i]})
         label_ids = np.zeros((len(df), len(classes)), dtype=np.float32)
