@@ -53,9 +53,7 @@ def library(table: Path) -> dict:
 
     start = time.perf_counter()
     column = ImageColumn(size=(224, 224), resize="crop", crop_pct=0.875, mean=0.5, std=0.5)
-    data = load_dataset(
-        DataConfig(table=str(table), split_column="split", columns={"path": column}), validation="none"
-    )
+    data = load_dataset(DataConfig(table=str(table), split_column="split", columns={"path": column}), validation="none")
     loaded = time.perf_counter()
     model = build_model(
         ModelConfig(encoders={"path": EfficientNetLiteConfig(variant="lite0")}, embed_dim=1280), data.specs,
