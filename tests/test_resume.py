@@ -243,9 +243,9 @@ def test_the_feature_cache_is_always_right(tmp_path, monkeypatch):
 def test_the_cache_stays_under_its_size_limit(tmp_path, monkeypatch):
     from mmtransfer import cache
 
-    monkeypatch.setenv("MMTRANSFER_CACHE_MAX_GB", str(2000 / 1e9))  # 2 kB: two entries of 952 bytes fit, not three
+    monkeypatch.setenv("MMTRANSFER_CACHE_MAX_GB", str(1000 / 1e9))  # 1 kB: two entries of 448 bytes fit, not three
     for i in range(3):
-        cache._write(tmp_path / f"e{i}.safetensors", torch.zeros(100, 2))
+        cache._write(tmp_path / f"e{i}.safetensors", [f"{k:032x}" for k in range(10)], torch.zeros(10, 2))
         os.utime(tmp_path / f"e{i}.safetensors", (i, i))  # e0 is the least recently used
     assert [p.name for p in cache.evict(tmp_path)] == ["e0.safetensors"]
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["e1.safetensors", "e2.safetensors"]
