@@ -176,3 +176,30 @@ def test_importing_the_cache_does_not_import_torch():
     code = "import sys, mmtransfer.cache; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_damaged_file_is_recomputed_with_a_warning_and_an_old_entry_ignored(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmtransfer.cache import encoder_key
+
+    data = photos(write_photos(tmp_path))
+    model = probe(data)
+    first = add_cached_features(model, {"train": data.train}, directory=tmp_path / "c")
+    (entry,) = entries(tmp_path / "c")
+    raw = bytearray(entry.read_bytes())
+    raw[-3] ^= 0xFF  # one byte of the features flipped: the file still reads, its checksum does not match
+    entry.write_bytes(bytes(raw))
+    old = tmp_path / "c" / f"photo-{encoder_key(model.encoders['photo'])}-0123.safetensors"
+    save_file({"features": torch.zeros(3, 8)}, str(old))  # the cache's format before it was per example
+    console = Console(record=True, width=300)
+    again = add_cached_features(model, {"train": data.train}, directory=tmp_path / "c", console=console)
+    text = console.export_text()
+    assert (
+        text.count("is damaged") == 1
+        and "checksum does not match" in text
+        and "train features [18, 8] computed" in text
+    )
+    torch.testing.assert_close(again["train"].extra["photo.features"], first["train"].extra["photo.features"])
+    assert entry.read_bytes() != bytes(raw)  # written anew (the same features: the same name)
+    assert old.exists()  # the old entry waits for eviction or cache clear

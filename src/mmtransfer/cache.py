@@ -15,6 +15,7 @@ under ``MMTRANSFER_CACHE_MAX_GB`` (default 10): the least recently used files go
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import itertools
 import os
@@ -193,7 +194,7 @@ class _Index:
         self.where: dict[str, tuple[Path, int]] = {}  # example key -> (file, row)
         self.loaded: dict[Path, torch.Tensor] = {}  # files whose features were read and checked
         self.used: set[Path] = set()
-        for path in sorted(directory.glob(f"{prefix}-*.safetensors")) if directory.is_dir() else []:
+        for path in sorted(directory.glob(f"{glob.escape(prefix)}-*.safetensors")) if directory.is_dir() else []:
             keys = self._keys(path)
             if keys is not None:
                 self.where.update({k: (path, i) for i, k in enumerate(keys)})
@@ -220,8 +221,10 @@ class _Index:
 
         try:
             with safe_open(str(path), framework="pt") as f:
+                if "keys" not in f.keys():  # an entry of the cache before it was per example: left to eviction
+                    return None
                 return [bytes(row).hex() for row in f.get_tensor("keys").numpy()]
-        except Exception as err:  # truncated, not safetensors, no keys
+        except Exception as err:  # truncated, not safetensors
             self._damaged(path, f"unreadable ({err})")
             return None
 
