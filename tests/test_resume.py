@@ -243,9 +243,9 @@ def test_the_feature_cache_is_always_right(tmp_path, monkeypatch):
 def test_the_cache_stays_under_its_size_limit(tmp_path, monkeypatch):
     from mmtransfer import cache
 
-    monkeypatch.setenv("MMTRANSFER_CACHE_MAX_GB", str(2000 / 1e9))  # 2 kB: two entries of 952 bytes fit, not three
+    monkeypatch.setenv("MMTRANSFER_CACHE_MAX_GB", str(1000 / 1e9))  # 1 kB: two entries of 448 bytes fit, not three
     for i in range(3):
-        cache._write(tmp_path / f"e{i}.safetensors", torch.zeros(100, 2))
+        cache._write(tmp_path / f"e{i}.safetensors", [f"{k:032x}" for k in range(10)], torch.zeros(10, 2))
         os.utime(tmp_path / f"e{i}.safetensors", (i, i))  # e0 is the least recently used
     assert [p.name for p in cache.evict(tmp_path)] == ["e0.safetensors"]
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["e1.safetensors", "e2.safetensors"]
@@ -323,3 +323,58 @@ def test_two_processes_train_one_run(tmp_path):
     from mmtransfer import artifact
 
     artifact.verify(tmp_path / "two")  # one writer: the manifest lists every file once, and they match
+
+
+class FailInEpoch3(Classification):
+    """Stops a fit in epoch 3 (a stand-in for a kill), after the checkpoint of epoch 2."""
+
+    def __init__(self, steps_per_epoch):
+        super().__init__()
+        self.calls, self.at = 0, 2 * steps_per_epoch + 1
+
+    def loss(self, model, inputs, targets):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().loss(model, inputs, targets)
+
+
+def test_checkpoints_hold_only_what_trains_and_resume_exactly(tmp_path, monkeypatch):
+    """A frozen encoder is in neither the resumable checkpoint nor its best copy; model.safetensors, every
+    weight, is written once, at the end; a run stopped in epoch 3 resumes to the uninterrupted run's weights."""
+    from mmtransfer import train
+    from mmtransfer.transfer.freeze import freeze
+
+    data = load_dataset(DataConfig(dataset="digits", k_per_class=16))
+    cfg = TrainConfig(epochs=4, batch_size=16, progress=False, patience=None)
+
+    def probe():
+        model = build_model(ModelConfig(embed_dim=16), data.input_shapes, data.classes, seed=0)
+        freeze(model, ["encoders.*"])
+        return model
+
+    writes = []
+    save = train.save_weights
+    monkeypatch.setattr(train, "save_weights", lambda state, path: writes.append(path) or save(state, path))
+    whole = probe()
+    fit(whole, data.train, data.val, cfg, checkpoint=tmp_path / "whole.safetensors")
+    assert writes == [tmp_path / "whole.safetensors"]
+    saved = load_weights(tmp_path / "whole.safetensors")
+    assert set(saved) == set(whole.state_dict()) and all(
+        torch.equal(saved[k], v) for k, v in whole.state_dict().items()
+    )
+
+    stopped = probe()
+    steps = -(-len(data.train) // cfg.batch_size)
+    with pytest.raises(KeyboardInterrupt):
+        fit(stopped, data.train, data.val, cfg, state_dir=tmp_path, objective=FailInEpoch3(steps))
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as f:
+        names = set(f.keys())
+    model_names = {k for k in names if k.startswith(("model.", "best."))}
+    assert model_names and not any(k.split(".", 1)[1].startswith("encoders.") for k in model_names)
+    assert {k for k in names if k.startswith("model.")} == {f"model.{k}" for k in whole.state_dict()
+                                                            if not k.startswith("encoders.")}  # fmt: skip
+    resumed = probe()
+    result = fit(resumed, data.train, data.val, cfg, state_dir=tmp_path, resume=True)
+    assert result.epochs_run == 4
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())

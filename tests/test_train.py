@@ -40,7 +40,9 @@ def test_learns_and_keeps_the_best_checkpoint(small_run, tmp_path):
     model, result, metrics = run_once(small_run, checkpoint=tmp_path / "best.safetensors")
     assert metrics["accuracy"] > 0.8  # 20 digits per class, 25 epochs of a small CNN
     assert result.history[0]["val_loss"] > result.best_val_loss
-    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+    lowest = min(h["val_loss"] for h in result.history)  # a later epoch may be lower by min_delta or less
+    assert lowest <= result.best_val_loss <= lowest + small_run.train.min_delta
+    assert result.best_val_loss == result.history[result.best_epoch - 1]["val_loss"]
     saved = load_weights(tmp_path / "best.safetensors")
     for k, v in model.state_dict().items():
         torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
@@ -124,7 +126,37 @@ def test_one_line_per_epoch_without_a_bar(small_run):
     assert len(lines) == result.epochs_run == 4
     first = result.history[0]
     assert lines[0].startswith(
-        f"epoch 1/4: train loss {first['train_loss']:.4f}, val loss {first['val_loss']:.4f}, "
+        f"epoch 1/4: train loss {first['train_loss']:.4f}, val loss {first['val_loss']:.4f} (best), "
         f"val accuracy {first['val_accuracy']:.4f}"
-    )
-    assert sum("(best)" in line for line in lines) >= 1
+    )  # the first epoch is the best so far; "(best)" names what improved: the validation loss
+    best = float("inf")
+    for line, row in zip(lines, result.history, strict=True):  # marked when the loss beats the best by min_delta
+        assert ("(best)" in line) == (row["val_loss"] < best - small_run.train.min_delta), line
+        best = min(best, row["val_loss"]) if "(best)" in line else best
+
+
+def test_an_improvement_must_exceed_min_delta(small_run):
+    small_run.train.epochs, small_run.train.patience = 20, 3
+    _, plain, _ = run_once(small_run)
+    assert plain.best_epoch > 1
+    small_run.train.min_delta = 10.0  # no epoch can lower a loss near 2.3 by more than 10
+    _, strict, _ = run_once(small_run)
+    assert (strict.best_epoch, strict.epochs_run, strict.stopped) == (1, 4, "early stop")
+    assert strict.best_val_loss == strict.history[0]["val_loss"]
+
+
+def test_a_time_limit_stops_at_the_end_of_the_epoch_and_keeps_the_best(small_run, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    small_run.train.epochs, small_run.train.time_limit = 50, 1e-6  # passed within the first epoch
+    data = load_dataset(small_run.data)
+    model = build_model(small_run.model, data.input_shapes, data.classes, seed=0)
+    log = Console(file=StringIO(), width=200)
+    result = fit(model, data.train, data.val, small_run.train, console=log, checkpoint=tmp_path / "w.safetensors")
+    assert (result.epochs_run, result.best_epoch, result.stopped) == (1, 1, "time limit")
+    text = log.file.getvalue()
+    assert "time limit: training stopped after epoch 1 of 50" in text and "the weights of epoch 1 are kept" in text
+    saved = load_weights(tmp_path / "w.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())

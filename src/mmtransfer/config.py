@@ -477,6 +477,15 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-2, ge=0, le=10)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up before cosine.")
     patience: int | None = Field(10, ge=1, strict=True, description="Early stopping on validation loss; none = off.")
+    min_delta: float = Field(
+        1e-3, ge=0, description="Early stopping: the validation loss must fall by more than this to count as better."
+    )
+    time_limit: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds of training: it stops at the end of the epoch that passes them, keeping the best "
+        "weights; none = no limit.",
+    )
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
     validation: Literal["auto", "none", "split"] = Field(
         "auto",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ class Examples(Protocol):
 
     def names(self) -> list[str]: ...
 
-    def batch(self, indices) -> dict[str, torch.Tensor]: ...
+    def batch(self, indices, names: Collection[str] | None = None) -> dict[str, torch.Tensor]: ...
 
     def subset(self, index) -> Examples: ...
 
@@ -46,7 +46,7 @@ class Examples(Protocol):
 
     def with_features(self, name: str, features: torch.Tensor) -> Examples: ...
 
-    def fingerprint(self, name: str) -> str: ...
+    def example_keys(self, name: str) -> list[str]: ...
 
 
 @dataclass
@@ -62,9 +62,10 @@ class Split:
     def names(self) -> list[str]:
         return list(self.inputs)
 
-    def batch(self, indices) -> dict[str, torch.Tensor]:
+    def batch(self, indices, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The inputs of ``indices``; ``names``: only these."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.inputs.items()}
+        return {k: v[idx] for k, v in self.inputs.items() if names is None or k in names}
 
     def subset(self, index: np.ndarray | torch.Tensor) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
@@ -83,12 +84,12 @@ class Split:
     def with_features(self, name: str, features: torch.Tensor) -> Split:
         return Split({**self.inputs, f"{name}.features": features}, self.labels)
 
-    def fingerprint(self, name: str) -> str:
-        """A hash of input ``name``'s tensor: dtype, shape and bytes."""
+    def example_keys(self, name: str) -> list[str]:
+        """One hash per row of input ``name``: the row tensor's dtype, shape and bytes."""
         t = self.inputs[name].detach().cpu().contiguous()
-        h = hashlib.sha256(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:32]
+        head = str((t.dtype, tuple(t.shape[1:]))).encode()
+        rows = t.reshape(len(t), -1).view(torch.uint8).numpy() if t.numel() else np.zeros((len(t), 0), np.uint8)
+        return [hashlib.sha256(head + row.tobytes()).hexdigest()[:32] for row in rows]
 
     def to_memory(self) -> Split:
         return self

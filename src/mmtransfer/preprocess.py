@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,8 @@ class TablePreprocessor:
     # ------------------------------------------------------------ check, fit
 
     def check(self, df: pd.DataFrame, base: Path, name: str, console: Console | None = None) -> tuple[Cells, list]:
-        """Open every cell once (files are decoded and dropped); collect bad ones instead of stopping at the first.
+        """Open every cell once (files are decoded and dropped: an image as cheaply as the format allows, see
+        ``ImageModality.check``); collect bad ones instead of stopping at the first.
 
         Rows are named by the table's index (``read_table`` numbers them from 0 after the header; a subset of
         rows keeps its numbers)."""
@@ -76,6 +77,7 @@ class TablePreprocessor:
             column = df[col].tolist()
             rows = range(len(column))
             streamed = self.columns[col].modality in STREAMED
+            read = getattr(mod, "check", mod.load) if streamed else mod.load  # a streamed cell's example is dropped
             if streamed and console is not None and console.is_terminal:
                 rows = track(rows, description=f"checking {_escape(col)}", console=console, transient=True)
             out, here = [], np.zeros(len(column), dtype=bool)
@@ -85,7 +87,7 @@ class TablePreprocessor:
                     out.append(None)
                     continue
                 try:
-                    example = mod.load(value, base)
+                    example = read(value, base)
                     out.append(value if streamed else example)
                     here[i] = True
                 except BadValue as err:
@@ -117,20 +119,23 @@ class TablePreprocessor:
 
     # ------------------------------------------------------------ transform
 
-    def transform(self, cells: Cells, rows: np.ndarray | list[int]) -> dict[str, torch.Tensor]:
-        """The batch of ``rows``: one tensor per input (``name.present`` beside it), number columns together."""
+    def transform(self, cells: Cells, rows: np.ndarray | list[int], skip: Collection[str] = ()) -> dict:
+        """The batch of ``rows``: one tensor per input (``name.present`` beside it), number columns together.
+        The inputs in ``skip`` are not made (their files not decoded); their ``name.present`` still is."""
         rows = [int(r) for r in rows]
         out: dict[str, torch.Tensor] = {}
         for col, mod in self.modalities.items():
             if col in self.tab_cols:
+                continue
+            out[f"{col}.present"] = torch.as_tensor(cells.present[col][rows], dtype=torch.bool)
+            if col in skip:
                 continue
             if self.columns[col].modality in STREAMED:
                 examples = list(self._examples(cells, col, rows))
             else:
                 examples = [cells.values[col][r] if cells.present[col][r] else mod.placeholder() for r in rows]
             out[col] = mod.collate(examples)
-            out[f"{col}.present"] = torch.as_tensor(cells.present[col][rows], dtype=torch.bool)
-        if self.tab_cols:
+        if self.tab_cols and TABULAR not in skip:
             out[TABULAR] = torch.cat(
                 [self.modalities[c].collate([cells.values[c][r] for r in rows]) for c in self.tab_cols], 1
             )
@@ -202,13 +207,24 @@ class RowSplit:
         return self.cells.row_ids[self.rows]
 
     def names(self) -> list[str]:
-        return [*self.pre.input_names(), *self.extra]
+        """The keys of a batch: every input whose features are not cached, ``name.present``, the cached features."""
+        cached = self._cached()
+        return [n for n in self.pre.input_names() if n not in cached] + list(self.extra)
 
-    def batch(self, indices) -> dict[str, torch.Tensor]:
+    def _cached(self) -> set[str]:
+        """Inputs whose frozen encoder's features are in ``extra``: what the model reads instead of them."""
+        return {k.removesuffix(".features") for k in self.extra if k.endswith(".features")}
+
+    def batch(self, indices, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The inputs of ``indices`` (positions in this split): an input whose features are cached is not decoded
+        (a linear probe's epochs never open its files); ``names``: only these keys."""
         index = np.asarray(indices, dtype=np.int64)
-        out = self.pre.transform(self.cells, self.rows[index])
+        skip = self._cached()
+        if names is not None:
+            skip |= set(self.pre.input_names()) - set(names)
+        out = self.pre.transform(self.cells, self.rows[index], skip=skip)
         out.update({k: v[torch.as_tensor(index)] for k, v in self.extra.items()})
-        return out
+        return out if names is None else {k: v for k, v in out.items() if k in names}
 
     def subset(self, index) -> RowSplit:
         index = np.asarray(index, dtype=np.int64)
@@ -229,19 +245,26 @@ class RowSplit:
     def with_features(self, name: str, features: torch.Tensor) -> RowSplit:
         return RowSplit(self.pre, self.cells, self.rows, self.labels, {**self.extra, f"{name}.features": features})
 
-    def fingerprint(self, name: str) -> str:
-        """A hash of what input ``name`` holds for these rows: the cells (with each file's size and modification
-        time) and the preprocessing state, so a changed file or a refit gives another key."""
-        h = hashlib.sha256(json.dumps(self.pre.state(), sort_keys=True, default=str).encode())
+    def example_keys(self, name: str) -> list[str]:
+        """One hash per row of what input ``name`` holds there: the cell (a file's resolved path, size and
+        modification time) and the column's preprocessing (its settings and fitted state), so a changed file or
+        a refit gives another key, and the same photo in another split or subset of the table the same one."""
         cols = self.pre.tab_cols if name == TABULAR else [name]
-        for col in cols:
-            streamed = self.pre.columns[col].modality in STREAMED
-            for r in self.rows:
-                value = self.cells.values[col][r]
+        state = self.pre.state()
+        setting = json.dumps(
+            [[c, state["columns"][c], state["state"].get(c)] for c in cols], sort_keys=True, default=str
+        ).encode()
+        streamed = {c for c in cols if self.pre.columns[c].modality in STREAMED}
+        keys = []
+        for r in self.rows:
+            h = hashlib.sha256(setting)
+            for col in cols:
+                value = self.cells.values[col][r] if self.cells.present[col][r] else None
                 h.update(repr(value).encode())
-                if streamed and value is not None:  # the file itself: where it is, its size and modification time
+                if col in streamed and value is not None:  # the file itself: where it is, its size and mtime
                     h.update(_stat(value, self.cells.base).encode())
-        return h.hexdigest()[:32]
+            keys.append(h.hexdigest()[:32])
+        return keys
 
     def to_memory(self):
         """Every row loaded at once, as an in-memory :class:`~mmtransfer.data.Split` (for small data and tests)."""

@@ -7,7 +7,6 @@ What trains in each epoch, and at what rate per layer group, is the fine-tuning 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ class FitResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
+    stopped: str | None = None  # why training ended before cfg.epochs: "early stop" or "time limit"
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -110,12 +110,12 @@ def _can_fuse(model: nn.Module) -> bool:
 
 
 def epoch_line(row: dict, epochs: int, seconds: float, best: bool, desc: str = "fit") -> str:
-    """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time."""
+    """One plain line per epoch, for logs and pipes: epoch, losses, validation accuracy, elapsed time. "(best)"
+    follows what selects the best epoch, the validation loss."""
     line = f"{'' if desc == 'fit' else desc + ' '}epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
     if row.get("val_loss") is not None:
         name, value = _val_score(row)
-        line += f", val loss {row['val_loss']:.4f}, val {name} {value:.4f}"
-        line += " (best)" if best else ""
+        line += f", val loss {row['val_loss']:.4f}{' (best)' if best else ''}, val {name} {value:.4f}"
     return line + f", {seconds:.1f} s"
 
 
@@ -199,18 +199,21 @@ def fit(
     resume: bool = False,
     log_dir: str | Path | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss, or,
-    when ``val`` is None (no labels to select with), those of the last epoch after exactly ``cfg.epochs``.
+    """Train ``model`` in place; it ends holding the weights of the epoch with the lowest validation loss (an
+    epoch counts as better when its loss falls by more than ``cfg.min_delta``), or, when ``val`` is None (no
+    labels to select with), those of the last epoch after exactly ``cfg.epochs``. ``cfg.time_limit``: training
+    stops at the end of the epoch that passes it, keeping the best weights.
 
     The one training loop: ``objective`` says what the loss is (classification by default; feature matching
     for distillation). Only parameters with ``requires_grad`` when ``fit`` starts may train; ``cfg.strategy``
     decides which of them do in each epoch and at what peak rate per layer group. ``history`` records per
-    epoch the losses, the trainable parameter count and every group's learning rate. ``checkpoint``: the best
-    weights are written there (safetensors, atomically) each time the validation loss improves (every epoch
-    without validation). ``augment`` maps input names to random transforms applied to training batches.
+    epoch the losses, the trainable parameter count and every group's learning rate. ``checkpoint``: the
+    weights the model ends with are written there once, when training ends (safetensors, atomically).
+    ``augment`` maps input names to random transforms applied to training batches.
 
     ``state_dir``: a resumable checkpoint (:mod:`mmtransfer.resume`) is written there at the end of every
-    epoch and every ``cfg.checkpoint_every`` optimizer steps; with ``resume`` training continues from it and
+    epoch and every ``cfg.checkpoint_every`` optimizer steps; it and the copy of the best weights hold only what
+    training can change (not the encoders frozen from the start); with ``resume`` training continues from it and
     ends exactly as an uninterrupted run with the same seed would (on the CPU). ``log_dir``: ``history.csv``,
     TensorBoard events where installed, and ``learning_curve.png``. Mixed precision (``cfg.precision``),
     gradient accumulation and clipping go through Accelerate. A loss that is not finite stops the run
@@ -262,6 +265,7 @@ def fit(
     allowed = set(trainable_names(model))  # a strategy only freezes: what is frozen now stays frozen
     if not allowed:
         raise ValueError("fit: every parameter is frozen; nothing to train")
+    changing = changing_names(model, allowed)
     if accelerator.num_processes > 1 and strategies.changes_over_epochs(strategy):
         # DDP registers the parameters that train when it wraps the model; one unfrozen later would not sync.
         raise ValueError(f"fit: strategy {strategy.name} changes what trains between epochs; run it on one process")
@@ -289,13 +293,14 @@ def fit(
     if resume:
         if state_path is None or not state_path.is_file():
             raise ValueError(f"nothing to resume: no {resume_mod.CHECKPOINT} in {state_dir}")
-        state.load(state_path, accelerator.unwrap_model(model), optimizer, scheduler, generator)
+        state.load(state_path, accelerator.unwrap_model(model), optimizer, scheduler, generator, changing)
     runlog = RunLog(Path(log_dir), resume=resume) if log_dir is not None and main else None
     every = cfg.checkpoint_every
 
     def save_state(epoch_start: torch.Tensor) -> None:
         if state_path is not None and main:
-            state.save(state_path, accelerator.unwrap_model(model), optimizer, scheduler, epoch_start, elapsed())
+            unwrapped = accelerator.unwrap_model(model)
+            state.save(state_path, unwrapped, optimizer, scheduler, epoch_start, elapsed(), changing)
 
     def elapsed() -> float:
         return state.seconds + time.perf_counter() - start
@@ -354,8 +359,6 @@ def fit(
             state.epoch, state.step_in_epoch, state.train_loss, state.seen = epoch, 0, 0.0, 0
             if val_loader is None or not objective.validates:  # nothing selects: the latest weights are the result
                 state.best_epoch = epoch
-                if checkpoint is not None and main:
-                    save_weights(accelerator.unwrap_model(model).state_dict(), checkpoint)
                 status = f"train loss {row['train_loss']:.3f}"
             else:
                 if isinstance(objective, Regression):
@@ -367,17 +370,20 @@ def fit(
                 else:
                     val_metrics = _evaluate_loader(model, val_loader, accelerator, _selection_loss(objective))
                 row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics.get("accuracy")
-                if val_metrics["loss"] < state.best_loss:
+                if val_metrics["loss"] < state.best_loss - cfg.min_delta:
                     state.best_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
-                    state.best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-                    if checkpoint is not None and main:
-                        save_weights(state.best_state, checkpoint)
+                    own = accelerator.unwrap_model(model).state_dict()
+                    state.best_state = {k: own[k].detach().clone() for k in changing}
                 else:
                     state.bad_epochs += 1
                 name, value = _val_score(row)
                 score = f"{name} {value:.3f}"
                 status = f"val loss {row['val_loss']:.3f} {score} (best ep {state.best_epoch})"
-            stop = val_loader is not None and cfg.patience is not None and state.bad_epochs >= cfg.patience
+            stop = None
+            if val_loader is not None and cfg.patience is not None and state.bad_epochs >= cfg.patience:
+                stop = "early stop"
+            elif cfg.time_limit is not None and elapsed() >= cfg.time_limit and epoch < cfg.epochs:
+                stop = "time limit"
             state.stopped = stop
             save_state(generator.get_state())
             bar.update(task, advance=1, status=status)
@@ -389,15 +395,28 @@ def fit(
                 if epoch < cfg.epochs and not stop:
                     line += f", about {_eta(seconds, epoch, cfg.epochs)} left"
                 log.print(line, highlight=False, markup=False, soft_wrap=True)
+            if stop == "early stop" and log is not None:
+                log.print(
+                    f"early stop: no validation loss better by more than train.min_delta {cfg.min_delta:g} for "
+                    f"{cfg.patience} epochs",
+                    markup=False,
+                )
+            elif stop == "time limit" and (show_bar or log is not None):
+                (log or bar.console).print(
+                    f"time limit: training stopped after epoch {epoch} of {cfg.epochs}, {elapsed():.1f} s passing "
+                    f"train.time_limit {cfg.time_limit:g} s; the weights of epoch {state.best_epoch} are kept",
+                    markup=False,
+                    highlight=False,
+                )
             if stop:
-                if log is not None:
-                    log.print(f"early stop: no better validation loss for {cfg.patience} epochs", markup=False)
                 break
     if runlog is not None:
         runlog.close(state.history)
     model = accelerator.unwrap_model(model)
     if state.best_state is not None:
-        model.load_state_dict(state.best_state)
+        load_changing(model, state.best_state, changing, "the best weights")
+    if checkpoint is not None and main:
+        save_weights(model.state_dict(), checkpoint)
     return FitResult(
         best_epoch=state.best_epoch,
         best_val_loss=state.best_loss if val_loader is not None and objective.validates else None,
@@ -405,7 +424,28 @@ def fit(
         seconds=elapsed(),
         history=state.history,
         checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        stopped=state.stopped or None,
     )
+
+
+def changing_names(model: nn.Module, allowed: set[str]) -> list[str]:
+    """The state-dict entries training can change: all but those of encoders none of whose parameters may
+    train (kept in eval mode, their BatchNorm statistics do not change either)."""
+    fixed = tuple(
+        f"encoders.{name}."
+        for name in getattr(model, "encoders", {})
+        if not any(n.startswith(f"encoders.{name}.") for n in allowed)
+    )
+    return [k for k in model.state_dict() if not k.startswith(fixed)] if fixed else list(model.state_dict())
+
+
+def load_changing(model: nn.Module, tensors: dict[str, torch.Tensor], changing: list[str], what: str) -> None:
+    """Load the entries ``changing`` (a checkpoint may hold more: before, it held every weight); the others
+    stay as they are. A missing entry is an error naming it."""
+    missing = [k for k in changing if k not in tensors]
+    if missing:
+        raise ValueError(f"{what} do not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    model.load_state_dict({k: tensors[k] for k in changing}, strict=False)
 
 
 def _eta(seconds: float, epoch: int, epochs: int) -> str:
@@ -425,7 +465,7 @@ class _State:
     best_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
-    stopped: bool = False
+    stopped: str | bool = False  # "early stop" or "time limit" (True: an early stop, in a checkpoint from before)
     seconds: float = 0.0  # training time before this process started
     history: list = field(default_factory=list)
     best_state: dict | None = None
@@ -433,8 +473,9 @@ class _State:
 
     FIELDS = ("epoch", "step_in_epoch", "global_step", "train_loss", "seen", "best_epoch", "bad_epochs", "stopped")
 
-    def save(self, path, model, optimizer, scheduler, epoch_start, seconds) -> None:
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    def save(self, path, model, optimizer, scheduler, epoch_start, seconds, changing: list[str]) -> None:
+        own = model.state_dict()
+        tensors = {f"model.{k}": own[k] for k in changing}
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         opt_tensors, opt_meta = resume_mod.optimizer_state(optimizer)
@@ -451,13 +492,14 @@ class _State:
         }
         resume_mod.save(path, tensors, meta)
 
-    def load(self, path, model, optimizer, scheduler, generator) -> None:
+    def load(self, path, model, optimizer, scheduler, generator, changing: list[str]) -> None:
         tensors, meta = resume_mod.load(path)
         for k in self.FIELDS:
             setattr(self, k, meta[k])
         self.best_loss = math.inf if meta["best_loss"] is None else meta["best_loss"]
         self.seconds, self.history = meta["seconds"], meta["history"]
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        own = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        load_changing(model, own, changing, f"the weights in {path}")
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_state = best or None
         resume_mod.load_optimizer_state(optimizer, tensors, meta["optimizer"])
