@@ -154,7 +154,9 @@ class Dataset:
         return {k: s.shape for k, s in self.specs.items()}
 
 
-def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None) -> Dataset:
+def load_dataset(
+    cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None, test: bool = True
+) -> Dataset:
     """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
     (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
     (``train.validation``: auto, none or split); ``data.labels`` counts both.
@@ -164,7 +166,9 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     every row that is not a test row; with ``auto`` a stratified part of them (``val_fraction`` of each class,
     at least one) selects the model, so the labels that choose the best epoch come out of the same budget;
     ``none`` selects with nothing; ``split`` holds the validation split out first and selects with it.
-    ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``.
+    ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``. Without ``test``
+    a table holds no test rows out (``data.test`` is None unless its split column names some); a built-in
+    dataset keeps its test split.
     """
     if validation not in ("auto", "none", "split"):
         raise ValueError(f"validation must be auto, none or split, got {validation!r}")
@@ -178,7 +182,7 @@ def load_dataset(cfg: DataConfig, console: Console | None = None, *, validation:
     if cfg.table is not None or cfg.folder is not None or source is not None:
         from mmtransfer.tables import load_table_dataset
 
-        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out and not halved)
+        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out and not halved, test=test)
     else:
         data = _builtin(cfg, hold_out=hold_out and not halved)
     data.train_pool = data.train  # every input of it serves as unlabelled data (distillation)
