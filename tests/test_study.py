@@ -327,6 +327,14 @@ def test_sources_are_made_per_seed_before_the_arms_that_transfer_from_them(tmp_p
     assert state["encoders.image.blocks.0.0.weight"][0] == "copied"  # transfer.select: the encoder only
     assert state["head.out.weight"] == ("skipped", "not in transfer.select: newly initialised")
     assert set(results["source_summary"]) == {"cnn"} and len(results["sources"]) == 2
+    # the score before training, carried from metrics.json into the records, the summary and the report
+    assert graft[0]["before_training"] == {k: v for k, v in metrics["before_training"].items()
+                                           if k in ("n", "loss", *engine.METRICS)}  # fmt: skip
+    assert results["summary"]["k5"]["graft"]["before_training"]["accuracy"]["n"] == 2
+    assert "| graft, before training |" in (tmp_path / "s" / "report.md").read_text()
+    # a cell's log is whole: the graft table's reasons are not wrapped or cut at a console width
+    log = (tmp_path / "s" / "cells" / "graft" / "k5" / "seed0.log").read_text().splitlines()
+    assert any("head.out.weight" in line and line.endswith("not in transfer.select: newly initialised") for line in log)
     assert "source runs (one per seed, before the arms)" in (tmp_path / "s" / "report.md").read_text()
     # the source's rows and the arms' rows are disjoint halves of the non-test rows, the test split the same
     from mmtransfer.config import DataConfig
