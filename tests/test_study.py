@@ -458,3 +458,17 @@ def test_plots_show_whole_titles_and_the_budgets_studied():
     assert fig.axes[0].title.get_text().replace("\n", " ") == title  # whole, wrapped
     assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
     plt.close(fig)
+
+
+def test_a_cell_silences_third_party_progress_bars_and_keeps_stderr_in_its_log(tmp_path):
+    import io
+
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    enabled = hf_logging.is_progress_bar_enabled()
+    log = io.StringIO()
+    with engine._quiet_libraries(log):
+        assert not hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bars
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # read by a worker's first import
+        print("a library's warning", file=sys.stderr)
+    assert log.getvalue() == "a library's warning\n"
+    assert hf_logging.is_progress_bar_enabled() == enabled  # as it was: a cell may run in the study's own process
