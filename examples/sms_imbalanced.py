@@ -10,7 +10,8 @@ split of 20 % (1,115 messages). A label budget is a share of the train labels (s
 vocabulary, phrase detectors, max over the message). Arms: ``plain`` (the base config) and ``balanced``
 (``train.class_weights: balanced``: each class's loss weighted by n / (2 * its count), spam about 3.7). The
 study writes ``report.md``, ``report.html`` and ``results.json`` into --out; this script adds each class's
-recall (from the confusion matrices) and the expected calibration error before and after temperature scaling.
+recall (from the confusion matrices) and the expected calibration error before and after temperature scaling
+("not fitted" for the seeds whose validation labels were all classified right: nothing to fit a temperature on).
 """
 
 from __future__ import annotations
@@ -79,17 +80,25 @@ def main() -> None:
             rows.append([engine.budget_label(b), arm, f"{cells[0]['labels']['total']}",
                          *[f"{100 * recalls[:, i].mean():.1f} ± {100 * recalls[:, i].std(ddof=1):.1f}"
                            for i in range(len(classes))]])  # fmt: skip
-            calibration = [json.loads((Path(c["folder"]) / "calibration.json").read_text()) for c in cells]
+            # no calibration.json where the validation labels were all classified right: nothing to fit T on
+            files = [Path(c["folder"]) / "calibration.json" for c in cells]
+            calibration = [json.loads(f.read_text()) for f in files if f.is_file()]
+            missing = len(files) - len(calibration)
+            if not calibration:
+                ece.append([engine.budget_label(b), arm, "not fitted", "-", "-", f"{missing} of {len(files)}"])
+                continue
             before = [100 * c["test"]["ece_before"] for c in calibration]
             after = [100 * c["test"]["ece_after"] for c in calibration]
             temps = [c["temperature"] for c in calibration]
             ece.append([engine.budget_label(b), arm, f"{np.mean(temps):.2f}", f"{np.mean(before):.2f}",
-                        f"{np.mean(after):.2f}"])  # fmt: skip
+                        f"{np.mean(after):.2f}", f"{missing} of {len(files)}"])  # fmt: skip
     console.print(Grid("test recall per class (%), mean ± std over seeds", ["budget", "arm", "labels",
                        *[f"recall {c}" for c in classes]], rows))  # fmt: skip
     console.print(Grid("calibration on the test split: temperature fitted on the validation labels; expected "
-                       "calibration error (%, 15 bins), mean over seeds",
-                       ["budget", "arm", "temperature", "ECE before", "ECE after"], ece))  # fmt: skip
+                       "calibration error (%, 15 bins), mean over the seeds that fitted one (not fitted: every "
+                       "validation label classified right, so nothing to fit a temperature on)",
+                       ["budget", "arm", "temperature", "ECE before", "ECE after", "seeds not fitted"],
+                       ece))  # fmt: skip
     (out / "per_class.json").write_text(json.dumps({"recall": rows, "calibration": ece}, indent=1))
 
 

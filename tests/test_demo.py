@@ -23,4 +23,10 @@ def test_demo_one_seed_shows_a_positive_gain_through_the_study_engine(tmp_path):
     assert result["setup"]["target_labels"] == {"train": 80, "selection": 20, "total": 100}
     text = console.export_text()
     assert "graft report" in text and "gain (transfer - scratch)" in text and str(tmp_path) in text
+    # the terminal table shows the transferred GRU before fine-tuning, and what fine-tuning added
+    before = f"{100 * row['transfer_before_finetune_accuracy']:.1f} ± 0.0 %"
+    assert any("GRU transfer, before fine-tuning" in line and before in line for line in text.splitlines())
+    assert row["finetune_gain"] == row["transfer_accuracy"] - row["transfer_before_finetune_accuracy"]
+    assert result["summary"]["finetune_gain"]["mean"] == row["finetune_gain"]
+    assert "fine-tuning's part" in text
     assert "| GRU from scratch |" in (tmp_path / "report.md").read_text()

@@ -1,5 +1,7 @@
 """The estimator API: fit returns self, predict / predict_proba / evaluate / embed, save and load round-trip."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,7 +49,6 @@ def test_a_validation_table_and_a_builtin_name(frame):
     labels = predictor.run_.cfg.data
     assert labels.split_column == "_split"
     metrics = predictor.run_.path / "metrics.json"
-    import json
 
     recorded = json.loads(metrics.read_text())
     assert recorded["val"]["n"] == 9 and recorded["labels"]["selection"] == 9  # the valid rows select
@@ -80,3 +81,38 @@ def test_your_own_module_as_an_encoder(frame, tmp_path):
     np.testing.assert_array_equal(again.predict_proba(table).to_numpy(), predictor.predict_proba(table).to_numpy())
     with pytest.raises(ValueError, match="needs an int output_dim"):
         Predictor(encoders={"tabular": nn.Linear(1, 8)}).fit(table)
+
+
+def test_fit_trains_and_selects_on_every_row_it_is_given_and_prints_the_binding(frame, tmp_path, capsys):
+
+    predictor = Predictor(label="label", data=SMALL, train={"epochs": 1}, model__embed_dim=8, path=tmp_path / "run")
+    predictor.fit(frame)
+    printed = capsys.readouterr().out
+    assert "columns of DataFrame" in printed and "picture" in printed and "image (3x12x12" in printed  # the binding
+    assert "no rows held out for test" in printed
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["labels"]["total"] == 36 == len(frame)  # no hidden test split: every row trains or selects
+    assert metrics["labels"]["selection"] == metrics["test"]["n"] > 0  # the selection rows, scored as "test" ...
+    assert metrics["scored"].startswith("no test rows were held out")  # ... and labelled so
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())["rows"]
+    assert set(splits) == {"train", "val"} and sorted(splits["train"] + splits["val"]) == list(range(36))
+    assert predictor.evaluate(frame.iloc[:10])["n"] == 10  # evaluate scores the data it is given
+
+    quiet = Predictor(label="label", data=SMALL, train={"epochs": 1}, model__embed_dim=8, verbose=False)
+    quiet.fit(frame, valid=frame.iloc[:9])
+    assert capsys.readouterr().out == ""
+    recorded = json.loads((quiet.path / "metrics.json").read_text())
+    assert recorded["labels"] == {**recorded["labels"], "train": 36, "selection": 9}  # valid rows select
+
+
+def test_a_table_path_holds_no_test_rows_out_and_evaluate_run_says_so(frame, tmp_path):
+    from mmtransfer.runs import evaluate_run
+
+    table = tmp_path / "t.csv"
+    frame[["weight", "label"]].to_csv(table, index=False)
+    predictor = Predictor(train={"epochs": 1}, model__embed_dim=8, verbose=False).fit(str(table))
+    assert predictor.run_.cfg.data.table == str(table.resolve())
+    with pytest.raises(ValueError, match="no test rows were held out of its data"):
+        evaluate_run(predictor.path)
+    assert evaluate_run(predictor.path, "val")["n"] == json.loads((predictor.path / "metrics.json").read_text())[
+        "labels"]["selection"]  # fmt: skip

@@ -327,6 +327,14 @@ def test_sources_are_made_per_seed_before_the_arms_that_transfer_from_them(tmp_p
     assert state["encoders.image.blocks.0.0.weight"][0] == "copied"  # transfer.select: the encoder only
     assert state["head.out.weight"] == ("skipped", "not in transfer.select: newly initialised")
     assert set(results["source_summary"]) == {"cnn"} and len(results["sources"]) == 2
+    # the score before training, carried from metrics.json into the records, the summary and the report
+    assert graft[0]["before_training"] == {k: v for k, v in metrics["before_training"].items()
+                                           if k in ("n", "loss", *engine.METRICS)}  # fmt: skip
+    assert results["summary"]["k5"]["graft"]["before_training"]["accuracy"]["n"] == 2
+    assert "| graft, before training |" in (tmp_path / "s" / "report.md").read_text()
+    # a cell's log is whole: the graft table's reasons are not wrapped or cut at a console width
+    log = (tmp_path / "s" / "cells" / "graft" / "k5" / "seed0.log").read_text().splitlines()
+    assert any("head.out.weight" in line and line.endswith("not in transfer.select: newly initialised") for line in log)
     assert "source runs (one per seed, before the arms)" in (tmp_path / "s" / "report.md").read_text()
     # the source's rows and the arms' rows are disjoint halves of the non-test rows, the test split the same
     from mmtransfer.config import DataConfig
@@ -365,3 +373,102 @@ def test_a_failed_source_fails_only_the_arms_that_need_it(tmp_path):
 def test_a_placeholder_must_name_a_source(tmp_path, sources, arms, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         engine.load_study(write_study(tmp_path, sources=sources, arms=arms, reference=None))
+
+
+def fake_results(spec, accuracies: dict, before: dict | None = None, classes=("a", "b")) -> dict:
+    """results as Study.report makes them, from {(arm, budget): [accuracy per seed]} (no training)."""
+    records = []
+    for (arm, b), accs in accuracies.items():
+        for seed, acc in enumerate(accs):
+            per_class = b if isinstance(b, int) else 90
+            record = {"arm": arm, "budget": b, "budget_name": engine.budget_name(b), "seed": seed, "seconds": 1.0,
+                      "labels": {"total": per_class * len(classes)}, "classes": list(classes),
+                      "test": {"n": 100, "accuracy": acc, "confusion": [[50, 0], [0, 50]]}}  # fmt: skip
+            if before and (arm, b) in before:
+                record["before_training"] = {"n": 100, "accuracy": before[arm, b][seed]}
+            records.append(record)
+    return {"summary": engine.summarise(records, spec), "scored_split": "test", "records": records}
+
+
+def test_the_report_states_its_conclusions_in_words_decided_by_the_interval():
+    from mmtransfer import study_report
+
+    arms = {"scratch": {}, "probe": {"train.strategy.name": "linear_probe"},
+            "transfer": {"transfer.source": "runs/x", "model.encoders.image": {"type": "rnn"}}}  # fmt: skip
+    spec = engine.StudyConfig(base={}, budgets=[5, "all"], seeds=3, reference="scratch", arms=arms)
+    results = fake_results(
+        spec,
+        {("scratch", 5): [0.50, 0.55, 0.52], ("probe", 5): [0.78, 0.82, 0.795],
+         ("transfer", 5): [0.53, 0.51, 0.56], ("scratch", "all"): [0.90, 0.92, 0.91],
+         ("probe", "all"): [0.85, 0.86, 0.855], ("transfer", "all"): [0.99, 1.0, 0.96]},
+        before={("transfer", 5): [0.52, 0.52, 0.55]},
+    )  # fmt: skip
+    lines = study_report.conclusions(results, spec)
+    gain = results["summary"]["k5"]["probe"]["gain"]["accuracy"]
+    assert lines[0] == (f"At 5 labels per class, probe beats scratch by {100 * gain['mean']:.1f} points of accuracy, "
+                        f"95 % interval [{100 * gain['low']:.1f}, {100 * gain['high']:.1f}] (3 seeds).")  # fmt: skip
+    assert lines[1].startswith("At 5 labels per class, transfer is within noise of scratch: +1.0 points of accuracy")
+    assert "holds 0" in lines[1]
+    assert lines[2].startswith("At 5 labels per class, transfer scores 53.0 % accuracy before training; training on "
+                               "the budget changes it by +0.3 points of accuracy")  # fmt: skip
+    assert lines[2].endswith("within noise, it adds nothing measurable.")
+    assert lines[3].startswith("With all labels, probe is behind scratch by 5.5 points of accuracy, 95 % interval [")
+    # intervals stay where an accuracy can lie: [0.96, 1.0] over three seeds would reach past 1 otherwise
+    top = results["summary"]["all"]["transfer"]["accuracy"]
+    assert top["high"] == 1.0 and top["low"] > 0.9
+    assert engine.mean_interval([0.99, 1.0, 0.96], bounds=(0.0, 1.0))["high"] == 1.0
+    assert engine.mean_interval([0.99, 1.0, 0.96])["high"] > 1.0
+    # arms as the settings a reader writes; the score before training carried into the tables
+    assert study_report.settings(spec.arms["transfer"]) == "transfer.source=runs/x, model.encoders.image.type=rnn"
+    assert study_report.settings({}) == "the base config"
+    machine = {"platform": "p", "cpus": 2, "gpu": None}
+    results |= {"command": "", "statistics": "s", "failed": [], "plots": [],
+                "versions": {"machine": machine, "packages": {"torch": "2"}}}  # fmt: skip
+    md = study_report.markdown(results, spec)
+    assert "probe (train.strategy.name=linear_probe)" in md and "{" not in md.split("## Conclusions")[0]
+    assert "| transfer, before training | 53.0 ± 1.7 (3) | - |" in md
+    assert "## Conclusions" in md and lines[0] in md
+
+
+def test_plots_show_whole_titles_and_the_budgets_studied():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmtransfer import study_report
+
+    spec = engine.StudyConfig(base={}, budgets=[5, 20], seeds=2, arms={"scratch": {}, "probe": {}})
+    results = fake_results(spec, {(a, b): [0.5, 0.6] for a in ("scratch", "probe") for b in (5, 20)})
+    fig = study_report.learning_curve_figure(results["summary"], spec)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and [t.get_text() for t in ax.get_xticklabels()] == ["5", "20"]
+    assert not ax.xaxis.get_minor_ticks()  # no 6x10^0
+    plt.close(fig)
+    wide = engine.StudyConfig(base={}, budgets=[5, 20, "all"], seeds=2, arms={"scratch": {}})
+    results = fake_results(wide, {("scratch", b): [0.5, 0.6] for b in (5, 20, "all")})
+    fig = study_report.learning_curve_figure(results["summary"], wide)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert fig.axes[0].get_xscale() == "log" and labels == ["5", "20", "all labels\n(90 per class)"]
+    plt.close(fig)
+    title = "a_rather_long_arm_name_for_two_classes, all labels: confusion summed over 3 seeds"
+    fig = study_report.confusion_figure(np.array([[5, 1], [2, 7]]), ["ham", "spam"], title)
+    fig.canvas.draw()
+    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert fig.axes[0].title.get_text().replace("\n", " ") == title  # whole, wrapped
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    plt.close(fig)
+
+
+def test_a_cell_silences_third_party_progress_bars_and_keeps_stderr_in_its_log(tmp_path):
+    import io
+
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    enabled = hf_logging.is_progress_bar_enabled()
+    log = io.StringIO()
+    with engine._quiet_libraries(log):
+        assert not hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bars
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # read by a worker's first import
+        print("a library's warning", file=sys.stderr)
+    assert log.getvalue() == "a library's warning\n"
+    assert hf_logging.is_progress_bar_enabled() == enabled  # as it was: a cell may run in the study's own process

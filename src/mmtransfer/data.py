@@ -158,7 +158,13 @@ class Dataset:
 
 
 def load_dataset(
-    cfg: DataConfig, console: Console | None = None, *, validation: str = "auto", source=None, model=None
+    cfg: DataConfig,
+    console: Console | None = None,
+    *,
+    validation: str = "auto",
+    source=None,
+    model=None,
+    test: bool = True,
 ) -> Dataset:
     """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
     (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
@@ -172,7 +178,9 @@ def load_dataset(
     ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``. ``model`` (the
     run's ModelConfig) decides the encoder of each table column the config does not name (``model.preset``) and
     so the settings left auto (an image column's size under a pretrained backbone); without it the modalities'
-    own defaults apply.
+    own defaults apply. Without ``test``
+    a table holds no test rows out (``data.test`` is None unless its split column names some); a built-in
+    dataset keeps its test split.
     """
     if validation not in ("auto", "none", "split"):
         raise ValueError(f"validation must be auto, none or split, got {validation!r}")
@@ -186,7 +194,9 @@ def load_dataset(
     if cfg.table is not None or cfg.folder is not None or source is not None:
         from mmtransfer.tables import load_table_dataset
 
-        data = load_table_dataset(cfg, source, console=console, hold_out=hold_out and not halved, model=model)
+        data = load_table_dataset(
+            cfg, source, console=console, hold_out=hold_out and not halved, model=model, test=test
+        )
     else:
         data = _builtin(cfg, hold_out=hold_out and not halved)
     data.train_pool = data.train  # every input of it serves as unlabelled data (distillation)

@@ -117,14 +117,18 @@ def run_demo(
                 "scratch_macro_f1": scratch["test"]["macro_f1"],
                 "scratch_seconds": scratch["seconds"],
                 "gain": transfer["test"]["accuracy"] - scratch["test"]["accuracy"],
+                "finetune_gain": transfer["test"]["accuracy"] - metrics["before_training"]["accuracy"],
             }
         )
         console.print(
             f"seed {seed}: source CNN {rows[-1]['source_cnn_accuracy']:.3f} | GRU scratch "
             f"{rows[-1]['scratch_accuracy']:.3f} | GRU transfer {rows[-1]['transfer_accuracy']:.3f}"
         )
-    keys = [k for k in rows[0] if k.endswith(("accuracy", "seconds")) and not k.endswith("macro_f1")] + ["gain"]
-    summary = {key: mean_interval([r[key] for r in rows]) for key in keys}
+    keys = [k for k in rows[0] if k.endswith(("accuracy", "seconds", "gain")) and not k.endswith("macro_f1")]
+    # an accuracy's interval within [0, 1], a difference of two within [-1, 1]; times at least 0
+    bounds = {k: (-1.0, 1.0) if k.endswith("gain") else (0.0, 1.0) if k.endswith("accuracy") else (0.0, None)
+              for k in keys}  # fmt: skip
+    summary = {key: mean_interval([r[key] for r in rows], bounds=bounds[key]) for key in keys}
     labels = cells[("scratch", spec.seed_list[0])]["labels"]
     result = {
         "setup": {
@@ -196,11 +200,13 @@ def _table(summary: dict, seeds: int, k: int, labels: dict) -> Grid:
     rows = [
         ["source CNN (reference)", _fmt(summary["source_cnn_accuracy"]), _fmt(summary["source_cnn_seconds"], "s")],
         ["GRU from scratch", _fmt(summary["scratch_accuracy"]), _fmt(summary["scratch_seconds"], "s")],
+        ["GRU transfer, before fine-tuning (distil + graft)", _fmt(summary["transfer_before_finetune_accuracy"]), ""],
         [
             "GRU transfer (distil + graft + fine-tune)",
             _fmt(summary["transfer_accuracy"]),
             _fmt(summary["transfer_seconds"], "s"),
         ],
+        ["fine-tuning's part (transfer - before fine-tuning)", _gain(summary["finetune_gain"]), ""],
         [Text("gain (transfer - scratch)", style="bold"), Text(_gain(summary["gain"]), style="bold"), ""],
     ]
     title = (
@@ -235,6 +241,7 @@ def _markdown(result: dict) -> str:
         f"| GRU transfer, before fine-tuning | {_fmt(s['transfer_before_finetune_accuracy'])} | |",
         f"| GRU transfer (distil + graft + fine-tune) | {_fmt(s['transfer_accuracy'])} | "
         f"{_fmt(s['transfer_seconds'], 's')} |",
+        f"| fine-tuning's part (transfer - before fine-tuning) | {_gain(s['finetune_gain'])} | |",
         f"| **gain (transfer - scratch)** | **{_gain(s['gain'])}** | |",
         "",
         "| seed | source CNN | scratch | transfer | gain |",

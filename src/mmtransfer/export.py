@@ -58,7 +58,8 @@ def sample_batch(run, data=None, rows: int = 16) -> dict[str, torch.Tensor]:
                 f"{run.path}: the run's own table {source} (its test rows check the export) is not there any more; "
                 "give --data TABLE with the run's input columns"
             )
-        chosen = None if data is not None else record["rows"]["test"][:rows]
+        own = record["rows"].get("test") or record["rows"]["train"]  # Predictor.fit holds no test rows out
+        chosen = None if data is not None else own[:rows]
         split = read_rows(run, source, rows=chosen, on_bad_rows="skip").split
     else:
         split = load_dataset(run.cfg.data, validation=run.cfg.train.validation).test

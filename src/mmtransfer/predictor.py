@@ -34,6 +34,8 @@ class Predictor:
     are sections (``train={"epochs": 5}``) or single fields with ``__`` for the dots (``train__lr=1e-3``).
     ``encoders`` maps input names to your own ``nn.Module`` (with an int ``output_dim``, returning [B, D]).
     ``path`` is where the run folder goes (default: a new temporary folder; ``save`` copies it).
+    ``verbose``: print what ``mmtransfer fit`` prints (the column binding, the encoders, each epoch) and what
+    the rows were used for; ``False``: nothing.
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class Predictor:
         config: RunConfig | dict | str | Path | None = None,
         encoders: dict[str, nn.Module] | None = None,
         path: str | Path | None = None,
-        verbose: bool = False,
+        verbose: bool = True,
         **overrides,
     ):
         self.label = label
@@ -84,8 +86,11 @@ class Predictor:
         return validate(raw, "Predictor config")
 
     def fit(self, train, valid=None) -> Predictor:
-        """Train on ``train`` (validation rows: ``valid`` if given, else a stratified part of ``train``); a
-        test part of ``train`` (data.test_fraction) is held out and scored, as ``mmtransfer fit`` does."""
+        """Train and select on the rows given: no row of ``train`` is held out for test (score held-out data of
+        your own with :meth:`evaluate`). The rows that select the model (early stopping, the best epoch, the
+        temperature) are ``valid`` if given, else a stratified part of ``train`` (``data.val_fraction``; under a
+        label budget, of the budget); ``metrics.json`` scores them as its "test" and says so. A built-in dataset
+        (``"digits"``) keeps its own test split."""
         from mmtransfer import artifact
         from mmtransfer.display import make_console
         from mmtransfer.runs import fit_run
@@ -102,7 +107,7 @@ class Predictor:
         elif valid is not None or isinstance(train, pd.DataFrame):
             source = _table(train, valid, cfg)
             data = {"table": None, "folder": None} | ({"split_column": "_split"} if valid is not None else {})
-        else:  # a path: recorded in the run folder, so `evaluate RUN` can find its held-out rows again
+        else:  # a path: recorded in the run folder, with which of its rows trained and selected (splits.json)
             where = Path(train).resolve()
             data = {"folder": str(where), "table": None} if where.is_dir() else {"table": str(where), "folder": None}
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
@@ -111,9 +116,19 @@ class Predictor:
         if not self.verbose:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
         # fitting again into the same folder replaces the previous run there
-        fit_run(cfg, out, console, source=source, modules=self.encoders, overwrite=self.path is not None)
+        metrics = fit_run(cfg, out, console, source=source, modules=self.encoders, overwrite=self.path is not None,
+                          test=False)  # fmt: skip
         self.run_ = artifact.load(out, modules=self.encoders)
         self.path = out
+        labels = metrics["labels"]
+        held = ("no rows held out for test: score held-out data with evaluate(data)" if "scored" in metrics
+                else f"{metrics['test']['n']} rows of its own test split scored")  # fmt: skip
+        console.print(
+            f"Predictor: trained on {labels['train']} rows, {labels['selection']} selected the model; {held}; "
+            f"run folder {out}",
+            markup=False,
+            highlight=False,
+        )
         return self
 
     # ------------------------------------------------------------ using
@@ -220,8 +235,7 @@ class Predictor:
 
 def _table(train, valid, cfg: RunConfig):
     """The training table as a DataFrame (or a path as it is); with ``valid``, both in one with a split column
-    (train rows: train or test, stratified by data.test_fraction; valid rows: val)."""
-    from mmtransfer.data import stratified_split
+    (train rows: train; valid rows: val)."""
     from mmtransfer.tables import read_folder
 
     if valid is None:
@@ -237,23 +251,13 @@ def _table(train, valid, cfg: RunConfig):
         else:
             from mmtransfer.tables import read_table
 
-            df, base, _ = read_table(path, encoding=cfg.data.encoding)
+            df, base, _ = read_table(
+                path, encoding=cfg.data.encoding, sep=cfg.data.sep, header=cfg.data.header, names=cfg.data.names
+            )
         return _absolute_paths(df, base)
 
     train_df, valid_df = frame(train), frame(valid)
-    labels = train_df[cfg.data.label].astype(str).to_numpy()
-    rest, test = stratified_split(
-        np.arange(len(train_df)),
-        labels,
-        cfg.data.test_fraction,
-        cfg.data.seed,
-        what="test",
-        field="data.test_fraction",
-        of="train data",
-    )
-    train_df = train_df.assign(_split="train")
-    train_df.loc[test, "_split"] = "test"
-    return pd.concat([train_df, valid_df.assign(_split="val")], ignore_index=True)
+    return pd.concat([train_df.assign(_split="train"), valid_df.assign(_split="val")], ignore_index=True)
 
 
 def _absolute_paths(df: pd.DataFrame, base: Path) -> pd.DataFrame:

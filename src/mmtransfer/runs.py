@@ -6,6 +6,7 @@ The run folder's layout (an artifact that needs nothing outside it) is :mod:`mmt
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def fit_run(
     resume: bool = False,
     ablate: bool = False,
     selection_only: bool = False,
+    test: bool = True,
 ) -> dict:
     """Load data, build the model, transfer from a source if configured, train, evaluate; write a run folder.
 
@@ -52,7 +54,9 @@ def fit_run(
     given as ``nn.Module`` (recorded as ``custom`` with their class name). ``out`` must be new or empty; a
     previous run there is replaced only with ``overwrite``, or continued from its last checkpoint with
     ``resume`` (the config must be the one it started with). While it runs, ``out/.lock`` keeps a second
-    process out. Under ``accelerate launch`` / ``torchrun`` only the main process prints and writes.
+    process out. Under ``accelerate launch`` / ``torchrun`` only the main process prints and writes. Without
+    ``test`` (``Predictor.fit``) a table holds no test rows out: the selection rows (or, with none, the train
+    rows) are scored in their place, and ``metrics.json`` says so.
     """
     console = console or make_console()
     state = process_state(cfg.train.cpu)
@@ -63,7 +67,7 @@ def fit_run(
     with artifact.locked(out) if state.is_main_process else contextlib.nullcontext():
         return _fit_run(
             cfg, out, console, state, source=source, modules=modules or {}, overwrite=overwrite, resume=resume,
-            ablate=ablate, selection_only=selection_only,
+            ablate=ablate, selection_only=selection_only, test=test,
         )  # fmt: skip
 
 
@@ -79,8 +83,15 @@ def _fit_run(
     resume: bool,
     ablate: bool = False,
     selection_only: bool = False,
+    test: bool = True,
 ) -> dict:
-    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source, model=cfg.model)
+    data = load_dataset(
+        cfg.data, console=console, validation=cfg.train.validation, source=source, model=cfg.model, test=test
+    )
+    in_place_of_test = None
+    if data.test is None:  # no test rows held out (Predictor.fit): score the selection rows, else the train rows
+        in_place_of_test = "val" if data.val is not None else "train"
+        data.test = data.val if data.val is not None else data.train
     if selection_only:
         data = _without_test(data, cfg)
     cfg = resolved_config(cfg, data, modules)  # every column and every input's encoder as they were bound
@@ -135,7 +146,7 @@ def _fit_run(
         preprocessing = artifact.write_assets(out, cfg, data)
         if preprocessing:
             (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
-        artifact.write_splits(out, cfg, data)
+        artifact.write_splits(out, cfg, data if in_place_of_test is None else _no_test_rows(data))
         if target is not None:
             (out / "target.json").write_text(json.dumps(target, indent=1))
         (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
@@ -155,8 +166,9 @@ def _fit_run(
         data.train, data.val, data.test = splits["train"], splits.get("val"), splits["test"]
     trainable, total = count_parameters(model)
     n_val = 0 if data.val is None else len(data.val)
+    n_test = f"{len(data.test)} test" if in_place_of_test is None else "no test rows"
     console.print(
-        f"{data.name}: {len(data.train)} train / {n_val} val / {len(data.test)} test; "
+        f"{data.name}: {len(data.train)} train / {n_val} val / {n_test}; "
         f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)",
         markup=False,
         highlight=False,
@@ -198,6 +210,9 @@ def _fit_run(
         metrics["before_training"] = transferred[0]["before_training"]
     if selection_only:
         metrics["scored"] = "the validation split (the test split was not read)"
+    if in_place_of_test is not None:
+        which = "validation rows that selected the model" if in_place_of_test == "val" else "train rows"
+        metrics["scored"] = f"no test rows were held out: 'test' scores the {which}, not held-out data"
     if data.task == "regression":
         from mmtransfer.tasks import plot_predicted_vs_true
         from mmtransfer.train import logits_of
@@ -355,6 +370,13 @@ def _without_test(data: Dataset, cfg: RunConfig) -> Dataset:
     return data
 
 
+def _no_test_rows(data: Dataset) -> Dataset:
+    """``data`` without its test split, for splits.json: rows scored in place of test are not test rows."""
+    view = copy.copy(data)
+    view.test = None
+    return view
+
+
 def _checkpoint_place(out: Path) -> str:
     """Where the last checkpoint stands, in words: "from the end of epoch 2" or "from epoch 3, step 7"."""
     from safetensors import safe_open
@@ -499,7 +521,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
     rows = record.get("rows")
     if rows is not None:
         if split not in rows:
-            raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
+            if split == "test":
+                raise ValueError(f"{run_dir}: no test rows were held out of its data (Predictor.fit trains and "
+                                 f"selects on every row it is given); evaluate it on new data: mmtransfer "
+                                 f"evaluate {run_dir} TABLE")  # fmt: skip
+            raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no {split} split")
         if record.get("table") is None:
             raise ValueError(f"{run_dir}: trained on a DataFrame given in Python; give the data to score")
         table = Path(record["table"])

@@ -13,10 +13,8 @@ interval on n - 1 degrees of freedom (mean ± t * sd / sqrt(n)).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
-import html
 import json
 import math
 import os
@@ -51,6 +49,10 @@ FRACTIONS = (
     "map",
 )  # shown in percent, gains in percentage points
 LOWER_BETTER = ("rmse", "mae")  # regression errors, in the target's units
+# Where each metric can lie: an interval is clipped to it (a mean of accuracies near 1 with a wide t interval
+# would otherwise reach past 100 %); a difference of fractions lies in [-1, 1].
+BOUNDS = {**{m: (0.0, 1.0) for m in FRACTIONS}, "r2": (None, 1.0), "rmse": (0.0, None), "mae": (0.0, None)}
+GAIN_BOUNDS = {m: (-1.0, 1.0) for m in FRACTIONS}
 
 
 class StudyConfig(BaseModel):
@@ -244,9 +246,9 @@ def cell_id(cell: dict) -> str:
 def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_only: bool, threads: int) -> dict:
     """One cell in this process: fit + evaluate into ``folder``; the record (never raises)."""
     import torch
-    from rich.console import Console
 
     from mmtransfer.config import RunConfig
+    from mmtransfer.display import make_console
     from mmtransfer.runs import fit_run
 
     if threads:
@@ -255,8 +257,9 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
     out.mkdir(parents=True, exist_ok=True)
     record = {**cell, "folder": str(out)}
     start = time.perf_counter()
-    with (out.parent / f"{out.name}.log").open("w") as log:
-        console = Console(file=log, width=120, no_color=True)
+    with (out.parent / f"{out.name}.log").open("w") as log, _quiet_libraries(log):
+        # a file: no line wrapped or cut (a graft table's reasons stay whole), no colour codes
+        console = make_console(file=log, no_color=True)
         try:
             cfg = RunConfig.model_validate(cfg_json)
             metrics = fit_run(cfg, out, console, overwrite=True, ablate=ablate, selection_only=selection_only)
@@ -265,7 +268,7 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             return {**record, "status": "failed", "error": f"{type(err).__name__}: {message}",
                     "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
-    test = metrics["test"]
+    test, before = metrics["test"], metrics.get("before_training")
     splits = out / "splits.json"
     return {
         **record,
@@ -278,10 +281,53 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
         "epochs_run": metrics["epochs_run"],
         "scored": "val" if selection_only else "test",
         "test": {k: v for k, v in test.items() if k in ("n", "loss", "confusion", *METRICS)},
+        # transfer.score_before_training: the transferred model on the same rows before any labelled training
+        "before_training": {k: v for k, v in before.items() if k in ("n", "loss", *METRICS)} if before else None,
         "ablation": metrics.get("ablation"),
         "splits": json.loads(splits.read_text()) if splits.is_file() else None,
         "threads": torch.get_num_threads(),
     }
+
+
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+
+
+@contextlib.contextmanager
+def _quiet_libraries(log):
+    """Third-party progress bars off (transformers' "Loading weights", the Hub's downloads, tqdm) and whatever
+    else a library writes to stderr into the cell's ``log``, not the study's output; as it was afterwards
+    (a cell can run in the study's own process)."""
+    import sys
+
+    saved = {k: os.environ.get(k) for k in QUIET_ENV}
+    os.environ.update(QUIET_ENV)  # read when those libraries are first imported (a spawned worker)
+    undo = []
+    if "transformers" in sys.modules:  # imported already (an earlier cell in this process): switch its bars off
+        from transformers.utils import logging as hf_logging
+
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            undo.append(hf_logging.enable_progress_bar)
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        undo.append(lambda: hf_logging.set_verbosity(level))
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            undo.append(enable_progress_bars)
+    try:
+        with contextlib.redirect_stderr(log):
+            yield
+    finally:
+        for fn in reversed(undo):
+            fn()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class Study:
@@ -408,6 +454,8 @@ class Study:
         failed = {cell_id(r): r for r in logged if r.get("status") == "failed" and cell_id(r) not in done}
         records = [done[cell_id(c)] for c in self.cells if cell_id(c) in done]
         made = [done[cell_id(c)] for c in self.source_cells if cell_id(c) in done]
+        from mmtransfer.study_report import markdown, to_html, write_plots
+
         summary = summarise(records, self.study)
         plots = write_plots(records, summary, self.study, self.out)
         results = {
@@ -440,7 +488,8 @@ class Study:
 STATS_METHOD = (
     "mean ± sample std over seeds; the gain over the reference arm is the mean of the per-seed differences "
     "(same budget and seed: the same labels and splits) with a {level} % Student t interval, "
-    "mean ± t(n-1) * sd / sqrt(n)"
+    "mean ± t(n-1) * sd / sqrt(n), clipped to where the metric can lie (a mean accuracy to [0, 1], a difference "
+    "of accuracies to [-1, 1])"
 )
 
 
@@ -457,13 +506,15 @@ def describe(r: dict, metric: str) -> str:
     )
 
 
-def paired_interval(a, b, confidence: float = 0.95) -> dict:
+def paired_interval(a, b, confidence: float = 0.95, bounds: tuple | None = None) -> dict:
     """Mean of a - b (paired) with its Student t interval; no interval for fewer than 2 pairs."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    return mean_interval(d, confidence)
+    return mean_interval(d, confidence, bounds)
 
 
-def mean_interval(values, confidence: float = 0.95) -> dict:
+def mean_interval(values, confidence: float = 0.95, bounds: tuple | None = None) -> dict:
+    """n, mean, sample std and the Student t interval of the mean; ``bounds`` (low, high; None: open) clip the
+    interval to where the quantity can lie (an accuracy's to [0, 1])."""
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
@@ -471,16 +522,21 @@ def mean_interval(values, confidence: float = 0.95) -> dict:
     out = {"n": n, "mean": float(v.mean()) if n else float("nan"), "std": float(v.std(ddof=1)) if n > 1 else 0.0}
     if n > 1:
         half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * out["std"] / math.sqrt(n))
-        out.update(low=out["mean"] - half, high=out["mean"] + half)
+        low, high = out["mean"] - half, out["mean"] + half
+        if bounds is not None:
+            low = low if bounds[0] is None else max(low, bounds[0])
+            high = high if bounds[1] is None else min(high, bounds[1])
+        out.update(low=low, high=high)
     else:
         out.update(low=None, high=None)
     return out
 
 
 def metric_intervals(scores: list[dict], confidence: float = 0.95) -> dict:
-    """Each metric of METRICS that every one of ``scores`` holds: its mean and interval over them (an older
-    record may hold fewer)."""
-    return {m: mean_interval([s[m] for s in scores], confidence) for m in METRICS if all(m in s for s in scores)}
+    """Each metric of METRICS that every one of ``scores`` holds: its mean and interval over them, clipped to
+    the metric's range (an older record may hold fewer metrics)."""
+    return {m: mean_interval([s[m] for s in scores], confidence, BOUNDS.get(m))
+            for m in METRICS if all(m in s for s in scores)}  # fmt: skip
 
 
 def summarise(records: list[dict], study: StudyConfig) -> dict:
@@ -507,8 +563,17 @@ def summarise(records: list[dict], study: StudyConfig) -> dict:
             if arm != ref and paired:
                 entry["gain"] = {
                     m: paired_interval([runs[s]["test"][m] for s in paired],
-                                       [by_arm[ref][s]["test"][m] for s in paired], study.confidence)
+                                       [by_arm[ref][s]["test"][m] for s in paired], study.confidence,
+                                       GAIN_BOUNDS.get(m))
                     for m in have if all(m in by_arm[ref][s]["test"] for s in paired)
+                }  # fmt: skip
+            before = [runs[s]["before_training"] for s in seeds if runs[s].get("before_training")]
+            if len(before) == len(seeds):  # transfer.score_before_training: the model before and after training
+                entry["before_training"] = metric_intervals(before, study.confidence)
+                entry["training_gain"] = {
+                    m: paired_interval([runs[s]["test"][m] for s in seeds], [b[m] for b in before], study.confidence,
+                                       GAIN_BOUNDS.get(m))
+                    for m in have if all(m in b for b in before)
                 }  # fmt: skip
             ablated = [s for s in seeds if runs[s].get("ablation")]
             if ablated:
@@ -543,213 +608,6 @@ def environment() -> dict:
         except PackageNotFoundError:
             pass
     return {"packages": pkgs, "machine": machine}
-
-
-def _value(metric: str, x: float | None) -> str:
-    """A metric as the tables show it: fractions in percent, R² as it is, errors in the target's units."""
-    if x is None:
-        return "-"
-    return f"{100 * x:.1f}" if metric in FRACTIONS else f"{x:.3f}" if metric == "r2" else f"{x:.4g}"
-
-
-def _cell(entry: dict | None, metric: str) -> str:
-    if entry is None or metric not in entry:
-        return "-"
-    s = entry[metric]
-    return f"{_value(metric, s['mean'])} ± {_value(metric, s['std'])} ({s['n']})"
-
-
-def _seconds(entry: dict | None) -> str:
-    return "-" if entry is None else f"{entry['seconds']['mean']:.1f} ± {entry['seconds']['std']:.1f}"
-
-
-def _signed(x: float) -> str:
-    return "0.0" if abs(x) < 0.05 else f"{x:+.1f}"
-
-
-def _gain(entry: dict | None, metric: str) -> str:
-    if entry is None or metric not in entry.get("gain", {}):
-        return "-"
-    g = entry["gain"][metric]
-    ci = (
-        f" [{_value(metric, g['low'])}, {_value(metric, g['high'])}]"
-        if g["low"] is not None
-        else " (one seed: no interval)"
-    )
-    sign = "+" if g["mean"] >= 0 else ""
-    return f"{sign}{_value(metric, g['mean'])}{ci}"
-
-
-def tables(results: dict, study: StudyConfig) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of each table, for the Markdown and the HTML report alike."""
-    summary, metric, ref = results["summary"], study.metric, study.reference_arm
-    level = round(100 * study.confidence)
-    names = [budget_name(b) for b in study.budgets]
-    labels = [budget_label(b) for b in study.budgets]
-    scored = "validation" if results["scored_split"].startswith("val") else "test"
-    unit = " (%)" if metric in FRACTIONS else ""
-    gain_unit = " (percentage points)" if metric in FRACTIONS else f" (difference in {metric})"
-    out = [
-        (
-            f"{metric} on the {scored} split{unit}, mean ± std (seeds)",
-            ["arm", *labels],
-            [[arm, *[_cell(summary[n].get(arm), metric) for n in names]] for arm in study.arms],
-        ),
-        (
-            f"gain over {ref}{gain_unit} with its {level} % paired t interval",
-            ["arm", *labels],
-            [[arm, *[_gain(summary[n].get(arm), metric) for n in names]] for arm in study.arms if arm != ref],
-        ),
-        (
-            "wall time per cell (s), mean ± std: fit, evaluation and writing the run folder",
-            ["arm", *labels],
-            [[arm, *[_seconds(summary[n].get(arm)) for n in names]] for arm in study.arms],
-        ),
-    ]  # fmt: skip
-    rows = []
-    for n, label in zip(names, labels, strict=True):
-        for arm in study.arms:
-            e = summary[n].get(arm)
-            if e and "ablation" in e:
-                for inp, a in e["ablation"].items():
-                    change = -a["drop"]["mean"]
-                    shown = _signed(100 * change) if metric in FRACTIONS else f"{change:+.4g}"
-                    rows.append([arm, label, inp, _value(metric, a[metric]["mean"]), shown])
-    if rows:
-        out.append((f"each input masked at test time: {metric}{unit} and the change it causes",
-                    ["arm", "budget", "input masked", metric, "change"], rows))  # fmt: skip
-    if results.get("source_summary"):
-        out.append((f"source runs (one per seed, before the arms): {metric} on their own test split{unit}",
-                    ["source", metric, "seeds", "time (s)"],
-                    [[name, f"{_value(metric, s[metric]['mean'])} ± {_value(metric, s[metric]['std'])}",
-                      str(s[metric]["n"]),
-                      f"{s['seconds']['mean']:.1f}"] for name, s in results["source_summary"].items()]))  # fmt: skip
-    if results["failed"]:
-        out.append(("failed cells (run the study again to retry them; the log is beside each cell's folder)",
-                    ["cell", "error"], [[cell_id(r), r["error"]] for r in results["failed"]]))  # fmt: skip
-    return out
-
-
-def _setup_lines(results: dict, study: StudyConfig) -> list[str]:
-    arms = "; ".join(f"{a}: {json.dumps(o) if o else 'the base config'}" for a, o in study.arms.items())
-    if study.sources:
-        arms += ". Sources, one run per seed: " + "; ".join(f"{a}: {json.dumps(o)}" for a, o in study.sources.items())
-    return [
-        f"Base config: {study.base if isinstance(study.base, str) else 'inline'}; budgets: "
-        f"{', '.join(budget_label(b) for b in study.budgets)}; seeds: {study.seed_list}; reference: "
-        f"{study.reference_arm}.",
-        f"Arms: {arms}.",
-        "Every cell is one fit and evaluation; each label budget counts the labels that select the best epoch. "
-        f"Statistics: {results['statistics']}.",
-        f"Machine: {results['versions']['machine']['platform']}, {results['versions']['machine']['cpus']} CPUs, "
-        f"GPU {results['versions']['machine']['gpu'] or 'none'}; torch {results['versions']['packages']['torch']}.",
-    ]
-
-
-def markdown(results: dict, study: StudyConfig) -> str:
-    lines = ["# mmtransfer study", ""]
-    if results["command"]:
-        lines += [f"`{results['command']}`", ""]
-    for line in _setup_lines(results, study):
-        lines += [line, ""]
-    for title, header, rows in tables(results, study):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
-    for p in results["plots"]:
-        lines += [f"![{p}]({p})", ""]
-    return "\n".join(lines)
-
-
-def to_html(results: dict, study: StudyConfig, plots: list[Path]) -> str:
-    """One file: inline CSS, the PNGs as data URIs, no scripts, nothing fetched."""
-    e = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>mmtransfer study</title><style>"
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-        "code{background:#f5f5f5;padding:2px 4px}img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
-        "</style></head><body><h1>mmtransfer study</h1>"
-    ]
-    if results["command"]:
-        parts.append(f"<p><code>{e(results['command'])}</code></p>")
-    parts += [f"<p>{e(line)}</p>" for line in _setup_lines(results, study)]
-    for title, header, rows in tables(results, study):
-        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-        parts.append("</table>")
-    for p in plots:
-        data = base64.b64encode(p.read_bytes()).decode()
-        parts.append(
-            f"<h2>{e(p.stem.replace('_', ' '))}</h2><img alt='{e(p.name)}' src='data:image/png;base64,{data}'>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Path) -> list[Path]:
-    if not records:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    metric = study.metric
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm in study.arms:
-        pts = [(summary[budget_name(b)][arm]) for b in study.budgets if arm in summary[budget_name(b)]]
-        if not pts:
-            continue
-        pts.sort(key=lambda e: e["labels_per_class"])
-        x = [e["labels_per_class"] for e in pts]
-        scale = 100 if metric in FRACTIONS else 1
-        y = np.array([scale * e[metric]["mean"] for e in pts])
-        (line,) = ax.plot(x, y, marker="o", label=arm)
-        lo = np.array([scale * (e[metric]["low"] if e[metric]["low"] is not None else e[metric]["mean"]) for e in pts])
-        hi = np.array(
-            [scale * (e[metric]["high"] if e[metric]["high"] is not None else e[metric]["mean"]) for e in pts]
-        )
-        ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color())
-    if len({round(e["labels_per_class"], 3) for s in summary.values() for e in s.values()}) > 1:
-        ax.set_xscale("log")
-    ax.set_xlabel("labelled examples per class (train + selection)")
-    ax.set_ylabel(f"{metric} (%)" if metric in FRACTIONS else metric)
-    ax.set_title(f"learning curves: mean and {round(100 * study.confidence)} % t interval over seeds", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "learning_curves.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    sizes = {budget_name(b): max((e["labels_per_class"] for e in summary[budget_name(b)].values()), default=-1.0)
-             for b in study.budgets}  # fmt: skip
-    largest = max(study.budgets, key=lambda b: sizes[budget_name(b)])  # the most labels, in whatever order given
-    for arm in study.arms:  # each arm's confusion matrix at its largest budget, summed over seeds
-        runs = [r for r in records if r["arm"] == arm and r["budget_name"] == budget_name(largest)]
-        if not runs or any("confusion" not in r["test"] for r in runs):  # a regression target: no classes
-            continue
-        matrix = np.sum([np.asarray(r["test"]["confusion"]) for r in runs], axis=0)
-        classes = runs[0]["classes"]
-        size = min(10, 2.5 + 0.45 * len(classes))
-        fig, ax = plt.subplots(figsize=(size, size * 0.85))
-        ax.imshow(matrix, cmap="Blues")
-        if len(classes) <= 20:
-            ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-            ax.set_yticks(range(len(classes)), classes, fontsize=8)
-            for i in range(len(classes)):
-                for j in range(len(classes)):
-                    color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{arm}, {budget_label(largest)}: confusion summed over {len(runs)} seeds", fontsize=9)
-        fig.tight_layout()
-        paths.append(out / f"confusion_{arm}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
 
 
 class _Serial:
@@ -861,13 +719,7 @@ def recommend(results: dict, study: StudyConfig) -> dict | None:
 
 
 def print_summary(results: dict, study: StudyConfig, console, out: Path) -> None:
-    from mmtransfer.display import Grid
+    """The report's conclusions and tables on ``console``; :func:`mmtransfer.study_report.print_summary`."""
+    from mmtransfer.study_report import print_summary as show
 
-    for title, header, rows in tables(results, study):
-        console.print(Grid(title, header, rows))
-    console.print(
-        f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'results.json'}, "
-        + ", ".join(str(out / p) for p in results["plots"]),
-        markup=False,
-        highlight=False,
-    )
+    show(results, study, console, out)

@@ -297,11 +297,17 @@ def check_labels(
 
 
 def assign_splits(
-    df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, hold_out: bool = True, console: Console | None = None
+    df: pd.DataFrame,
+    labels: np.ndarray,
+    cfg: DataConfig,
+    hold_out: bool = True,
+    console: Console | None = None,
+    test: bool = True,
 ) -> np.ndarray:
     """'train' / 'val' / 'test' for every row: from the split column, or stratified and seeded. Without
     ``hold_out`` (no validation wanted, or a label budget that selects with its own labels) every row that is
-    not a test row is a train row: a split column's val rows too, which ``console`` is told in one line."""
+    not a test row is a train row: a split column's val rows too, which ``console`` is told in one line.
+    Without ``test`` no test rows are drawn (a split column's are kept)."""
     n = len(df)
     if cfg.split_column:
         split = split_values(df, cfg.split_column).to_numpy(dtype=object)
@@ -319,17 +325,20 @@ def assign_splits(
             split[val_idx] = "val"
         return split
     index = np.arange(n)
-    pool, test = stratified_split(
-        index, labels, cfg.test_fraction, cfg.seed, what="test", field="data.test_fraction", of="table"
-    )
+    if test:
+        pool, held = stratified_split(
+            index, labels, cfg.test_fraction, cfg.seed, what="test", field="data.test_fraction", of="table"
+        )
+    else:
+        pool, held = index, index[:0]
     split = np.empty(n, dtype=object)
     if not hold_out:
-        split[pool], split[test] = "train", "test"
+        split[pool], split[held] = "train", "test"
         return split
     train, val = stratified_split(
         pool, labels, cfg.val_fraction, cfg.seed, what="validation", field="data.val_fraction", of="train pool"
     )
-    split[train], split[val], split[test] = "train", "val", "test"
+    split[train], split[val], split[held] = "train", "val", "test"
     return split
 
 
@@ -350,10 +359,12 @@ def load_table_dataset(
     console: Console | None = None,
     hold_out: bool = True,
     model=None,
+    test: bool = True,
 ):
     """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
     :class:`~mmtransfer.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at once.
-    ``data.preprocessor`` is the fitted :class:`~mmtransfer.preprocess.TablePreprocessor`."""
+    ``data.preprocessor`` is the fitted :class:`~mmtransfer.preprocess.TablePreprocessor`. Without ``test`` no
+    test rows are drawn, and ``data.test`` is None unless a split column names some."""
     df, base, name, cfg = read_source(cfg, source)
     if len(df) == 0:
         raise DataError(f"{name}: no rows (only a header?); nothing to train on")
@@ -435,7 +446,7 @@ def load_table_dataset(
         groups = strata(values[keep]).astype(str)
     else:
         groups = labels_str[keep]
-    split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out, console=console)
+    split[keep] = assign_splits(df[keep], groups, cfg, hold_out=hold_out, console=console, test=test)
     if sets is not None:  # the labels any kept row names; a row's labels as 0/1 over them
         classes = sorted({name for i in np.flatnonzero(keep) for name in sets[i]})
         label_ids = np.zeros((len(df), len(classes)), dtype=np.float32)
@@ -453,10 +464,13 @@ def load_table_dataset(
     parts = {}
     for s in wanted:
         rows = np.flatnonzero(keep & (split == s))
+        if len(rows) == 0 and s == "test" and not test:
+            continue
         if len(rows) == 0:
             raise DataError(f"{name}: the {s} split is empty")
         parts[s] = pre.split(cells, rows, label_ids[rows])
     parts.setdefault("val", None)
+    parts.setdefault("test", None)
     augment = {c: pre.modalities[c].augment for c, cfg in columns.items() if cfg.modality == "image" and cfg.augment}
     data = Dataset(
         Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=pre.specs(), augment=augment
