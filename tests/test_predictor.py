@@ -116,3 +116,7 @@ def test_a_table_path_holds_no_test_rows_out_and_evaluate_run_says_so(frame, tmp
         evaluate_run(predictor.path)
     assert evaluate_run(predictor.path, "val")["n"] == json.loads((predictor.path / "metrics.json").read_text())[
         "labels"]["selection"]  # fmt: skip
+    pytest.importorskip("onnxruntime")
+    from mmtransfer.export import export_onnx
+
+    assert export_onnx(predictor.run_, tmp_path / "m.onnx")  # checked on the run's own rows: train, with no test
