@@ -160,3 +160,23 @@ def test_a_time_limit_stops_at_the_end_of_the_epoch_and_keeps_the_best(small_run
     assert "time limit: training stopped after epoch 1 of 50" in text and "the weights of epoch 1 are kept" in text
     saved = load_weights(tmp_path / "w.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_inference_runs_channels_last_and_leaves_the_model_as_it_was(small_run):
+    from mmtransfer.train import inference
+
+    data = load_dataset(small_run.data)
+    model = build_model(small_run.model, data.input_shapes, data.classes, seed=0)
+    x = data.test.batch(range(8))
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    model.train()
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    with inference(model):
+        assert not model.training and conv.is_contiguous(memory_format=torch.channels_last)
+        out = model(x)
+    torch.testing.assert_close(out, expected)
+    assert model.training and conv.is_contiguous() and not conv.is_inference()
+    model(x).sum().backward()  # the weights still train
+    assert conv.grad is not None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import os
 import time
 from pathlib import Path
@@ -88,29 +87,17 @@ def compute_features(encoder: nn.Module, x: torch.Tensor | Examples, name: str |
     import numpy as np
     import torch
 
-    from mmtransfer.train import process_state
+    from mmtransfer.train import inference, process_state
 
-    was_training = encoder.training
-    encoder.eval()
     device = process_state().device
     encoder.to(device)
     if isinstance(x, torch.Tensor):
-        chunks = iter([x[i : i + batch_size] for i in range(0, len(x), batch_size)])
+        chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
     else:
         starts = range(0, len(x), batch_size)
         chunks = (x.batch(np.arange(i, min(i + batch_size, len(x))), names=[name])[name] for i in starts)
-    first = next(chunks, None)
-    images = first is not None and first.dim() == 4
-    if images:  # convolutions run faster channels-last on a CPU (1.4x on 2 cores); set outside inference mode
-        encoder.to(memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for chunk in itertools.chain([first] if first is not None else [], chunks):
-            chunk = chunk.contiguous(memory_format=torch.channels_last) if images else chunk
-            out.append(encoder(chunk.to(device)).cpu())
-    if images:
-        encoder.to(memory_format=torch.contiguous_format)  # its weights as they were (saved contiguous)
-    encoder.train(was_training)
+    with inference(encoder):
+        out = [encoder(chunk.to(device)).cpu() for chunk in chunks]
     return torch.cat(out).clone()  # a normal tensor again (inference tensors refuse autograd's bookkeeping)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -546,28 +547,51 @@ def _gathered(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(outs), torch.cat(labels)
 
 
-def logits_of(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> tuple:
+EVAL_BATCH = 32  # a batch of 32 photos runs as fast per photo as 256 on a CPU, in an eighth of the memory
+
+
+@contextmanager
+def inference(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode under ``torch.inference_mode``, its convolution weights channels-last (1.5x faster
+    on a CPU; the convolutions then run channels-last whatever the input's layout); left as it was afterwards."""
+    was_training = model.training
+    convolutions = any(p.dim() == 4 for p in model.parameters())
+    if convolutions:
+        model.to(memory_format=torch.channels_last)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        if convolutions:  # outside inference mode: the weights stay ordinary tensors
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+
+
+def logits_of(model: nn.Module, split: Examples, *, batch_size: int = EVAL_BATCH, cpu: bool = False) -> tuple:
     """(logits [N, C] before any temperature, labels [N]) of ``split``, in eval mode, in row order."""
     accelerator = make_accelerator(cpu)
     temperature = getattr(model, "temperature", 1.0)  # read before prepare wraps the model (DDP)
-    outputs, labels = _gathered(*accelerator.prepare(model, make_loader(split, batch_size)), accelerator)
+    with inference(model):
+        outputs, labels = _gathered(*accelerator.prepare(model, make_loader(split, batch_size)), accelerator)
     return outputs * temperature, labels
 
 
-def evaluate(model: nn.Module, split: Examples, *, batch_size: int = 256, cpu: bool = False) -> dict:
+def evaluate(model: nn.Module, split: Examples, *, batch_size: int = EVAL_BATCH, cpu: bool = False) -> dict:
     """Accuracy, macro-F1, mean cross-entropy, the confusion matrix (rows: true class, columns: predicted) and
     each class's precision, recall, F1 and support; ``classes`` names them where the model knows its names."""
     classes, task = getattr(model, "classes", None), getattr(model, "task", "classification")
     objective = Regression(model.target_mean, model.target_std) if task == "regression" else None
     thresholds = getattr(model, "thresholds", None)  # read before prepare wraps the model (DDP)
     accelerator = make_accelerator(cpu)
-    model, loader = accelerator.prepare(model, make_loader(split, batch_size))
-    if task == "regression":
-        return _evaluate_regression(model, loader, accelerator, objective)
-    if task == "multilabel":
-        out = _evaluate_multilabel(model, loader, accelerator, thresholds)
-    else:
-        out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
+    with inference(model):
+        model, loader = accelerator.prepare(model, make_loader(split, batch_size))
+        if task == "regression":
+            return _evaluate_regression(model, loader, accelerator, objective)
+        if task == "multilabel":
+            out = _evaluate_multilabel(model, loader, accelerator, thresholds)
+        else:
+            out = _evaluate_loader(model, loader, accelerator, nn.CrossEntropyLoss(), with_confusion=True)
     return {**out, "classes": classes} if classes is not None else out
 
 
