@@ -14,16 +14,16 @@ from rich.console import Console
 
 from mmtransfer import artifact
 from mmtransfer.backbones import with_backbone_preprocessing
-from mmtransfer.cache import add_cached_features
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import Multilabel, Regression, evaluate, fit, process_state
+from mmtransfer.train import Multilabel, Regression, evaluate, process_state
 from mmtransfer.transfer import strategies
+from mmtransfer.transfer.auto import train_with_strategy
 from mmtransfer.transfer.distill import transfer_across
-from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
+from mmtransfer.transfer.freeze import freeze
 from mmtransfer.transfer.graft import GraftReport, graft
 
 
@@ -155,37 +155,10 @@ def _fit_run(
             (out / "transfer_report.md").write_text(report.markdown())
     state.wait_for_everyone()
 
-    strategy = cfg.train.strategy
-    strategies.prepare(model, strategy)  # lora adapters go in after grafting, before training
-    if strategy.name == "linear_probe":  # encoders frozen from the start, so their features can be cached
-        strategies.schedule(model, strategy, 1, set(trainable_names(model)))
-    if cfg.train.cache_features:
-        parts = {"train": data.train, "test": data.test, **({"val": data.val} if data.val is not None else {})}
-        splits = add_cached_features(model, parts, console=console)
-        data.train, data.val, data.test = splits["train"], splits.get("val"), splits["test"]
-    trainable, total = count_parameters(model)
-    n_val = 0 if data.val is None else len(data.val)
-    console.print(
-        f"{data.name}: {len(data.train)} train / {n_val} val / {len(data.test)} test; "
-        f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)",
-        markup=False,
-        highlight=False,
-    )
-    console.print(data.labels.sentence(), markup=False, highlight=False)
-    result = fit(
-        model,
-        data.train,
-        data.val,
-        cfg.train,
-        checkpoint=out / "model.safetensors",
-        augment=data.augment,
-        console=console,
-        num_workers=cfg.data.num_workers,
-        state_dir=out,
-        resume=resume,
-        log_dir=out,
-        objective=objective,
-    )
+    strategies.prepare(model, cfg.train.strategy)  # lora adapters go in after grafting, before training
+    # a solved probe, LP-FT, auto's choice between them, or the strategy's epochs (mmtransfer.transfer.auto)
+    trained = train_with_strategy(model, data, cfg, out, console, objective=objective, resume=resume, state=state)
+    result = trained.result
     calibration = None
     if data.task == "classification":
         calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
@@ -202,6 +175,10 @@ def _fit_run(
         "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
+    if trained.probe is not None:
+        metrics["probe"] = trained.probe
+    if trained.strategy is not None:
+        metrics["strategy"] = trained.strategy
     if calibration is not None:
         metrics["calibration"] = calibration
     if transferred is not None and "before_training" in transferred[0]:
