@@ -261,5 +261,6 @@ def test_auto_without_a_pretrained_encoder_is_full_fine_tuning(tmp_path, small_r
     full = small_run.model_copy(deep=True)
     full.train.strategy.name = "full"
     full_run = fit_run(full, tmp_path / "full", make_console(quiet=True))
-    assert auto_run["strategy"]["chose"] == "full" and "no encoder starts from pretrained" in auto_run["strategy"]["why"]
+    choice = auto_run["strategy"]
+    assert choice["chose"] == "full" and "no encoder starts from pretrained" in choice["why"]
     assert auto_run["test"] == full_run["test"] and auto_run["best_epoch"] == full_run["best_epoch"]
