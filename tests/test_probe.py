@@ -38,7 +38,8 @@ def test_the_solved_probe_is_scikit_learns_logistic_regression_at_the_chosen_c()
     r = result.record
     assert r["converged"] and 0 < r["n_iter"] < probe.MAX_ITER and r["solver"] == "lbfgs" and r["n_labels"] == 80
     assert r["cv"]["folds"] == 5 and set(r["cv"]["accuracy"]) >= {"0.001", "1", "1000"}
-    assert r["cv"]["best_accuracy"] == max(r["cv"]["accuracy"].values()) == r["cv"]["accuracy"][f"{c:g}"]
+    assert r["cv"]["log_loss_at_c"] == min(r["cv"]["log_loss"].values()) == r["cv"]["log_loss"][f"{c:g}"]
+    assert r["cv"]["accuracy_at_c"] == r["cv"]["accuracy"][f"{c:g}"]
     assert result.line().startswith(f"linear probe solved (L-BFGS, converged in {r['n_iter']} iterations): C={c:g}")
 
 

