@@ -253,8 +253,8 @@ class _Run:
         record.update(selection_labels=len(data.val), probe_val=probe_val, lp_ft_val=lp_ft_val,
                       lp_ft_best_epoch=lp_ft.result.best_epoch, lp_ft_epochs_run=lp_ft.result.epochs_run,
                       lp_ft_seconds=round(lp_ft.result.seconds, 1))  # fmt: skip
-        compared = (f"val {key} {lp_ft_val[key]:.4f} after LP-FT, {probe_val[key]:.4f} for the probe "
-                    f"({len(data.val)} selection labels)")  # fmt: skip
+        compared = (f"val {key} {lp_ft_val[key]:.4f} (loss {lp_ft_val['loss']:.4f}) after LP-FT, {probe_val[key]:.4f} "
+                    f"(loss {probe_val['loss']:.4f}) for the probe, on {len(data.val)} selection labels")  # fmt: skip
         if (lp_ft_val[key], -lp_ft_val["loss"]) > (probe_val[key], -probe_val["loss"]):
             _say(self.console, f"strategy auto: LP-FT kept: {compared}")
             lp_ft.strategy = {"name": "auto", "chose": "lp_ft", "why": compared, **record}
