@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmtransfer import artifact
@@ -38,7 +37,7 @@ from mmtransfer.transfer import probe, strategies
 from mmtransfer.transfer.freeze import count_parameters, trainable_names
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds auto allows LP-FT where train.time_limit is none
-TIMED_STEPS = 2  # after one untimed step (allocation, warm-up)
+TIMED_STEPS = 2  # after a first step that allocates and warms up
 PROBE = StrategyConfig(name="linear_probe")  # what freezes the encoders
 
 
@@ -230,7 +229,7 @@ class _Run:
         limit_s = DEFAULT_TIME_LIMIT if limit is None else float(limit)
         limit_text = f"{limit_s:g} s" + (" (train.time_limit)" if limit is not None else " (train.time_limit none)")
         resuming = self.resume and (self.out / CHECKPOINT).is_file()  # LP-FT was running: it goes on
-        estimate = None if resuming else self._shared(self.lp_ft_seconds())
+        estimate = None if resuming else self._shared(self.lp_ft_seconds(limit_s))
         record = {"pretrained": names, "time_limit_s": limit_s, "lp_ft_estimate_s": estimate}
         if estimate is not None and not estimate <= limit_s:
             why = f"LP-FT would take up to {estimate:.0f} s, over the limit of {limit_text}"
@@ -263,10 +262,11 @@ class _Run:
         model.load_state_dict(pretrained_state)  # the encoders as they were before fine-tuning
         return self._chose(self.solved_probe(z, why="kept by auto"), "linear_probe", compared, record)
 
-    def lp_ft_seconds(self) -> float:
-        """LP-FT's time, at most: the median of a few timed training steps of everything, on a copy of the
-        model, times the steps of every epoch, plus scoring the selection rows each epoch (a forward pass is
-        about a third of a step)."""
+    def lp_ft_seconds(self, limit_s: float) -> float:
+        """LP-FT's time, at most: a training step of everything (timed on a copy of the model, the fastest of a
+        few after the first) times the steps of every epoch, plus scoring the selection rows each epoch (a
+        forward pass is about a third of a step). Timing stops early once even the fastest step seen puts
+        LP-FT over three times ``limit_s``: on 2 CPU cores a step of an image backbone takes seconds."""
         cfg, data = self.cfg, self.data
         device = make_accelerator(cfg.train.cpu).device
         trial = copy.deepcopy(self.model).to(device)
@@ -277,6 +277,7 @@ class _Run:
         batch = min(cfg.train.batch_size, len(data.train))
         loader = make_loader(data.train, batch, shuffle=True, seed=cfg.train.seed)
         objective = self.objective or Classification()
+        steps = (math.ceil(len(data.train) / batch) + len(data.val) / (3 * batch)) * cfg.train.epochs
         times, batches = [], iter(loader)
         for _ in range(TIMED_STEPS + 1):
             start = time.perf_counter()
@@ -296,9 +297,9 @@ class _Run:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-        step = float(np.median(times[1:]))
-        per_epoch = math.ceil(len(data.train) / batch) + len(data.val) / (3 * batch)
-        return step * per_epoch * cfg.train.epochs
+            if min(times) * steps > 3 * limit_s:  # the first step is the slowest: already far over
+                break
+        return min(times[1:] or times) * steps
 
     def _shared(self, value):
         """The main process's value on every process (each would time its own steps otherwise)."""
