@@ -86,6 +86,28 @@ def test_regression_is_ridge_with_alpha_by_cross_validation():
     assert result.record["cv"]["best_r2"] > 0.95 and result.record["converged"]
 
 
+def test_the_probe_goes_into_the_head_in_the_models_units_and_only_where_it_can_be_solved():
+    from mmtransfer.config import ModelConfig
+    from mmtransfer.model import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    y = 20 + 5 * x[:, 0] + rng.normal(size=40) * 0.1
+    model = build_model(ModelConfig(encoders={"v": {"type": "mlp", "hidden": [6]}}, embed_dim=6), {"v": (3,)}, 1)
+    model.task, model.target_mean, model.target_std = "regression", 18.0, 4.0  # the run's own standardisation
+    result = solve_probe(x, y, task="regression")
+    probe.put_in_head(model, result)
+    z = torch.tensor(x, dtype=torch.float32)
+    out = model.head(z)[:, 0].detach().numpy() * 4.0 + 18.0  # what forward() gives for embedding z
+    assert np.allclose(out, (x @ result.weight.T + result.bias)[:, 0], atol=1e-4)
+    assert probe.solvable(model, "regression") is None
+    assert "multilabel target" in probe.solvable(model, "multilabel")
+    hidden = build_model(ModelConfig(head_hidden=4, embed_dim=6), {"v": (3,)}, 2)
+    assert "hidden layer (model.head_hidden)" in probe.solvable(hidden, "classification")
+    gated = build_model(ModelConfig(fusion="gated", embed_dim=6), {"v": (3,), "w": (2,)}, 2)
+    assert "needs model.fusion: concat" in probe.solvable(gated, "classification")
+
+
 # ---------------------------------------------------------------- in a run
 
 PROBE_YAML = {
