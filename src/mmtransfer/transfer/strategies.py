@@ -9,12 +9,16 @@ its own top, so in a multimodal model the top groups of all encoders unfreeze to
 strategy             trains in epoch e                               learning rate of a group at depth k >= 1
 ==================== =============================================== ========================================
 full                 everything                                      lr
-linear_probe         fusion and head                                 lr (never used: encoders stay frozen)
+linear_probe         fusion and head (where solved: no epoch at all) lr (never used: encoders stay frozen)
+lp_ft                everything, after the head is solved            ft_lr
 freeze_then_unfreeze fusion and head; everything once e > N          lr
 gradual_unfreeze     fusion, head, groups with k <= (e-1) // every   lr * lr_decay**k (as ULMFiT)
 discriminative       everything                                      lr * lr_decay**k
 lora                 LoRA adapters, and all outside the HF backbones lr
 ==================== =============================================== ========================================
+
+``auto`` is resolved before training (:mod:`mmtransfer.transfer.auto`): the solved probe or ``lp_ft`` for a model
+with a pretrained encoder, ``full`` otherwise; a loop given ``auto`` itself trains as ``full``.
 
 Fusion and head (depth 0) always train, at ``lr * head_lr_mult``: both are new, task-specific modules, and a
 linear probe on a frozen random fusion would probe a random map. A strategy only ever *freezes*: a parameter
@@ -130,7 +134,7 @@ def trainable_in_epoch(
 
 
 def _trains(group: LayerGroup, strategy: StrategyConfig, epoch: int) -> bool:
-    if group.depth == 0 or strategy.name in ("full", "discriminative"):
+    if group.depth == 0 or strategy.name in ("full", "discriminative", "lp_ft", "auto"):
         return True
     if strategy.name == "freeze_then_unfreeze":
         return epoch > strategy.unfreeze_epoch
@@ -152,6 +156,18 @@ def schedule(
         raise ValueError(f"strategy {strategy.name}: nothing to train in epoch {epoch}")
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
+    return names
+
+
+def pretrained(encoders: dict) -> list[str]:
+    """The inputs whose encoder config starts from pretrained weights: a Hugging Face model, or an
+    EfficientNet-Lite or timm model with its pretrained weights or a weights file. A module given in Python
+    (custom) is not known to be."""
+    names = []
+    for name, enc in sorted(encoders.items()):
+        kind = getattr(enc, "type", None)
+        if kind == "hf" or (kind in ("efficientnet_lite", "timm") and (enc.pretrained or enc.weights)):
+            names.append(name)
     return names
 
 
