@@ -8,6 +8,7 @@ What trains in each epoch, and at what rate per layer group, is the fine-tuning 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -559,8 +560,10 @@ def inference(model: nn.Module) -> Iterator[nn.Module]:
     if convolutions:
         model.to(memory_format=torch.channels_last)
     model.eval()
+    # Several processes: DDP wraps the model inside, and its parameter broadcast cannot touch inference tensors.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
-        with torch.inference_mode():
+        with torch.no_grad() if several else torch.inference_mode():
             yield model
     finally:
         if convolutions:  # outside inference mode: the weights stay ordinary tensors
