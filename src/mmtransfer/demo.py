@@ -27,8 +27,9 @@ from rich.text import Text
 from mmtransfer.config import CNNConfig, ModelConfig, RNNConfig
 from mmtransfer.display import Grid, make_console
 
-CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64)
-GRU = ModelConfig(encoders={"image": RNNConfig(cell="gru", hidden_size=64)}, embed_dim=64)
+# preset scratch: the demo's networks are the small ones, trained here (digits are 8x8: no ImageNet backbone)
+CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64, preset="scratch")
+GRU = ModelConfig(encoders={"image": RNNConfig(cell="gru", hidden_size=64)}, embed_dim=64, preset="scratch")
 
 
 def demo_study(seeds: int = 3, k: int = 10, source_epochs: int = 30, target_epochs: int = 60,
