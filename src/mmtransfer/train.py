@@ -8,7 +8,6 @@ What trains in each epoch, and at what rate per layer group, is the fine-tuning 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -552,18 +551,17 @@ EVAL_BATCH = 32  # a batch of 32 photos runs as fast per photo as 256 on a CPU, 
 
 
 @contextmanager
-def inference(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode under ``torch.inference_mode``, its convolution weights channels-last (1.5x faster
-    on a CPU; the convolutions then run channels-last whatever the input's layout); left as it was afterwards."""
+def inference(model: nn.Module, inference_mode: bool = True) -> Iterator[nn.Module]:
+    """The model in eval mode under ``torch.inference_mode`` (``torch.no_grad`` without ``inference_mode``: what
+    a model that DDP wraps needs), its convolution weights channels-last (1.5x faster on a CPU; the convolutions
+    then run channels-last whatever the input's layout); left as it was afterwards."""
     was_training = model.training
     convolutions = any(p.dim() == 4 for p in model.parameters())
     if convolutions:
         model.to(memory_format=torch.channels_last)
     model.eval()
-    # Several processes: DDP wraps the model inside, and its parameter broadcast cannot touch inference tensors.
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
-        with torch.no_grad() if several else torch.inference_mode():
+        with torch.inference_mode() if inference_mode else torch.no_grad():
             yield model
     finally:
         if convolutions:  # outside inference mode: the weights stay ordinary tensors
@@ -575,7 +573,7 @@ def logits_of(model: nn.Module, split: Examples, *, batch_size: int = EVAL_BATCH
     """(logits [N, C] before any temperature, labels [N]) of ``split``, in eval mode, in row order."""
     accelerator = make_accelerator(cpu)
     temperature = getattr(model, "temperature", 1.0)  # read before prepare wraps the model (DDP)
-    with inference(model):
+    with inference(model, inference_mode=False):  # prepare may wrap it in DDP, which needs ordinary tensors
         outputs, labels = _gathered(*accelerator.prepare(model, make_loader(split, batch_size)), accelerator)
     return outputs * temperature, labels
 
@@ -587,7 +585,7 @@ def evaluate(model: nn.Module, split: Examples, *, batch_size: int = EVAL_BATCH,
     objective = Regression(model.target_mean, model.target_std) if task == "regression" else None
     thresholds = getattr(model, "thresholds", None)  # read before prepare wraps the model (DDP)
     accelerator = make_accelerator(cpu)
-    with inference(model):
+    with inference(model, inference_mode=False):  # prepare may wrap it in DDP, which needs ordinary tensors
         model, loader = accelerator.prepare(model, make_loader(split, batch_size))
         if task == "regression":
             return _evaluate_regression(model, loader, accelerator, objective)
