@@ -19,7 +19,6 @@ The test split is read only after the model is chosen.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from mmtransfer.transfer import probe, strategies
 from mmtransfer.transfer.freeze import count_parameters, trainable_names
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds auto allows LP-FT where train.time_limit is none
-TIMED_STEPS = 2  # after a first step that allocates and warms up
+TIMED_STEPS = 2  # of train.batch_size rows, after a first step of two rows that warms up
 PROBE = StrategyConfig(name="linear_probe")  # what freezes the encoders
 
 
@@ -229,8 +228,10 @@ class _Run:
         limit_s = DEFAULT_TIME_LIMIT if limit is None else float(limit)
         limit_text = f"{limit_s:g} s" + (" (train.time_limit)" if limit is not None else " (train.time_limit none)")
         resuming = self.resume and (self.out / CHECKPOINT).is_file()  # LP-FT was running: it goes on
+        timing = time.perf_counter()
         estimate = None if resuming else self._shared(self.lp_ft_seconds(limit_s))
-        record = {"pretrained": names, "time_limit_s": limit_s, "lp_ft_estimate_s": estimate}
+        record = {"pretrained": names, "time_limit_s": limit_s, "lp_ft_estimate_s": estimate,
+                  "timed_in_s": round(time.perf_counter() - timing, 2)}  # fmt: skip
         if estimate is not None and not estimate <= limit_s:
             why = f"LP-FT would take up to {estimate:.0f} s, over the limit of {limit_text}"
             _say(
@@ -263,43 +264,41 @@ class _Run:
         return self._chose(self.solved_probe(z, why="kept by auto"), "linear_probe", compared, record)
 
     def lp_ft_seconds(self, limit_s: float) -> float:
-        """LP-FT's time, at most: a training step of everything (timed on a copy of the model, the fastest of a
-        few after the first) times the steps of every epoch, plus scoring the selection rows each epoch (a
-        forward pass is about a third of a step). Timing stops early once even the fastest step seen puts
-        LP-FT over three times ``limit_s``: on 2 CPU cores a step of an image backbone takes seconds."""
+        """LP-FT's time, at most: the seconds of a training step of everything per row (timed on a copy of the
+        model) times the rows of every epoch, plus scoring the selection rows each epoch (a forward pass is
+        about a third of a step). A first step on two rows warms up; where it already puts LP-FT over three
+        times ``limit_s`` (on 2 CPU cores an image backbone's step takes seconds), nothing more is timed;
+        otherwise the fastest of a few steps of ``train.batch_size`` rows counts."""
         cfg, data = self.cfg, self.data
         device = make_accelerator(cfg.train.cpu).device
         trial = copy.deepcopy(self.model).to(device)
         for name, param in trial.named_parameters():
             param.requires_grad_(name in self.allowed)
         train_mode(trial)
-        optimizer = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=cfg.train.strategy.ft_lr)
-        batch = min(cfg.train.batch_size, len(data.train))
-        loader = make_loader(data.train, batch, shuffle=True, seed=cfg.train.seed)
+        # No optimiser: its step is elementwise (milliseconds), and building AdamW first imports torch's compiler
+        # stack (7 s on a busy 2-core machine), a cost a run whose probe wins would never pay otherwise.
         objective = self.objective or Classification()
-        steps = (math.ceil(len(data.train) / batch) + len(data.val) / (3 * batch)) * cfg.train.epochs
-        times, batches = [], iter(loader)
-        for _ in range(TIMED_STEPS + 1):
+
+        def seconds_per_row(inputs: dict, labels: torch.Tensor) -> float:
             start = time.perf_counter()
-            try:
-                inputs, labels = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                inputs, labels = next(batches)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             for k, f in (data.augment or {}).items():
                 if k in inputs:
                     inputs[k] = f(inputs[k])
-            loss = objective.loss(trial, inputs, labels.to(device))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            objective.loss(trial, inputs, labels.to(device)).backward()
+            trial.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            if min(times) * steps > 3 * limit_s:  # the first step is the slowest: already far over
-                break
-        return min(times[1:] or times) * steps
+            return (time.perf_counter() - start) / len(labels)
+
+        rows = (len(data.train) + len(data.val) / 3) * cfg.train.epochs
+        batch = min(cfg.train.batch_size, len(data.train))
+        first = seconds_per_row(*next(iter(make_loader(data.train, min(2, batch), shuffle=True, seed=cfg.train.seed))))
+        if first * rows > 3 * limit_s:
+            return first * rows
+        loader = make_loader(data.train, batch, shuffle=True, seed=cfg.train.seed)
+        timed = [seconds_per_row(*b) for _, b in zip(range(TIMED_STEPS), loader, strict=False)]
+        return min(timed) * rows
 
     def _shared(self, value):
         """The main process's value on every process (each would time its own steps otherwise)."""
