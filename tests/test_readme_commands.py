@@ -139,11 +139,6 @@ def test_each_readme_yaml_block_is_a_valid_config(line, body, tmp_path):
         assert rules or exclude
 
 
-@pytest.mark.xfail(
-    reason="README.md's 'Your own table' reads data/pets.csv, which does not exist (issue 18, point 6); the "
-    "rewritten README passes",
-    strict=False,
-)
 def test_the_data_readme_configs_name_exists():
     """A run config's table or folder is in the repository (relative to its root, where the README's commands
     run), or is the project's shared data (../shared/data, which tests do not need)."""
@@ -192,7 +187,8 @@ def test_the_first_screens_fit_commands_run_on_generated_data(tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
-    photos = write_photos(tmp_path / "photos")
+    monkeypatch.setenv("MMTRANSFER_PRESET", "auto")  # what a new user gets: the pretrained encoder where installed
+    photos = write_photos(tmp_path / "photos", per_class=18)
     for number, args in enumerate(first_screen_fits()):
         args = list(args)
         data = args[args.index("--data") + 1]
@@ -200,7 +196,10 @@ def test_the_first_screens_fit_commands_run_on_generated_data(tmp_path, monkeypa
         if Path(data).suffix.lower() in (".csv", ".tsv", ".parquet"):
             table = tmp_path / f"table{number}.csv"
             rows = [(f"photos/{p.parent.name}/{p.name}", p.parent.name) for p in sorted(photos.rglob("*.jpg"))]
-            table.write_text(f"image,{label}\n" + "".join(f"{path},{cls}\n" for path, cls in rows))
+            split = ["test" if i % 3 == 2 else "train" for i in range(len(rows))]  # 12 train photos per class
+            table.write_text(
+                f"image,{label},split\n" + "".join(f"{p},{c},{s}\n" for (p, c), s in zip(rows, split, strict=True))
+            )
             args[args.index("--data") + 1] = str(table)
         else:
             args[args.index("--data") + 1] = str(photos)
