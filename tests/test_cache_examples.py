@@ -12,7 +12,7 @@ from rich.console import Console
 
 from mmtransfer.cache import add_cached_features, entries
 from mmtransfer.config import CNNConfig, DataConfig, ImageColumn, ModelConfig
-from mmtransfer.data import load_dataset
+from mmtransfer.data import load_dataset, make_loader
 from mmtransfer.modalities.image import ImageModality
 from mmtransfer.model import build_model
 from mmtransfer.tables import DataError
@@ -143,6 +143,9 @@ def test_a_cached_input_is_never_decoded(tmp_path, monkeypatch):
     assert cached.names() == ["photo.present", "photo.features"]
     assert batch["photo.present"].tolist() == [True, True, True]
     assert set(data.train.batch([0, 1])) == {"photo", "photo.present"} and len(loads) == 2
+    # its batches are slices of features: no worker process is started for them
+    assert make_loader(cached, 4, num_workers=2).num_workers == 0 and cached.reads_files is False
+    assert make_loader(data.train, 4, num_workers=2).num_workers == 2 and data.train.reads_files
 
 
 def test_the_check_catches_a_truncated_jpeg_by_row(tmp_path):

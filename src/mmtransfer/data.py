@@ -404,8 +404,11 @@ def make_loader(
     generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A DataLoader of (inputs, labels) batches; Accelerate can shard it across processes. ``num_workers``
-    processes prepare batches ahead of the model (``data.num_workers``). A shuffled loader draws each epoch's
+    processes prepare batches ahead of the model (``data.num_workers``; none where a table's split reads no file:
+    its inputs are cached features). A shuffled loader draws each epoch's
     order from ``generator`` (by default one seeded with ``seed``), which a resumed run restores."""
+    if not getattr(split, "reads_files", True):
+        num_workers = 0  # its batches are slices of cached features: a worker process would only add copying
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(seed)
     generator = generator if shuffle else None

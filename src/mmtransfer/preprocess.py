@@ -211,6 +211,12 @@ class RowSplit:
         cached = self._cached()
         return [n for n in self.pre.input_names() if n not in cached] + list(self.extra)
 
+    @property
+    def reads_files(self) -> bool:
+        """Whether a batch decodes files: an image or audio input whose features are not cached."""
+        cached = self._cached()
+        return any(self.pre.columns[c].modality in STREAMED and c not in cached for c in self.pre.columns)
+
     def _cached(self) -> set[str]:
         """Inputs whose frozen encoder's features are in ``extra``: what the model reads instead of them."""
         return {k.removesuffix(".features") for k in self.extra if k.endswith(".features")}
