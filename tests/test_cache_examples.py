@@ -206,3 +206,23 @@ def test_a_damaged_file_is_recomputed_with_a_warning_and_an_old_entry_ignored(tm
     torch.testing.assert_close(again["train"].extra["photo.features"], first["train"].extra["photo.features"])
     assert entry.read_bytes() != bytes(raw)  # written anew (the same features: the same name)
     assert old.exists()  # the old entry waits for eviction or cache clear
+
+
+def test_the_same_files_through_another_table_are_read_from_the_cache(tmp_path):
+    table = write_photos(tmp_path)
+    data = photos(table)
+    model = probe(data)
+    seen = counting(model)
+    add_cached_features(model, {"train": data.train, "test": data.test}, directory=tmp_path / "c")
+    df = pd.read_csv(table)
+    df["photo"] = [str(tmp_path / p) for p in df["photo"]]  # absolute paths, rows in another order
+    other = tmp_path / "elsewhere" / "other.csv"
+    other.parent.mkdir()
+    df.iloc[::-1].to_csv(other, index=False)
+    again = photos(other)
+    out = add_cached_features(model, {"train": again.train, "test": again.test}, directory=tmp_path / "c")
+    assert sum(seen) == len(data.train) + len(data.test)
+    model.eval()
+    with torch.no_grad():
+        direct = model.encoders["photo"](again.test.to_memory().inputs["photo"])
+    torch.testing.assert_close(out["test"].extra["photo.features"], direct)
