@@ -226,3 +226,11 @@ def test_the_same_files_through_another_table_are_read_from_the_cache(tmp_path):
     with torch.no_grad():
         direct = model.encoders["photo"](again.test.to_memory().inputs["photo"])
     torch.testing.assert_close(out["test"].extra["photo.features"], direct)
+
+
+def test_a_file_that_breaks_after_the_check_is_named_while_features_are_computed(tmp_path):
+    data = photos(write_photos(tmp_path, n=80))  # 60 train photos: two batches of 32, decoded one ahead
+    (tmp_path / "img" / "41.jpg").write_bytes(b"gone bad")
+    with pytest.raises(DataError, match=r"row 41, column 'photo': unreadable or corrupt image"):
+        add_cached_features(probe(data), {"train": data.train}, directory=tmp_path / "c")
+    assert entries(tmp_path / "c") == []
