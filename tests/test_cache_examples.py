@@ -234,3 +234,18 @@ def test_a_file_that_breaks_after_the_check_is_named_while_features_are_computed
     with pytest.raises(DataError, match=r"row 41, column 'photo': unreadable or corrupt image"):
         add_cached_features(probe(data), {"train": data.train}, directory=tmp_path / "c")
     assert entries(tmp_path / "c") == []
+
+
+def test_batches_come_in_order_the_next_made_ahead(tmp_path):
+    from mmtransfer.data import batches
+
+    data = photos(write_photos(tmp_path, n=40))
+    got = list(batches(data.train, 7))
+    assert [list(index) for index, _ in got] == [list(range(i, min(i + 7, 30))) for i in range(0, 30, 7)]
+    for index, inputs in got:
+        assert torch.equal(inputs["photo"], data.train.batch(index)["photo"])
+    (tmp_path / "img" / "20.jpg").write_bytes(b"gone bad")  # train row 15: the third batch
+    stream = batches(data.train, 7)
+    assert len(next(stream)[0]) == 7
+    with pytest.raises(DataError, match="row 20, column 'photo'"):
+        list(stream)

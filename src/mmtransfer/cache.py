@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import torch
     from rich.console import Console
     from torch import nn
@@ -89,6 +87,7 @@ def compute_features(encoder: nn.Module, x: torch.Tensor | Examples, name: str |
     import numpy as np
     import torch
 
+    from mmtransfer.data import ahead
     from mmtransfer.train import inference, process_state
 
     device = process_state().device
@@ -97,22 +96,10 @@ def compute_features(encoder: nn.Module, x: torch.Tensor | Examples, name: str |
         chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
     else:
         starts = range(0, len(x), batch_size)
-        chunks = _ahead(x.batch(np.arange(i, min(i + batch_size, len(x))), names=[name])[name] for i in starts)
+        chunks = ahead(x.batch(np.arange(i, min(i + batch_size, len(x))), names=[name])[name] for i in starts)
     with inference(encoder):
         out = [encoder(chunk.to(device)).cpu() for chunk in chunks]
     return torch.cat(out).clone()  # a normal tensor again (inference tensors refuse autograd's bookkeeping)
-
-
-def _ahead(chunks: Iterator):
-    """The items of ``chunks``, the next one made in a thread while the caller works on this one: a batch of
-    photos is decoded (Pillow lets go of the GIL) while the encoder runs on the one before."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(next, chunks, None)
-        while (chunk := pending.result()) is not None:
-            pending = pool.submit(next, chunks, None)
-            yield chunk
 
 
 def _order(splits: dict) -> list[str]:
