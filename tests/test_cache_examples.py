@@ -12,7 +12,7 @@ from rich.console import Console
 
 from mmtransfer.cache import add_cached_features, entries
 from mmtransfer.config import CNNConfig, DataConfig, ImageColumn, ModelConfig
-from mmtransfer.data import load_dataset
+from mmtransfer.data import load_dataset, make_loader
 from mmtransfer.modalities.image import ImageModality
 from mmtransfer.model import build_model
 from mmtransfer.tables import DataError
@@ -143,6 +143,9 @@ def test_a_cached_input_is_never_decoded(tmp_path, monkeypatch):
     assert cached.names() == ["photo.present", "photo.features"]
     assert batch["photo.present"].tolist() == [True, True, True]
     assert set(data.train.batch([0, 1])) == {"photo", "photo.present"} and len(loads) == 2
+    # its batches are slices of features: no worker process is started for them
+    assert make_loader(cached, 4, num_workers=2).num_workers == 0 and cached.reads_files is False
+    assert make_loader(data.train, 4, num_workers=2).num_workers == 2 and data.train.reads_files
 
 
 def test_the_check_catches_a_truncated_jpeg_by_row(tmp_path):
@@ -203,3 +206,46 @@ def test_a_damaged_file_is_recomputed_with_a_warning_and_an_old_entry_ignored(tm
     torch.testing.assert_close(again["train"].extra["photo.features"], first["train"].extra["photo.features"])
     assert entry.read_bytes() != bytes(raw)  # written anew (the same features: the same name)
     assert old.exists()  # the old entry waits for eviction or cache clear
+
+
+def test_the_same_files_through_another_table_are_read_from_the_cache(tmp_path):
+    table = write_photos(tmp_path)
+    data = photos(table)
+    model = probe(data)
+    seen = counting(model)
+    add_cached_features(model, {"train": data.train, "test": data.test}, directory=tmp_path / "c")
+    df = pd.read_csv(table)
+    df["photo"] = [str(tmp_path / p) for p in df["photo"]]  # absolute paths, rows in another order
+    other = tmp_path / "elsewhere" / "other.csv"
+    other.parent.mkdir()
+    df.iloc[::-1].to_csv(other, index=False)
+    again = photos(other)
+    out = add_cached_features(model, {"train": again.train, "test": again.test}, directory=tmp_path / "c")
+    assert sum(seen) == len(data.train) + len(data.test)
+    model.eval()
+    with torch.no_grad():
+        direct = model.encoders["photo"](again.test.to_memory().inputs["photo"])
+    torch.testing.assert_close(out["test"].extra["photo.features"], direct)
+
+
+def test_a_file_that_breaks_after_the_check_is_named_while_features_are_computed(tmp_path):
+    data = photos(write_photos(tmp_path, n=80))  # 60 train photos: two batches of 32, decoded one ahead
+    (tmp_path / "img" / "41.jpg").write_bytes(b"gone bad")
+    with pytest.raises(DataError, match=r"row 41, column 'photo': unreadable or corrupt image"):
+        add_cached_features(probe(data), {"train": data.train}, directory=tmp_path / "c")
+    assert entries(tmp_path / "c") == []
+
+
+def test_batches_come_in_order_the_next_made_ahead(tmp_path):
+    from mmtransfer.data import batches
+
+    data = photos(write_photos(tmp_path, n=40))
+    got = list(batches(data.train, 7))
+    assert [list(index) for index, _ in got] == [list(range(i, min(i + 7, 30))) for i in range(0, 30, 7)]
+    for index, inputs in got:
+        assert torch.equal(inputs["photo"], data.train.batch(index)["photo"])
+    (tmp_path / "img" / "20.jpg").write_bytes(b"gone bad")  # train row 15: the third batch
+    stream = batches(data.train, 7)
+    assert len(next(stream)[0]) == 7
+    with pytest.raises(DataError, match="row 20, column 'photo'"):
+        list(stream)

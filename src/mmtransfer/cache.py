@@ -87,6 +87,7 @@ def compute_features(encoder: nn.Module, x: torch.Tensor | Examples, name: str |
     import numpy as np
     import torch
 
+    from mmtransfer.data import ahead
     from mmtransfer.train import inference, process_state
 
     device = process_state().device
@@ -95,7 +96,7 @@ def compute_features(encoder: nn.Module, x: torch.Tensor | Examples, name: str |
         chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
     else:
         starts = range(0, len(x), batch_size)
-        chunks = (x.batch(np.arange(i, min(i + batch_size, len(x))), names=[name])[name] for i in starts)
+        chunks = ahead(x.batch(np.arange(i, min(i + batch_size, len(x))), names=[name])[name] for i in starts)
     with inference(encoder):
         out = [encoder(chunk.to(device)).cpu() for chunk in chunks]
     return torch.cat(out).clone()  # a normal tensor again (inference tensors refuse autograd's bookkeeping)

@@ -211,6 +211,12 @@ class RowSplit:
         cached = self._cached()
         return [n for n in self.pre.input_names() if n not in cached] + list(self.extra)
 
+    @property
+    def reads_files(self) -> bool:
+        """Whether a batch decodes files: an image or audio input whose features are not cached."""
+        cached = self._cached()
+        return any(self.pre.columns[c].modality in STREAMED and c not in cached for c in self.pre.columns)
+
     def _cached(self) -> set[str]:
         """Inputs whose frozen encoder's features are in ``extra``: what the model reads instead of them."""
         return {k.removesuffix(".features") for k in self.extra if k.endswith(".features")}
@@ -246,9 +252,9 @@ class RowSplit:
         return RowSplit(self.pre, self.cells, self.rows, self.labels, {**self.extra, f"{name}.features": features})
 
     def example_keys(self, name: str) -> list[str]:
-        """One hash per row of what input ``name`` holds there: the cell (a file's resolved path, size and
+        """One hash per row of what input ``name`` holds there: the cell (for a file its resolved path, size and
         modification time) and the column's preprocessing (its settings and fitted state), so a changed file or
-        a refit gives another key, and the same photo in another split or subset of the table the same one."""
+        a refit gives another key, and the same photo in another split, subset or table the same one."""
         cols = self.pre.tab_cols if name == TABULAR else [name]
         state = self.pre.state()
         setting = json.dumps(
@@ -260,9 +266,10 @@ class RowSplit:
             h = hashlib.sha256(setting)
             for col in cols:
                 value = self.cells.values[col][r] if self.cells.present[col][r] else None
-                h.update(repr(value).encode())
-                if col in streamed and value is not None:  # the file itself: where it is, its size and mtime
+                if col in streamed and value is not None:  # the file itself, however the cell spells its path
                     h.update(_stat(value, self.cells.base).encode())
+                else:
+                    h.update(repr(value).encode())
             keys.append(h.hexdigest()[:32])
         return keys
 
@@ -280,7 +287,7 @@ def _stat(value, base: Path) -> str:
         st = os.stat(path)
         return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
-        return "missing"
+        return f"{path}:missing"
 
 
 def _escape(text: str) -> str:
