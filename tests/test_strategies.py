@@ -178,7 +178,9 @@ def test_fit_logs_and_applies_the_gradual_schedule(digits):
     stats0 = (bn0.running_mean.clone(), bn0.running_var.clone())
     block0 = {n: p.detach().clone() for n, p in m.named_parameters() if n in BLOCK0}
     strategy = S(name="gradual_unfreeze")
-    cfg = TrainConfig(epochs=3, lr=1e-2, warmup_fraction=0, patience=None, progress=False, strategy=strategy)
+    cfg = TrainConfig(
+        epochs=3, lr=1e-2, warmup_fraction=0, patience=None, min_delta=0, progress=False, strategy=strategy
+    )
     result = fit(m, digits.train, digits.val, cfg)
 
     sizes = {n: p.numel() for n, p in m.named_parameters()}

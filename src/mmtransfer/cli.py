@@ -269,7 +269,7 @@ def predict(
     on_bad_rows: Annotated[
         str, typer.Option(help="error: list every bad cell and stop; skip: write those rows to OUT.rejected.csv.")
     ] = "error",
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 32,
     encoding: Annotated[str | None, typer.Option(help="Text encoding of a CSV / TSV table.")] = None,
     allow_unfinished: Annotated[bool, UNFINISHED] = False,
 ) -> None:

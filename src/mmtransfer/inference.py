@@ -233,22 +233,23 @@ def _report_missing(pre, cells, positions: np.ndarray, console: Console) -> None
             console.print(f"column {col!r}: {empty} empty cell(s), {how}", markup=False)
 
 
-@torch.no_grad()
-def probabilities(model, split, batch_size: int = 256) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(row positions, class probabilities [B, C]) batch by batch, in eval mode, on the model's device."""
+def probabilities(model, split, batch_size: int = 32) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(row positions, class probabilities [B, C]) batch by batch, in eval mode, on the model's device: batches of
+    32 under inference_mode with channels-last convolutions (as fast per photo as 256, in an eighth of the memory)."""
     from mmtransfer.data import batches
+    from mmtransfer.train import inference
 
-    model.eval()
     device = next(model.parameters()).device
     task = getattr(model, "task", "classification")
-    for index, inputs in batches(split, batch_size):
-        logits = model({k: v.to(device) for k, v in inputs.items()})
-        if task == "regression":
-            yield index, logits.float().cpu()  # the predicted numbers, [B]
-        elif task == "multilabel":
-            yield index, torch.sigmoid(logits.float()).cpu()  # one probability per label
-        else:
-            yield index, torch.softmax(logits.float(), dim=-1).cpu()
+    with inference(model):
+        for index, inputs in batches(split, batch_size):
+            logits = model({k: v.to(device) for k, v in inputs.items()})
+            if task == "regression":
+                yield index, logits.float().cpu()  # the predicted numbers, [B]
+            elif task == "multilabel":
+                yield index, torch.sigmoid(logits.float()).cpu()  # one probability per label
+            else:
+                yield index, torch.softmax(logits.float(), dim=-1).cpu()
 
 
 def predict(
@@ -258,7 +259,7 @@ def predict(
     *,
     id_column: str | None = None,
     on_bad_rows: str = "error",
-    batch_size: int = 256,
+    batch_size: int = 32,
     encoding: str | None = None,
     console: Console | None = None,
     progress: bool = True,
