@@ -86,6 +86,12 @@ def test_lp_ft_and_auto_train_everything_in_the_loop():
     m = cnn()
     assert per_epoch(m, S(name="lp_ft"), 2) == per_epoch(m, S(name="auto"), 2) == [ALL] * 2
     assert lrs(m, S(name="lp_ft")) == lrs(m, S())
+    # LP-FT's probe was solved on the BatchNorm statistics: they stay, and so do their affine parameters
+    batchnorm = {n for n in ALL if ".1.weight" in n or ".1.bias" in n}
+    prepare(m, S(name="lp_ft"))
+    assert len(batchnorm) == 4 and set(trainable_names(m)) == ALL - batchnorm
+    train_mode(m)
+    assert [b[1].training for b in m.encoders["image"].blocks] == [False, False] and m.encoders["image"].training
 
 
 def test_pretrained_encoders_are_named_from_their_configs():

@@ -200,7 +200,7 @@ class _Run:
         self.summary()
         _say(self.console, data.labels.sentence())
         _say(self.console, f"LP-FT, step 2: everything fine-tuned from the solved probe at lr {s.ft_lr:g} "
-                           "(train.strategy.ft_lr)")  # fmt: skip
+                           "(train.strategy.ft_lr), the encoders' BatchNorm statistics kept")  # fmt: skip
         strategy = s.model_copy(update={"name": "lp_ft"})
         train_cfg = self.cfg.train.model_copy(update={"lr": s.ft_lr, "strategy": strategy})
         resume = self.resume and (self.out / CHECKPOINT).is_file()

@@ -10,7 +10,7 @@ strategy             trains in epoch e                               learning ra
 ==================== =============================================== ========================================
 full                 everything                                      lr
 linear_probe         fusion and head (where solved: no epoch at all) lr (never used: encoders stay frozen)
-lp_ft                everything, after the head is solved            ft_lr
+lp_ft                everything but BatchNorm; head solved first     ft_lr
 freeze_then_unfreeze fusion and head; everything once e > N          lr
 gradual_unfreeze     fusion, head, groups with k <= (e-1) // every   lr * lr_decay**k (as ULMFiT)
 discriminative       everything                                      lr * lr_decay**k
@@ -193,10 +193,27 @@ def check_cached(trainable: Collection[str], inputs: Collection[str], strategy: 
 
 def prepare(model: nn.Module, strategy: StrategyConfig) -> nn.Module:
     """What a strategy changes in the model itself, done once, after weights are grafted in and before a
-    strategy's checkpoint is loaded: ``lora`` wraps the target layers of every HF backbone. Others: nothing."""
+    strategy's checkpoint is loaded: ``lora`` wraps the target layers of every HF backbone; ``lp_ft`` freezes
+    every BatchNorm of the encoders. Others: nothing."""
     if strategy.name == "lora":
         apply_lora(model, strategy)
+    elif strategy.name == "lp_ft":
+        freeze_batchnorm(model)
     return model
+
+
+def freeze_batchnorm(model: nn.Module) -> list[str]:
+    """Freeze the affine parameters of every BatchNorm in the encoders (so training keeps their running
+    statistics too: :func:`mmtransfer.train.train_mode`); return their names. LP-FT's probe was solved on the
+    features these statistics give; re-estimating them from batches of a few labelled rows moves the features
+    under it at the first step (flowers, 40 train photos, batches of 16: LP-FT's best epoch was its first)."""
+    names = []
+    for prefix, module in model.named_modules():
+        if prefix.startswith("encoders.") and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            for name, param in module.named_parameters(prefix=prefix):
+                param.requires_grad_(False)
+                names.append(name)
+    return names
 
 
 def is_lora(name: str) -> bool:
