@@ -266,8 +266,8 @@ class _Run:
     def lp_ft_seconds(self, limit_s: float) -> float:
         """LP-FT's time, at most: the seconds of a training step of everything per row (timed on a copy of the
         model) times the rows of every epoch, plus scoring the selection rows each epoch (a forward pass is
-        about a third of a step). A first step on two rows warms up; where it already puts LP-FT over three
-        times ``limit_s`` (on 2 CPU cores an image backbone's step takes seconds), nothing more is timed;
+        about a third of a step). A first forward pass on two rows (times 3) warms up; where it already puts LP-FT
+        over three times ``limit_s`` (on 2 CPU cores an image backbone's step takes seconds), nothing more is timed;
         otherwise the fastest of a few steps of ``train.batch_size`` rows counts."""
         cfg, data = self.cfg, self.data
         device = make_accelerator(cfg.train.cpu).device
@@ -291,9 +291,21 @@ class _Run:
                 torch.cuda.synchronize()
             return (time.perf_counter() - start) / len(labels)
 
+        def forward_seconds_per_row(inputs: dict, labels: torch.Tensor) -> float:
+            """A forward pass without gradients, times 3 (a step is a forward and a backward about twice as
+            long): no activations are kept, so a first look costs little memory (a backward through an image
+            backbone at 224x224 holds gigabytes on a CPU)."""
+            start = time.perf_counter()
+            with torch.no_grad():
+                trial({k: v.to(device) for k, v in inputs.items()})
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return 3 * (time.perf_counter() - start) / len(labels)
+
         rows = (len(data.train) + len(data.val) / 3) * cfg.train.epochs
         batch = min(cfg.train.batch_size, len(data.train))
-        first = seconds_per_row(*next(iter(make_loader(data.train, min(2, batch), shuffle=True, seed=cfg.train.seed))))
+        two = next(iter(make_loader(data.train, min(2, batch), shuffle=True, seed=cfg.train.seed)))
+        first = forward_seconds_per_row(*two)
         if first * rows > 3 * limit_s:
             return first * rows
         loader = make_loader(data.train, batch, shuffle=True, seed=cfg.train.seed)
