@@ -267,7 +267,7 @@ class _Run:
         """LP-FT's time, at most: the seconds of a training step of everything per row (timed on a copy of the
         model) times the rows of every epoch, plus scoring the selection rows each epoch (a forward pass is
         about a third of a step). A first forward pass on two rows (times 3) warms up; where it already puts LP-FT
-        over three times ``limit_s`` (on 2 CPU cores an image backbone's step takes seconds), nothing more is timed;
+        over ``limit_s`` (on 2 CPU cores an image backbone's step takes seconds), nothing more is timed;
         otherwise the fastest of a few steps of ``train.batch_size`` rows counts."""
         cfg, data = self.cfg, self.data
         device = make_accelerator(cfg.train.cpu).device
@@ -306,7 +306,7 @@ class _Run:
         batch = min(cfg.train.batch_size, len(data.train))
         two = next(iter(make_loader(data.train, min(2, batch), shuffle=True, seed=cfg.train.seed)))
         first = forward_seconds_per_row(*two)
-        if first * rows > 3 * limit_s:
+        if first * rows > limit_s:  # over the limit already: no backward pass is timed (its memory is large)
             return first * rows
         loader = make_loader(data.train, batch, shuffle=True, seed=cfg.train.seed)
         timed = [seconds_per_row(*b) for _, b in zip(range(TIMED_STEPS), loader, strict=False)]
