@@ -85,8 +85,11 @@ def fit(
     manifest.json (size and SHA-256 of each file; written last, so an interrupted fit is marked unfinished).
     Until the fit ends, checkpoint.safetensors holds everything needed to continue it with --resume.
     Use the run folder with predict, evaluate, export, info.
-    Fine-tuning strategy: --set train.strategy.name=full | linear_probe | freeze_then_unfreeze |
-    gradual_unfreeze | discriminative | lora.
+    Fine-tuning strategy: --set train.strategy.name=auto (the default: with a pretrained encoder the solved
+    linear probe, or LP-FT where train.time_limit allows it; else full) | linear_probe (solved by L-BFGS, C by
+    cross-validation) | lp_ft | full | freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
+    Without a config file, --data PATH (a table or a folder of class folders) and --label COLUMN are enough:
+    image and text columns get pretrained encoders (model.preset auto).
     """
     from mmtransfer.artifact import check_out
 
