@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,15 @@ class _Strict(BaseModel):
 
 
 AUTO = "auto"  # a setting whose value depends on another part (the encoder reading the column): resolved once
+
+
+def _at_least_one(value):
+    if value != AUTO and value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+CountOrAuto = Annotated[int | Literal["auto"], AfterValidator(_at_least_one)]
 
 
 class ImageColumn(_Strict):
@@ -123,19 +132,12 @@ class TextColumn(_Strict):
         description="Folder (or cached hub id) of a pretrained tokenizer; none = a word vocabulary from train; auto: "
         "the tokenizer of the pretrained model reading the column (type hf), else a word vocabulary.",
     )
-    max_length: int | Literal["auto"] = Field(
+    max_length: CountOrAuto = Field(
         AUTO, description="Tokens kept per text (padded or truncated); auto: 128 with a pretrained tokenizer, else 64."
     )
     vocab_size: int = Field(20000, ge=10, description="Word vocabulary: most frequent words kept.")
     min_freq: int = Field(1, ge=1, description="Word vocabulary: words seen fewer times become [UNK].")
     lowercase: bool = True
-
-    @field_validator("max_length")
-    @classmethod
-    def _positive(cls, value):
-        if value != AUTO and value < 1:
-            raise ValueError(f"max_length must be at least 1, got {value}")
-        return value
 
     def resolved(self, tokenizer: str | None = None) -> TextColumn:
         """A copy with auto fields set: the tokenizer of the model reading the column (or none: words)."""
@@ -399,7 +401,7 @@ class ModelConfig(_Strict):
         "extra [minilm]), with its own preprocessing; else, and for sound and numbers, a small network trained from "
         "scratch. scratch: always the small networks. Default auto (MMTRANSFER_PRESET sets another default).",
     )
-    embed_dim: int | Literal["auto"] = Field(
+    embed_dim: CountOrAuto = Field(
         AUTO,
         description="D: the size of each encoder's output embedding. auto: a pretrained backbone's own feature size "
         "(no projection) under concat fusion, 64 for networks trained from scratch; under attention or gated fusion "
@@ -418,13 +420,6 @@ class ModelConfig(_Strict):
         description="attention fusion: one pooled token per input, or one token per region of a pretrained image "
         "backbone's last feature map (efficientnet_lite: (H/32) x (W/32) tokens); other inputs stay one token.",
     )
-
-    @field_validator("embed_dim")
-    @classmethod
-    def _dim_positive(cls, value):
-        if value != AUTO and value < 1:
-            raise ValueError(f"embed_dim must be at least 1, got {value}")
-        return value
 
     @model_validator(mode="after")
     def _regions_need_attention(self):
