@@ -472,3 +472,13 @@ def test_a_cell_silences_third_party_progress_bars_and_keeps_stderr_in_its_log(t
         print("a library's warning", file=sys.stderr)
     assert log.getvalue() == "a library's warning\n"
     assert hf_logging.is_progress_bar_enabled() == enabled  # as it was: a cell may run in the study's own process
+
+
+def test_auto_compares_lp_ft_where_the_model_starts_from_pretrained_features(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {table: t.csv}\nmodel: {preset: auto}\n")  # a table's photos get a pretrained backbone
+    assert "lp_ft" in engine.auto_study(config)[0].arms
+    config.write_text("data: {table: t.csv}\nmodel: {preset: scratch}\n")
+    assert "lp_ft" not in engine.auto_study(config)[0].arms
+    config.write_text("model: {encoders: {image: {type: efficientnet_lite, pretrained: false}}}\n")
+    assert "lp_ft" not in engine.auto_study(config)[0].arms  # digits, and an EfficientNet without its weights

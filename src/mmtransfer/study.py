@@ -683,7 +683,9 @@ def _executor(backend: str, workers: int, threads: int):
         ex.close()
 
 
-AUTO_STRATEGIES = ("linear_probe", "full", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora")
+AUTO_STRATEGIES = (
+    "linear_probe", "lp_ft", "full", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora"
+)  # fmt: skip
 
 
 def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, Path]:
@@ -692,7 +694,14 @@ def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, P
     raw = read_config_file(path)
     cfg = validate(copy.deepcopy(raw), str(path))
     hf = any(getattr(e, "type", None) == "hf" for e in cfg.model.encoders.values())  # lora needs a transformer
-    arms = {name: {"train.strategy.name": name} for name in AUTO_STRATEGIES if name != "lora" or hf}
+    from mmtransfer.transfer.strategies import pretrained
+
+    # LP-FT starts from pretrained features: a configured pretrained encoder, or the preset's for a table's photos
+    # and texts (their encoders are chosen when the columns are bound)
+    table = cfg.data.table is not None or cfg.data.folder is not None
+    warm = bool(pretrained(cfg.model.encoders)) or (cfg.model.preset == "auto" and table)
+    wanted = {"lora": hf, "lp_ft": warm}
+    arms = {name: {"train.strategy.name": name} for name in AUTO_STRATEGIES if wanted.get(name, True)}
     budget: Budget = cfg.data.k_per_class or cfg.data.label_fraction or "all"
     study = StudyConfig(base=raw, budgets=[budget], seeds=seeds, arms=arms, reference="full", ablation=False)
     return study, raw, path.parent.resolve()
