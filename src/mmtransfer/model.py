@@ -130,27 +130,33 @@ PRETRAINED_TYPES = ("efficientnet_lite", "hf", "timm")
 SCRATCH_DIM = 64  # model.embed_dim auto: the embedding of an encoder trained from scratch
 
 
-def _one_size(encoders: dict[str, nn.Module], cfg: ModelConfig, specs: dict[str, InputSpec], given: set) -> None:
+def _one_size(encoders: dict[str, nn.Module], configs: dict, specs: dict[str, InputSpec], fusion: str) -> None:
     """Attention and gated fusion need one embedding size: the largest pretrained backbone's, or 64; a backbone
-    of another size gets a new projection to it, a from-scratch encoder is built for it."""
-    native = [enc.output_dim for name, enc in encoders.items() if _encoder_type(cfg, name, specs) in PRETRAINED_TYPES]
-    size = max(native, default=SCRATCH_DIM)
+    of another size gets a new projection to it, a from-scratch encoder is built for it. ``configs``: each
+    encoder's config, but for the modules the user built (whose size is theirs to choose)."""
+    pretrained = {name for name, enc_cfg in configs.items() if enc_cfg.type in PRETRAINED_TYPES}
+    size = max((encoders[name].output_dim for name in pretrained), default=SCRATCH_DIM)
     for name, enc in list(encoders.items()):
         if enc.output_dim == size:
             continue
-        if name in given:  # a module the user built: its size is theirs to choose
-            raise ValueError(f"encoder for {name!r}: output_dim {enc.output_dim}, but {cfg.fusion} fusion needs one "
+        if name not in configs:
+            raise ValueError(f"encoder for {name!r}: output_dim {enc.output_dim}, but {fusion} fusion needs one "
                              f"size for every input ({size}); set model.embed_dim")  # fmt: skip
-        if hasattr(enc, "proj") and _encoder_type(cfg, name, specs) in PRETRAINED_TYPES:
+        if name in pretrained and hasattr(enc, "proj"):
             enc.proj, enc.output_dim = nn.Linear(enc.output_dim, size), size
         else:
-            enc_cfg = cfg.encoders.get(name) or default_encoder(specs[name])
+            enc_cfg = configs[name]
             encoders[name] = ENCODERS[enc_cfg.type](specs[name], size, **enc_cfg.model_dump(exclude={"type"}))
 
 
-def _encoder_type(cfg: ModelConfig, name: str, specs: dict[str, InputSpec]) -> str:
-    enc_cfg = cfg.encoders.get(name) or default_encoder(specs[name])
-    return enc_cfg.type
+def check_encoder_names(configured, inputs) -> None:
+    """Every encoder model.encoders names must read an input the data provides: nothing configured is dropped."""
+    unknown = sorted(set(configured) - set(inputs))
+    if unknown:
+        raise ValueError(
+            f"model.encoders has {sorted(configured)} but the data provides inputs {sorted(inputs)}; "
+            f"no input named {unknown}"
+        )
 
 
 def build_model(
@@ -179,13 +185,8 @@ def build_model(
         classes = [str(c) for c in num_classes]
         num_classes = len(classes)
     specs = {name: as_spec(s) for name, s in specs.items()}
-    unknown = sorted(set(cfg.encoders) - set(specs))
-    if unknown:
-        raise ValueError(
-            f"model.encoders has {sorted(cfg.encoders)} but the data provides inputs {sorted(specs)}; "
-            f"no input named {unknown}"
-        )
-    encoders = {}
+    check_encoder_names(cfg.encoders, specs)
+    encoders, configs = {}, {}
     auto = cfg.embed_dim == "auto"
     modules = modules or {}
     unknown = sorted(set(modules) - set(specs))
@@ -195,7 +196,7 @@ def build_model(
         if name in modules:
             encoders[name] = check_encoder(name, modules[name])
             continue
-        enc_cfg = cfg.encoders.get(name) or default_encoder(spec)
+        enc_cfg = configs[name] = cfg.encoders.get(name) or default_encoder(spec)
         if enc_cfg.type == "custom":
             raise ValueError(
                 f"model.encoders.{name}: a custom module ({enc_cfg.name}) that only Python can supply: "
@@ -213,7 +214,7 @@ def build_model(
         except ValueError as err:
             raise ValueError(f"model.encoders.{name}: {err}") from None
     if auto and cfg.fusion != "concat":
-        _one_size(encoders, cfg, specs, set(modules))
+        _one_size(encoders, configs, specs, cfg.fusion)
     dims = {name: enc.output_dim for name, enc in encoders.items()}
     fusion = FUSIONS[cfg.fusion](dims)
     head = ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout)

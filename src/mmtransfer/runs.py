@@ -17,9 +17,9 @@ from mmtransfer import artifact
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
-from mmtransfer.model import Classifier, build_model, default_encoder
+from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import Multilabel, Regression, evaluate, process_state
+from mmtransfer.train import Multilabel, Regression, evaluate, process_state, scalar_metrics
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.auto import train_with_strategy
 from mmtransfer.transfer.distill import transfer_across
@@ -200,7 +200,7 @@ def _fit_run(
             plot_predicted_vs_true(pred.numpy(), true.numpy(), out / "predicted_vs_true.png", f"{out.name}: test")
     if ablate and len(model.encoders) > 1:
         metrics["ablation"] = {
-            name: _scores(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
+            name: scalar_metrics(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
             for name in sorted(model.encoders)
         }
     if state.is_main_process:
@@ -226,10 +226,6 @@ class Masked(torch.nn.Module):
     def forward(self, inputs: dict) -> torch.Tensor:
         some = next(iter(inputs.values()))
         return self.model({**inputs, f"{self.name}.present": torch.zeros(len(some), dtype=torch.bool)})
-
-
-def _scores(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _tune_thresholds(model: Classifier, data: Dataset, cfg: RunConfig, target: dict, console) -> dict:
@@ -262,12 +258,7 @@ def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) 
     columns included), every input's encoder named (the config's, the preset's, or its modality's default), and
     the task as resolved. What a config file, ``--set``, a study cell and the Python API give for the same run
     is this same object, and ``config.yaml`` stores it."""
-    unknown = sorted(set(cfg.model.encoders) - set(data.specs))
-    if unknown:  # nothing the user configured is ever dropped
-        raise ValueError(
-            f"model.encoders has {sorted(cfg.model.encoders)} but the data provides inputs {sorted(data.specs)}; "
-            f"no input named {unknown}"
-        )
+    check_encoder_names(cfg.model.encoders, data.specs)
     encoders = {
         name: cfg.model.encoders.get(name) or data.encoders.get(name) or default_encoder(spec)
         for name, spec in data.specs.items()
@@ -433,7 +424,7 @@ def _transfer_in(
     console.print(report.table(f"graft report: {source} -> {out}"))
     record["graft"] = report.to_dict()
     if cfg.transfer.score_before_training:
-        record["before_training"] = _scores(evaluate(model, data.test, cpu=cfg.train.cpu))
+        record["before_training"] = scalar_metrics(evaluate(model, data.test, cpu=cfg.train.cpu))
         console.print(f"before any training: test accuracy {record['before_training']['accuracy']:.4f}",
                       markup=False, highlight=False)  # fmt: skip
     return record, report

@@ -547,6 +547,11 @@ def _gathered(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(outs), torch.cat(labels)
 
 
+def scalar_metrics(metrics: dict) -> dict:
+    """The numbers of an evaluation (accuracy, loss, n, ...), without its lists and names."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 EVAL_BATCH = 32  # a batch of 32 photos runs as fast per photo as 256 on a CPU, in an eighth of the memory
 
 

@@ -9,9 +9,10 @@ them, and every other strategy through the one training loop (:func:`mmtransfer.
   features of the train rows goes into the head, then everything fine-tunes at ``train.strategy.ft_lr`` with
   early stopping on the selection rows. A head that already fits changes the features little.
 - ``auto``: with no pretrained encoder, ``full`` (every from-scratch config trains as before). With one, the
-  probe is solved on the train rows; where two timed training steps say LP-FT fits ``train.time_limit`` (60 s
-  when none), LP-FT runs and the two are compared on the selection rows (never the test rows), the better kept
-  (a probe is then solved again on every label); otherwise the probe on every label.
+  probe is solved on the train rows; where a timed forward pass, then two timed training steps, say LP-FT
+  fits ``train.time_limit`` (60 s when none), LP-FT runs and the two are compared on the selection rows (never
+  the test rows), the better kept (a probe is then solved again on every label); otherwise the probe on every
+  label.
 
 The test split is read only after the model is chosen.
 """
@@ -31,12 +32,20 @@ from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import StrategyConfig
 from mmtransfer.data import LabelUse, make_loader
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import Classification, FitResult, evaluate, fit, make_accelerator, train_mode
+from mmtransfer.train import (
+    Classification,
+    FitResult,
+    evaluate,
+    fit,
+    make_accelerator,
+    scalar_metrics,
+    train_mode,
+)
 from mmtransfer.transfer import probe, strategies
 from mmtransfer.transfer.freeze import count_parameters, trainable_names
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds auto allows LP-FT where train.time_limit is none
-TIMED_STEPS = 2  # of train.batch_size rows, after a first step of two rows that warms up
+TIMED_STEPS = 2  # of train.batch_size rows, after a first forward pass on two rows that warms up
 PROBE = StrategyConfig(name="linear_probe")  # what freezes the encoders
 
 
@@ -157,7 +166,8 @@ class _Run:
         budget = data.labels.budget if data.labels else None
         data.train, data.val = joined, None
         y = joined.labels
-        result = self.solve(torch.cat([z["train"], *([z["val"]] if "val" in z else [])]), y)
+        z_all = torch.cat([z["train"], *([z["val"]] if "val" in z else [])])  # in the order of ``joined``
+        result = self.solve(z_all, y)
         record = result.record
         if record["task"] == "regression":
             how = f"alpha chosen by {record['cv']['folds']}-fold cross-validation" if record["cv"] else "alpha fixed"
@@ -178,7 +188,6 @@ class _Run:
         path = self.out / "model.safetensors"
         if self.state.is_main_process:
             save_weights(self.model.state_dict(), path)
-        z_all = torch.cat([z["train"], *([z["val"]] if "val" in z else [])])
         n_head = sum(p.numel() for p in self.model.head.parameters())
         row = {"epoch": 1, "train_loss": probe.training_loss(result, z_all, y), "val_loss": None,
                "val_accuracy": None, "lr": None, "trainable": n_head, "lr_groups": {},
@@ -224,7 +233,7 @@ class _Run:
             why = "no selection labels to compare it with LP-FT on"
             _say(self.console, f"strategy auto ({pretrained} pretrained): the solved linear probe ({why})")
             return self._chose(self.solved_probe(), "linear_probe", why)
-        limit = getattr(cfg.train, "time_limit", None)
+        limit = cfg.train.time_limit
         limit_s = DEFAULT_TIME_LIMIT if limit is None else float(limit)
         limit_text = f"{limit_s:g} s" + (" (train.time_limit)" if limit is not None else " (train.time_limit none)")
         resuming = self.resume and (self.out / CHECKPOINT).is_file()  # LP-FT was running: it goes on
@@ -246,9 +255,9 @@ class _Run:
         parts, z = self.frozen_embeddings({"train": data.train, "val": data.val})
         train_probe = self.solve(z["train"], data.train.labels)
         _say(self.console, "LP-FT, step 1: " + train_probe.line())
-        probe_val = _scores(evaluate(model, parts["val"], cpu=cfg.train.cpu))
+        probe_val = scalar_metrics(evaluate(model, parts["val"], cpu=cfg.train.cpu))
         lp_ft = self.lp_ft(train_probe)
-        lp_ft_val = _scores(evaluate(model, data.val, cpu=cfg.train.cpu))
+        lp_ft_val = scalar_metrics(evaluate(model, data.val, cpu=cfg.train.cpu))
         key = "r2" if data.task == "regression" else "accuracy"
         record.update(selection_labels=len(data.val), probe_val=probe_val, lp_ft_val=lp_ft_val,
                       lp_ft_best_epoch=lp_ft.result.best_epoch, lp_ft_epochs_run=lp_ft.result.epochs_run,
@@ -323,7 +332,3 @@ class _Run:
     def _chose(self, trained: Trained, chose: str, why: str, record: dict | None = None) -> Trained:
         trained.strategy = {"name": "auto", "chose": chose, "why": why, **(record or {})}
         return trained
-
-
-def _scores(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
