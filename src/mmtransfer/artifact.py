@@ -12,19 +12,30 @@
     RUN/history.json, metrics.json, transfer_report.json / .md
     RUN/manifest.json        size and SHA-256 of every file above; "complete": false until fit has finished
 
-Loading verifies the manifest first: a missing, truncated or changed file, an unlisted file among those loading
-reads, or a manifest whose own digest no longer matches is refused with the file named. The manifest guards
-against damage and accidental edits, not against someone who rewrites files and manifest together. Weights are
-read as safetensors, JSON and YAML as data: nothing is ever unpickled.
+Loading verifies the manifest first: a missing, truncated or changed file, any file the manifest does not list
+(other than what commands write into a finished run: export's ``model.onnx`` and ``model.json``, and a
+``checkpoint.safetensors`` a kill left between the final manifest and its removal, which nothing reads), a
+symlink anywhere in the folder, or a manifest whose own digest no longer matches is refused with the file
+named. Every value loading uses is range-checked (class names, temperature, thresholds, a target's mean and
+std). The manifest guards against damage and accidental edits (integrity), not against someone who rewrites
+files and manifest together (authenticity): zeroed weights or relabelled classes, re-digested, cannot be told
+from a real run. Weights are read as safetensors, JSON and YAML as data: nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
+import re
+import secrets
 import shutil
+import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +46,10 @@ from mmtransfer.config import EfficientNetLiteConfig, HFConfig, RunConfig, TimmC
 MANIFEST = "manifest.json"
 ASSETS = "assets"
 CORE_FILES = ("config.yaml", "model.safetensors", "labels.json", "inputs.json", "splits.json")
+CHECKPOINT = "checkpoint.safetensors"  # the resumable state of a fit (mmtransfer.resume); never part of a finished run
+# Written into a finished run folder by later commands (export's default --out); loading never reads them.
+LATER_OUTPUTS = ("model.onnx", "model.json", ".model.onnx.tmp")
+TEMPERATURE_RANGE = (0.05, 20.0)  # the search range of calibration.fit_temperature
 
 
 class ArtifactError(ValueError):
@@ -79,37 +94,42 @@ def _write_json(path: Path, data) -> None:
 
 
 RUN_FILES = ("config.yaml", MANIFEST)  # a folder holding either is a run folder
-LOCK = ".lock"  # the PID of the process writing the folder
+LOCK = ".lock"  # "PID HOSTNAME" of the process writing the folder, which holds an flock on it while it does
+_LOCK_NEW = re.compile(r"\.lock\.\d+\.[0-9a-f]{8}")  # a lock being written in full before it is put in place
 
 
 def _contents(run_dir: Path) -> list[Path]:
-    return [p for p in run_dir.iterdir() if p.name != LOCK]
+    return [p for p in run_dir.iterdir() if p.name != LOCK and not _LOCK_NEW.fullmatch(p.name)]
 
 
-def check_out(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+def read_json(path: Path):
+    """A run folder's JSON file as data: missing, unreadable or nested too deeply is an ArtifactError naming it."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing from the run folder")
+    try:
+        return json.loads(path.read_text())
+    except RecursionError:
+        raise ArtifactError(f"{path}: not valid JSON (nested too deeply)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+
+
+def check_out(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> bool:
     """Before any work: ``run_dir`` must be new, empty, or a previous run folder that ``overwrite`` replaces or
-    ``resume`` continues. A folder holding other files is never written into, so no stale file survives."""
+    ``resume`` continues. A folder holding other files is never written into, so no stale file survives.
+
+    Returns whether there is training to continue: with ``resume``, False for a run killed before its first
+    checkpoint (nothing of its training was kept), which then starts again from the beginning."""
     if overwrite and resume:
         raise ArtifactError("--overwrite and --resume: choose one (replace the run, or continue it)")
     if resume:
-        path = run_dir / MANIFEST
-        if not (run_dir / "config.yaml").is_file():
-            raise ArtifactError(f"--resume: {run_dir} holds no run to continue (no config.yaml)")
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
-        if manifest.get("complete"):
-            raise ArtifactError(f"--resume: the run in {run_dir} finished; nothing to continue (--overwrite redoes it)")
-        if not (run_dir / "checkpoint.safetensors").is_file():
-            raise ArtifactError(
-                f"--resume: {run_dir} has no checkpoint.safetensors (it stopped before its first epoch ended); "
-                "start again with --overwrite"
-            )
-        return
+        return _resumable(run_dir)
     if not run_dir.exists():
-        return
+        return False
     if not run_dir.is_dir():
         raise ArtifactError(f"--out {run_dir}: a file, not a folder")
     if not _contents(run_dir):
-        return
+        return False
     if not any((run_dir / name).is_file() for name in RUN_FILES):
         raise ArtifactError(f"--out {run_dir}: not empty and not a run folder; choose a new or empty folder")
     if not overwrite:
@@ -117,39 +137,152 @@ def check_out(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -
             f"--out {run_dir}: holds a previous run; --overwrite replaces it (its files are removed), --resume "
             "continues it if it did not finish"
         )
+    return False
+
+
+def _resumable(run_dir: Path) -> bool:
+    if not run_dir.exists():
+        return False  # killed while its data was checked, before the folder was made
+    if not run_dir.is_dir():
+        raise ArtifactError(f"--out {run_dir}: a file, not a folder")
+    if not _contents(run_dir):
+        return False  # killed while its data was checked: nothing written but the lock
+    if not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise ArtifactError(f"--resume: {run_dir} holds no run to continue (no config.yaml)")
+    manifest = read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else {}
+    if isinstance(manifest, dict) and manifest.get("complete"):
+        raise ArtifactError(f"--resume: the run in {run_dir} finished; nothing to continue (--overwrite redoes it)")
+    if not (run_dir / CHECKPOINT).is_file():
+        return False  # killed before its first checkpoint: nothing of its training was kept
+    if not (run_dir / "config.yaml").is_file():
+        raise ArtifactError(f"--resume: {run_dir} has a {CHECKPOINT} but no config.yaml; start again with --overwrite")
+    return True
 
 
 @contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` (this process's PID) while writing the folder: a second process that tries is
-    refused with the holder's PID. A lock whose process is gone (killed) is taken over."""
+    """Hold ``run_dir/.lock`` while writing the folder: a second process that tries is refused, naming the holder.
+
+    The lock file appears with its owner ("PID HOSTNAME") already in it (written in full under another name,
+    then linked into place), and its holder keeps an ``flock`` on it. A lock whose holder is gone is taken over
+    only when it names a dead process of this host; one from another host, or with no owner in it, is left for
+    a person to remove."""
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise ArtifactError(
-                    f"{run_dir} is being written by process {pid} ({path}); wait for it to finish, or stop it"
-                ) from None
-            path.unlink(missing_ok=True)  # left by a process that was killed
-    else:
-        raise ArtifactError(f"{path}: cannot take the lock")
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    fd = _take_lock(run_dir)
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
-        if created and not any(run_dir.iterdir()):  # nothing was written (a mistake found first): no folder left
-            run_dir.rmdir()
+        _release_lock(run_dir / LOCK, fd)
+        if created:  # nothing was written (a mistake found first): no folder left
+            with contextlib.suppress(OSError):  # not empty: kept
+                run_dir.rmdir()
+
+
+def _take_lock(run_dir: Path) -> int:
+    path = run_dir / LOCK
+    for _ in range(100):  # a pass ends holding the lock or refused, unless the lock moved under it: then again
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = _new_lock(path, replace=False)
+            if fd is not None:
+                return fd
+            continue  # another process put its lock there first: look at it
+        except OSError as err:  # a symlink (ELOOP), a folder
+            raise ArtifactError(
+                f"{path}: not a lock file ({err.strerror}); if no fit is writing {run_dir}, remove it"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held by a live process
+                pid, host = _owner_of(_read_lock(fd))
+                raise ArtifactError(
+                    f"{run_dir} is being written by process {pid or '?'}"
+                    + (f" on {host}" if host and host != socket.gethostname() else "")
+                    + f" ({path}); wait for it to finish, or stop it"
+                ) from None
+            if not _same_file(path, fd):
+                continue  # released and removed (or replaced) between our open and our flock: look again
+            _check_stale(run_dir, path, _read_lock(fd))
+            return _new_lock(path, replace=True)  # ours, in one step; the stale file's flock goes with its fd
+        finally:
+            os.close(fd)
+    raise ArtifactError(f"{path}: cannot take the lock (other processes keep taking and releasing it)")
+
+
+def _new_lock(path: Path, *, replace: bool) -> int | None:
+    """A lock file holding this process's "PID HOSTNAME", flocked, put at ``path`` in one step: linked (None
+    when a lock is already there) or, over a stale lock, renamed. Returns its descriptor, to hold."""
+    tmp = path.with_name(f"{LOCK}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+    except FileNotFoundError:  # the folder was removed by a process that made it and found it empty
+        return None
+    try:
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a file nobody else has opened: never waits
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                os.close(fd)
+                return None
+        return fd
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_stale(run_dir: Path, path: Path, text: str) -> None:
+    """Raise unless the lock (no flock held on it) names a process of this host that is gone."""
+    pid, host = _owner_of(text)
+    if pid is None:
+        what = "empty" if not text.strip() else "no process id in it"
+        raise ArtifactError(
+            f"{path}: a lock with no owner ({what}); if no fit is writing {run_dir}, remove {path} and start again"
+        )
+    if host != socket.gethostname():
+        raise ArtifactError(
+            f"{run_dir} is locked by process {pid} on host {host} ({path}); this host cannot tell whether it still "
+            f"runs: if no fit is writing the folder there, remove {path}"
+        )
+    if pid != os.getpid() and _alive(pid):  # a live process that holds no flock: an older mmtransfer's lock
+        raise ArtifactError(f"{run_dir} is being written by process {pid} ({path}); wait for it to finish, or stop it")
+
+
+def _owner_of(text: str) -> tuple[int | None, str | None]:
+    """(PID, host) of a lock's text; a bare PID (older versions wrote only that) is this host's."""
+    parts = text.split()
+    if not parts or not parts[0].isdigit() or int(parts[0]) <= 0 or len(parts) > 2:
+        return None, None
+    return int(parts[0]), parts[1] if len(parts) == 2 else socket.gethostname()
+
+
+def _read_lock(fd: int) -> str:
+    return os.pread(fd, 512, 0).decode("utf-8", errors="replace")
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, held = os.lstat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _release_lock(path: Path, fd: int) -> None:
+    try:
+        if _same_file(path, fd):  # removed while the flock is still held: no one can take the file we remove
+            path.unlink()
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -167,22 +300,59 @@ def start(run_dir: Path, *, overwrite: bool = False) -> None:
     :func:`finish`, loading it is refused unless asked."""
     check_out(run_dir, overwrite=overwrite)
     for path in _contents(run_dir) if run_dir.is_dir() else []:  # check_out made sure they are a run's
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"complete": False, "files": {}}
     _write_json(run_dir / MANIFEST, {**manifest, "digest": _digest(manifest)})
 
 
+def _walk(run_dir: Path) -> list[str]:
+    """Every file in ``run_dir``, relative and '/'-separated, sorted. A symlink anywhere (to a file or a folder)
+    or anything but a plain file or folder is an ArtifactError naming it: a run folder holds its own files."""
+
+    def unreadable(err: OSError) -> None:
+        raise ArtifactError(f"{err.filename}: cannot be read ({err.strerror})")
+
+    found = []
+    for folder, dirs, files in os.walk(run_dir, onerror=unreadable):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:  # a temporary file, gone this instant
+                continue
+            if stat.S_ISLNK(mode):
+                raise ArtifactError(
+                    f"{path}: a symbolic link; a run folder holds its own files, never links to others (a linked "
+                    "file can change after it is checked): replace it with the file itself"
+                )
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ArtifactError(f"{path}: not a regular file (a pipe, socket or device) in a run folder")
+            if stat.S_ISREG(mode):
+                found.append(path.relative_to(run_dir).as_posix())
+    return sorted(found)
+
+
+def _transient(name: str) -> bool:
+    """A file that is never part of a run: the lock, a lock being put in place, a killed fit's checkpoint."""
+    return name in (LOCK, CHECKPOINT) or bool(_LOCK_NEW.fullmatch(name))
+
+
 def finish(run_dir: Path) -> dict:
-    """Give every file the same permissions, then write the manifest of the finished run folder."""
+    """Give every file the same permissions, then write the manifest of the finished run folder. The checkpoint
+    is not part of it: the caller removes it once this has returned."""
     umask = os.umask(0)
     os.umask(umask)
     files = {}
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name not in (MANIFEST, LOCK)):
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
-            continue  # a killed write's leftover
+    for name in _walk(run_dir):
+        path = run_dir / name
+        if name == MANIFEST or _transient(name):
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):  # a killed write's leftover
+            path.unlink(missing_ok=True)
+            continue
         os.chmod(path, 0o666 & ~umask)
-        files[path.relative_to(run_dir).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
     manifest = {"complete": True, "files": files}
     _write_json(run_dir / MANIFEST, {**manifest, "digest": _digest(manifest)})
     os.chmod(run_dir / MANIFEST, 0o666 & ~umask)
@@ -190,17 +360,16 @@ def finish(run_dir: Path) -> dict:
 
 
 def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
-    """Check the manifest and every file it lists; return the manifest. Raises :class:`ArtifactError`."""
+    """Check the manifest and every file it lists, and that the folder holds nothing else; return the manifest.
+    Raises :class:`ArtifactError`."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ArtifactError(f"{run_dir} is not a run folder: no config.yaml")
     path = run_dir / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; this run folder was not written by a finished `mmtransfer fit`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    present = _walk(run_dir)  # symlinks refused before anything is read
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("digest") != _digest(manifest):
         raise ArtifactError(f"{path}: edited or damaged (its digest does not match its contents)")
     if not manifest.get("complete"):
@@ -210,20 +379,16 @@ def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
             f"{run_dir}: this run did not finish (manifest.json says so); its weights may be from any epoch. "
             "Refit, or pass --allow-unfinished to use it anyway"
         )
-    listed = manifest["files"]
+    listed = _listed(manifest, path)
     for name in CORE_FILES:
         if name not in listed:
             raise ArtifactError(f"{path}: does not list {name}, which every run folder has (edited?)")
-    for name in ("preprocessing.json",):
-        if (run_dir / name).is_file() and name not in listed:
-            raise ArtifactError(f"{run_dir / name}: not listed in manifest.json (added after the run?)")
-    unlisted = [
-        p.relative_to(run_dir).as_posix()
-        for p in (run_dir / ASSETS).rglob("*")
-        if p.is_file() and p.relative_to(run_dir).as_posix() not in listed
-    ]
-    if unlisted:
-        raise ArtifactError(f"{run_dir / unlisted[0]}: not listed in manifest.json (added after the run?)")
+    for name in present:
+        if name not in listed and name != MANIFEST and not _transient(name) and name not in LATER_OUTPUTS:
+            raise ArtifactError(
+                f"{run_dir / name}: not listed in manifest.json (added after the run?); a run folder is exactly the "
+                "files its fit wrote: remove it to use the run"
+            )
     for name, entry in listed.items():
         file = run_dir / name
         if not file.is_file():
@@ -235,12 +400,31 @@ def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
     return manifest
 
 
+def _listed(manifest: dict, path: Path) -> dict:
+    """The manifest's files, each a relative path inside the run folder with a size and a SHA-256."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path}: its 'files' is not a table of files (edited?)")
+    for name, entry in files.items():
+        parts = name.split("/")
+        if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+            raise ArtifactError(f"{path}: lists {name!r}, which is not a file inside the run folder (edited?)")
+        if _transient(name) or name == MANIFEST:
+            raise ArtifactError(f"{path}: lists {name}, which is never part of a finished run (edited?)")
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not isinstance(entry.get("sha256"), str):
+            raise ArtifactError(f"{path}: the entry of {name} is not a size and a SHA-256 (edited?)")
+    return files
+
+
 def version_differences(run_dir: Path) -> list[str]:
     """'torch: run 2.13.0, here 2.14.1' for each package whose version differs from the one that wrote the run."""
     path = run_dir / "versions.json"
     if not path.is_file():
         return []
-    written, here = json.loads(path.read_text()), versions()
+    written, here = read_json(path), versions()
+    if not isinstance(written, dict):
+        raise ArtifactError(f"{path}: expected a table of package versions")
     return [f"{k}: run {v}, here {here.get(k, 'not installed')}" for k, v in written.items() if here.get(k) != v]
 
 
@@ -361,36 +545,102 @@ def load(
     run_dir = Path(run_dir)
     manifest = verify(run_dir, allow_unfinished=allow_unfinished) if verify_files else {}
     cfg = load_config(run_dir / "config.yaml")
-    classes = _json(run_dir / "labels.json")
+    classes = read_labels(run_dir / "labels.json")
     specs = read_specs(run_dir / "inputs.json")
+    target = read_target(run_dir, cfg.data.task, classes)
+    temperature = read_temperature(run_dir, target)
     model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False, modules=modules)
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     weights = run_dir / "model.safetensors"
     load_into(model, load_weights(weights), where=str(weights))
-    if (run_dir / "target.json").is_file():  # a regression run: the output in the target's units
-        target = _json(run_dir / "target.json")
-        if target.get("task") == "multilabel":  # label sets: each label's threshold
-            model.task, model.thresholds = "multilabel", [float(t) for t in target["thresholds"]]
-        else:
-            model.task, model.target_mean, model.target_std = "regression", float(target["mean"]), float(target["std"])
-    if (run_dir / "calibration.json").is_file():  # temperature scaling fitted after training
-        model.temperature = float(_json(run_dir / "calibration.json")["temperature"])
+    if target is not None and target["task"] == "multilabel":  # label sets: each label's threshold
+        model.task, model.thresholds = "multilabel", [float(t) for t in target["thresholds"]]
+    elif target is not None:  # a regression run: the output in the target's units
+        model.task, model.target_mean, model.target_std = "regression", float(target["mean"]), float(target["std"])
+    if temperature is not None:  # temperature scaling fitted after training
+        model.temperature = temperature
     model.eval()
     preprocessor = None
     if (run_dir / "preprocessing.json").is_file():
         from mmtransfer.preprocess import TablePreprocessor
 
-        preprocessor = TablePreprocessor.from_state(_json(run_dir / "preprocessing.json"), base=run_dir)
+        preprocessor = TablePreprocessor.from_state(read_json(run_dir / "preprocessing.json"), base=run_dir)
     return Run(run_dir, cfg, model, classes, specs, preprocessor, manifest, version_differences(run_dir))
 
 
-def _json(path: Path):
+def _number(value) -> float | None:
+    """``value`` as a finite float, or None (a bool, a string, NaN, an infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_labels(path: Path) -> list[str]:
+    """labels.json: the output names, each a non-empty string, none twice."""
+    labels = read_json(path)
+    if not isinstance(labels, list) or not labels:
+        raise ArtifactError(f"{path}: expected a list of class names, got {type(labels).__name__} {labels!r:.60}")
+    for i, name in enumerate(labels):
+        if not isinstance(name, str) or not name.strip():
+            raise ArtifactError(f"{path}: name {i} is {name!r:.60}; every class name is a non-empty string")
+    seen = set()
+    for name in labels:
+        if name in seen:
+            raise ArtifactError(f"{path}: the class name {name!r:.60} is given twice; each output has its own")
+        seen.add(name)
+    return labels
+
+
+def read_target(run_dir: Path, task: str, classes: list[str]) -> dict | None:
+    """target.json, checked against the config's task: a regression's mean and std (finite, std > 0), or a
+    multi-label run's labels and thresholds (one per label, in [0, 1]); None for a classification run."""
+    path = run_dir / "target.json"
     if not path.is_file():
-        raise ArtifactError(f"{path}: missing from the run folder")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+        if task in ("regression", "multilabel"):
+            raise ArtifactError(f"{path}: missing; config.yaml says data.task is {task}, which needs it")
+        return None
+    if task == "classification":
+        raise ArtifactError(f"{path}: a target in a classification run (config.yaml data.task); it does not belong")
+    target = read_json(path)
+    kind = target.get("task") if isinstance(target, dict) else None
+    if kind not in ("regression", "multilabel"):
+        raise ArtifactError(f"{path}: task is {kind!r:.60}; expected regression or multilabel")
+    if task in ("regression", "multilabel") and kind != task:
+        raise ArtifactError(f"{path}: task is {kind}, but config.yaml says data.task is {task}")
+    if kind == "regression":
+        mean, std = _number(target.get("mean")), _number(target.get("std"))
+        if mean is None:
+            raise ArtifactError(f"{path}: mean is {target.get('mean')!r:.60}; expected a finite number")
+        if std is None or std <= 0:
+            raise ArtifactError(f"{path}: std is {target.get('std')!r:.60}; expected a finite number above 0")
+        return target
+    thresholds = target.get("thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != len(classes):
+        count = len(thresholds) if isinstance(thresholds, list) else thresholds
+        raise ArtifactError(f"{path}: thresholds: {count!r:.60}; expected one per label ({len(classes)})")
+    for name, value in zip(classes, thresholds, strict=True):
+        number = _number(value)
+        if number is None or not 0 <= number <= 1:
+            raise ArtifactError(f"{path}: thresholds: {value!r:.60} for {name!r}; expected a number in [0, 1]")
+    if "labels" in target and target["labels"] != classes:
+        raise ArtifactError(f"{path}: labels differ from labels.json")
+    return target
+
+
+def read_temperature(run_dir: Path, target: dict | None) -> float | None:
+    """calibration.json's temperature: finite and within the range calibration searches; None without one."""
+    path = run_dir / "calibration.json"
+    if not path.is_file():
+        return None
+    if target is not None:
+        raise ArtifactError(f"{path}: a temperature in a {target['task']} run, which has none (added?)")
+    record = read_json(path)
+    value = record.get("temperature") if isinstance(record, dict) else None
+    t = _number(value)
+    low, high = TEMPERATURE_RANGE
+    if t is None or not low <= t <= high:
+        raise ArtifactError(f"{path}: temperature is {value!r:.60}; expected a finite number in [{low:g}, {high:g}]")
+    return t
 
 
 def write_specs(specs: dict, path: Path) -> None:
@@ -401,10 +651,16 @@ def read_specs(path: Path) -> dict:
     from mmtransfer.modalities.base import InputSpec
 
     specs = {}
-    for name, d in _json(path).items():
-        d["shape"] = tuple(d["shape"])
-        d["categorical"] = {int(k): v for k, v in d["categorical"].items()}  # JSON keys are strings
-        specs[name] = InputSpec(**d)
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not raw:
+        raise ArtifactError(f"{path}: expected a table of inputs, got {type(raw).__name__}")
+    for name, d in raw.items():
+        try:
+            d["shape"] = tuple(int(n) for n in d["shape"])
+            d["categorical"] = {int(k): v for k, v in d["categorical"].items()}  # JSON keys are strings
+            specs[name] = InputSpec(**d)
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise ArtifactError(f"{path}: input {name!r:.60} is not an input's description ({err})") from None
     return specs
 
 

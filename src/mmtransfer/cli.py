@@ -373,7 +373,7 @@ def info(
         if "custom module" not in str(err):
             _fail(err)
         run = artifact.Run(run_dir, artifact.load_config(run_dir / "config.yaml"), None, [], {})
-        run.classes = json.loads((run_dir / "labels.json").read_text())
+        run.classes = artifact.read_labels(run_dir / "labels.json")
         run.specs = artifact.read_specs(run_dir / "inputs.json")
         console.print(f"note: {err}", markup=False)
     try:
@@ -390,10 +390,12 @@ def _notes(run) -> None:
 
 
 def _print_info(run) -> None:
+    from mmtransfer.artifact import read_json
     from mmtransfer.transfer.freeze import count_parameters
 
     path = run.path
-    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+    metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    metrics = metrics if isinstance(metrics, dict) else {}  # shown only; a changed one fails verification
     pre = run.preprocessor
     rows = []
     for name, spec in sorted(run.specs.items()):
@@ -420,7 +422,7 @@ def _print_info(run) -> None:
     )
     target = path / "target.json"
     if target.is_file():
-        t = json.loads(target.read_text())
+        t = read_json(target)
         if t.get("task") == "multilabel":
             shown = ", ".join(f"{c} ({th:.2f})" for c, th in zip(t["labels"], t["thresholds"], strict=True))
             console.print(f"task: multilabel of {t['label']!r}, labels separated by {t['separator']!r}; "
@@ -451,7 +453,7 @@ def _print_info(run) -> None:
     for name, source in pretrained.items():
         console.print(f"transferred from {source}: the pretrained backbone of input {name}", markup=False)
     if report.is_file():
-        record = json.loads(report.read_text())
+        record = read_json(report)
         counts = record["graft"]["counts"]
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
@@ -459,7 +461,7 @@ def _print_info(run) -> None:
         console.print("transferred from: nothing (trained from scratch)", markup=False)
     calibration = path / "calibration.json"
     if calibration.is_file():
-        c = json.loads(calibration.read_text())
+        c = read_json(calibration)
         before, after = (100 * c.get("test", {}).get(k, float("nan")) for k in ("ece_before", "ece_after"))
         console.print(
             f"calibrated: temperature {c['temperature']:.4f}, fitted on {c.get('n_val')} validation labels; test "
@@ -468,7 +470,7 @@ def _print_info(run) -> None:
         )
     elif not target.is_file():
         console.print("calibrated: no (probabilities as the model gives them)", markup=False)
-    versions = json.loads((path / "versions.json").read_text()) if (path / "versions.json").is_file() else {}
+    versions = read_json(path / "versions.json") if (path / "versions.json").is_file() else {}
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
     for difference in run.differences:
         console.print(f"note: version differs here: {difference}", markup=False)

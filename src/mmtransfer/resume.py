@@ -4,7 +4,9 @@ The tensors (the model's weights, the best weights so far, the optimizer's momen
 safetensors entries; everything else (epoch and step, best score, the early-stopping counter, the history, the
 optimizer's and scheduler's settings) is JSON in the file's own metadata. A write goes to a temporary file that
 is fsynced and then renamed over the last checkpoint, so a kill at any moment leaves the previous checkpoint
-whole; a leftover temporary file from such a kill is removed when training starts again.
+whole; a leftover temporary file from such a kill is removed when training starts again. A finished fit removes
+the checkpoint only after its final manifest is written (a kill in between leaves a complete run folder, whose
+verification ignores that one file), so a fit killed at any moment is either complete or resumable.
 
 The strategy needs no state of its own: what trains in an epoch follows from the strategy and the epoch.
 """
@@ -22,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-CHECKPOINT = "checkpoint.safetensors"
+from mmtransfer.artifact import CHECKPOINT as CHECKPOINT  # one name: the run folder's layout is artifact's
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:

@@ -63,7 +63,10 @@ def fit_run(
     if not state.is_main_process:
         console = Console(quiet=True)
     out = Path(out)
-    artifact.check_out(out, overwrite=overwrite, resume=resume)  # before any work
+    if resume and not artifact.check_out(out, resume=True):  # before any work; killed before its first checkpoint
+        console.print(f"resuming {out}: no checkpoint was kept, so it starts from the beginning", markup=False)
+        resume, overwrite = False, True
+    artifact.check_out(out, overwrite=overwrite, resume=resume)
     with artifact.locked(out) if state.is_main_process else contextlib.nullcontext():
         return _fit_run(
             cfg, out, console, state, source=source, modules=modules or {}, overwrite=overwrite, resume=resume,
@@ -206,8 +209,8 @@ def _fit_run(
     if state.is_main_process:
         (out / "history.json").write_text(json.dumps(result.history, indent=1))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        artifact.finish(out)  # the manifest first: a kill before it leaves the checkpoint to resume from
         (out / CHECKPOINT).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
-        artifact.finish(out)
     state.wait_for_everyone()
     return metrics
 
