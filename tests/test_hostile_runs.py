@@ -183,36 +183,42 @@ def test_a_manifest_nested_too_deeply_is_one_error_line(run, tmp_path):
 
 
 def _race(folder: Path, trials: int, barrier, counter, results, index: int) -> None:
-    held = refused = overlaps = 0
+    held = refused = overlaps = failed = 0
     for trial in range(trials):
         target = folder / ("shared" if trial % 2 else f"fresh{trial}")  # a fresh folder: made and removed too
         barrier.wait(timeout=30)
+        inside = False
         try:
             with artifact.locked(target):
                 with counter.get_lock():
                     counter.value += 1
+                    inside = True
                     overlaps += counter.value > 1
                 time.sleep(0.002)  # long enough for the other process to try while this one holds it
-                with counter.get_lock():
-                    counter.value -= 1
                 held += 1
         except artifact.ArtifactError:
             refused += 1
-    results[index * 3 : index * 3 + 3] = [held, refused, overlaps]
+        except OSError:  # anything else (a lock removed under its holder's feet) is a failure too
+            failed += 1
+        finally:
+            if inside:
+                with counter.get_lock():
+                    counter.value -= 1
+    results[index * 4 : index * 4 + 4] = [held, refused, overlaps, failed]
 
 
 def test_two_processes_racing_for_the_lock_never_both_hold_it(tmp_path):
     trials = 240
     ctx = multiprocessing.get_context("fork")
-    barrier, counter, results = ctx.Barrier(2), ctx.Value("i", 0), ctx.Array("i", 6)
+    barrier, counter, results = ctx.Barrier(2), ctx.Value("i", 0), ctx.Array("i", 8)
     workers = [ctx.Process(target=_race, args=(tmp_path, trials, barrier, counter, results, i)) for i in range(2)]
     for w in workers:
         w.start()
     for w in workers:
         w.join(timeout=60)
         assert w.exitcode == 0
-    held, refused, overlaps = results[0] + results[3], results[1] + results[4], results[2] + results[5]
-    assert overlaps == 0
+    held, refused, overlaps, failed = (results[i] + results[i + 4] for i in range(4))
+    assert (overlaps, failed) == (0, 0)
     assert held >= trials and held + refused == 2 * trials and refused > 0  # they did meet
     assert not (tmp_path / "shared" / ".lock").exists()
     assert not [p for p in tmp_path.rglob(".lock*")]  # no lock, nor a lock being put in place, left behind
