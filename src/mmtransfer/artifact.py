@@ -196,8 +196,8 @@ def _take_lock(run_dir: Path) -> int:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # held by a live process
-                pid, host = _owner_of(_read_lock(fd))
+            except BlockingIOError:  # held by a live process (named by the lock now in place: it may be a new one)
+                pid, host = _owner_of(_read_path(path) or _read_lock(fd))
                 raise ArtifactError(
                     f"{run_dir} is being written by process {pid or '?'}"
                     + (f" on {host}" if host and host != socket.gethostname() else "")
@@ -267,6 +267,19 @@ def _owner_of(text: str) -> tuple[int | None, str | None]:
 
 def _read_lock(fd: int) -> str:
     return os.pread(fd, 512, 0).decode("utf-8", errors="replace")
+
+
+def _read_path(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never a link's target, never waits
+    except OSError:
+        return ""
+    try:
+        return _read_lock(fd)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _same_file(path: Path, fd: int) -> bool:
