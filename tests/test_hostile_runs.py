@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from mmtransfer import artifact
 from mmtransfer.checkpoint import load_weights
 from mmtransfer.cli import app
+from mmtransfer.runlock import LockError
 
 runner = CliRunner()
 # tests/test_resume.py's config on a fifth of the digits: 11 steps an epoch, a checkpoint every 7 steps
@@ -196,7 +197,7 @@ def _race(folder: Path, trials: int, barrier, counter, results, index: int) -> N
                     overlaps += counter.value > 1
                 time.sleep(0.002)  # long enough for the other process to try while this one holds it
                 held += 1
-        except artifact.ArtifactError:
+        except LockError:
             refused += 1
         except OSError:  # anything else (a lock removed under its holder's feet) is a failure too
             failed += 1
@@ -241,7 +242,7 @@ def _dead_pid() -> int:
 def test_a_lock_that_cannot_be_judged_stale_is_not_taken_over(tmp_path, text, message):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".lock").write_text(text)
-    with pytest.raises(artifact.ArtifactError, match=re.escape(message)) as err, artifact.locked(tmp_path / "run"):
+    with pytest.raises(LockError, match=re.escape(message)) as err, artifact.locked(tmp_path / "run"):
         pass
     assert f"remove {tmp_path / 'run' / '.lock'}" in str(err.value)
     assert (tmp_path / "run" / ".lock").read_text() == text
