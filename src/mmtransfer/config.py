@@ -49,7 +49,6 @@ def _count_or_auto(most: int):
 # Every setting that sizes memory, processes or time has an upper bound (mmtransfer.limits): a typo of a few
 # zeros is refused here, naming the field and the bound, rather than found by the allocator.
 Width = Annotated[int, Field(ge=1, le=limits.MAX_WIDTH)]  # channels, hidden sizes, embeddings
-Side = Annotated[int, Field(ge=1, le=limits.MAX_IMAGE_SIDE)]
 Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED)]
 
 
@@ -60,7 +59,7 @@ class ImageColumn(_Strict):
     user gives always wins; the printed binding says where each value came from."""
 
     modality: Literal["image"] = "image"
-    size: tuple[Side, Side] | Literal["auto"] = Field(
+    size: tuple[int, int] | Literal["auto"] = Field(
         AUTO, description="Every image becomes (height, width) this way (resize); auto: the backbone's, or 32x32."
     )
     resize: Literal["auto", "stretch", "pad", "crop"] = Field(
@@ -101,6 +100,13 @@ class ImageColumn(_Strict):
         (0.35, 1.0), description="crop_flip: the smallest and largest share of the image's area a crop keeps."
     )
     flip: bool = Field(True, description="crop_flip: flip half of the training images left to right.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size):
+        if size != AUTO and not all(1 <= side <= limits.MAX_IMAGE_SIDE for side in size):
+            raise ValueError(f"each side from 1 to {limits.MAX_IMAGE_SIDE:,} pixels, got {list(size)}")
+        return size
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -651,12 +657,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate."""
+    """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate.
+
+    A file that holds nothing (empty, only comments, ``null``) or an empty ``data`` section is refused unless
+    the overrides give the data: it would train the built-in digits for 30 epochs, when the file was surely
+    saved empty or is the wrong file. Without a file, the defaults stand (``mmtransfer fit`` alone: digits).
+    """
     raw: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
         where = str(path)
         raw = read_config_file(path)
+    no_data = path is not None and (not raw or ("data" in raw and not raw["data"]))
     if overrides:
         where += " with --set " + " ".join(overrides)
         # Overrides apply to the mapping as the user wrote it, never to a dump with every default filled in: a
@@ -665,13 +677,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         for item in overrides:
             apply_override(raw, item)
         resolve_paths(raw, Path.cwd())  # a path given on the command line is relative to where it was typed
-    if path is not None and not raw.get("data"):
-        # An empty, comment-only or null file (or data: null / {}) would train the built-in digits for 30 epochs:
-        # almost surely a file saved empty or the wrong file. Without any config file the defaults stand.
+    if no_data and not raw.get("data"):
         raise ConfigError(f"{path}: no data section: give a table, a folder or a built-in dataset")
     return validate(raw, where)
 
 
+NESTED = "its YAML is nested too deeply to read; a config is a few levels deep"
 MAX_NODES = 100_000  # values a config may hold once its aliases are expanded; real configs hold hundreds
 
 
@@ -716,6 +727,8 @@ def _read_yaml(path: Path, what: str) -> Any:
             return yaml.safe_load(stream) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{what}: not valid YAML: {err}") from None
+    except RecursionError:  # PyYAML reads nested collections recursively
+        raise ConfigError(f"{what}: {NESTED}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{what}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
@@ -782,6 +795,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"override {key.strip()!r}: {NESTED}") from None
     if parts[-1] == "type" and isinstance(node.get("type"), str) and node["type"] != parsed:
         node.clear()  # another encoder type: its other fields start from that type's defaults
     # YAML 1.1 reads 3e-4 as a string; numbers are what people mean, unless they quoted the value.
