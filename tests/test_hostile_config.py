@@ -108,7 +108,7 @@ def test_workers_beyond_the_machine_are_refused_before_the_run_folder(tmp_path, 
 
 
 def test_a_study_too_large_is_refused_at_once_naming_seeds_and_cells(tmp_path):
-    from mmtransfer.study import load_study
+    from mmtransfer.study import auto_study, load_study
 
     write(tmp_path, "base.yaml", "data: {dataset: digits}\n")
     cases = [
@@ -128,6 +128,11 @@ def test_a_study_too_large_is_refused_at_once_naming_seeds_and_cells(tmp_path):
             load_study(study)
         assert time.perf_counter() - start < 2  # refused before any cell exists, not after 40 s
         assert message in str(err.value), str(err.value)
+    config = write(tmp_path, "run.yaml", "data: {dataset: digits}\n")
+    with pytest.raises(
+        ConfigError, match=r"--auto with --seeds 5000:\n  seeds: 5,000 seeds: at least 1 and at most 1,000"
+    ):
+        auto_study(config, seeds=5000)
 
 
 # ---------------------------------------------------------------- failure 5: sizes once the input is known
