@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmtransfer import limits
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names each bad field."""
@@ -33,13 +35,21 @@ class _Strict(BaseModel):
 AUTO = "auto"  # a setting whose value depends on another part (the encoder reading the column): resolved once
 
 
-def _at_least_one(value):
-    if value != AUTO and value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
+def _count_or_auto(most: int):
+    """An int in [1, most], or auto."""
+
+    def check(value):
+        if value != AUTO and not 1 <= value <= most:
+            raise ValueError(f"must be at least 1 and at most {most:,}, got {value}")
+        return value
+
+    return Annotated[int | Literal["auto"], AfterValidator(check)]
 
 
-CountOrAuto = Annotated[int | Literal["auto"], AfterValidator(_at_least_one)]
+# Every setting that sizes memory, processes or time has an upper bound (mmtransfer.limits): a typo of a few
+# zeros is refused here, naming the field and the bound, rather than found by the allocator.
+Width = Annotated[int, Field(ge=1, le=limits.MAX_WIDTH)]  # channels, hidden sizes, embeddings
+Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED)]
 
 
 class ImageColumn(_Strict):
@@ -66,7 +76,10 @@ class ImageColumn(_Strict):
     )
     fill: int = Field(0, ge=0, le=255, description="pad: the border's pixel value, 0-255 (0 = black).")
     margin: int = Field(
-        0, ge=0, description="pad: pixels of border kept on every side (MNIST frames 20x20 digits in 28x28: 4)."
+        0,
+        ge=0,
+        le=limits.MAX_IMAGE_SIDE,
+        description="pad: pixels of border kept on every side (MNIST frames 20x20 digits in 28x28: 4).",
     )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
     mean: float | tuple[float, float, float] | Literal["auto"] = Field(
@@ -87,6 +100,13 @@ class ImageColumn(_Strict):
         (0.35, 1.0), description="crop_flip: the smallest and largest share of the image's area a crop keeps."
     )
     flip: bool = Field(True, description="crop_flip: flip half of the training images left to right.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size):
+        if size != AUTO and not all(1 <= side <= limits.MAX_IMAGE_SIDE for side in size):
+            raise ValueError(f"each side from 1 to {limits.MAX_IMAGE_SIDE:,} pixels, got {list(size)}")
+        return size
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -132,10 +152,10 @@ class TextColumn(_Strict):
         description="Folder (or cached hub id) of a pretrained tokenizer; none = a word vocabulary from train; auto: "
         "the tokenizer of the pretrained model reading the column (type hf), else a word vocabulary.",
     )
-    max_length: CountOrAuto = Field(
+    max_length: _count_or_auto(limits.MAX_TOKENS) = Field(
         AUTO, description="Tokens kept per text (padded or truncated); auto: 128 with a pretrained tokenizer, else 64."
     )
-    vocab_size: int = Field(20000, ge=10, description="Word vocabulary: most frequent words kept.")
+    vocab_size: int = Field(20000, ge=10, le=limits.MAX_VOCAB, description="Word vocabulary: most frequent words kept.")
     min_freq: int = Field(1, ge=1, description="Word vocabulary: words seen fewer times become [UNK].")
     lowercase: bool = True
 
@@ -152,8 +172,8 @@ class TextColumn(_Strict):
 
 class AudioColumn(_Strict):
     modality: Literal["audio"] = "audio"
-    sample_rate: int = Field(16000, ge=1000, description="Resample every clip to this rate.")
-    seconds: float = Field(1.0, gt=0, description="Pad or crop every clip to this length.")
+    sample_rate: int = Field(16000, ge=1000, le=limits.MAX_SAMPLE_RATE, description="Resample every clip to this rate.")
+    seconds: float = Field(1.0, gt=0, le=limits.MAX_SECONDS, description="Pad or crop every clip to this length.")
     features: Literal["logmel", "waveform"] = Field(
         "logmel", description="Log-mel spectrogram [1, n_mels, frames] or the raw waveform [1, samples]."
     )
@@ -162,9 +182,9 @@ class AudioColumn(_Strict):
         description="A Hugging Face model folder (or hf id) whose own feature extractor prepares the clips "
         "(wav2vec2 normalisation, AST filter banks); then features and the mel fields are not used.",
     )
-    n_mels: int = Field(64, ge=1)
-    n_fft: int = Field(512, ge=16)
-    hop_length: int = Field(160, ge=1)
+    n_mels: int = Field(64, ge=1, le=limits.MAX_MELS)
+    n_fft: int = Field(512, ge=16, le=limits.MAX_FFT)
+    hop_length: int = Field(160, ge=1, le=limits.MAX_FFT)
 
 
 class TabularColumn(_Strict):
@@ -236,6 +256,7 @@ class DataConfig(_Strict):
     k_per_class: int | None = Field(
         None,
         ge=1,
+        le=limits.MAX_PER_CLASS,
         description="Label budget: k labelled examples per class in all, drawn from the train split; with "
         "train.validation auto, the labels that select the model (early stopping) come out of these k.",
     )
@@ -253,9 +274,13 @@ class DataConfig(_Strict):
         "never share a labelled row: a source trained on one half, a target on the other. The other half's inputs "
         "still serve as unlabelled data (distillation). A split column's val rows join the half they fall in.",
     )
-    seed: int = Field(0, description="Seed of the stratified splits and of the label-budget draw.")
+    seed: Seed = Field(0, description="Seed of the stratified splits and of the label-budget draw.")
     num_workers: int = Field(
-        0, ge=0, description="Processes that read and transform table rows ahead of training (0: in the main one)."
+        0,
+        ge=0,
+        le=limits.MAX_WORKERS,
+        description="Processes that read and transform table rows ahead of training (0: in the main one); at "
+        "most 4 per CPU of the machine that trains.",
     )
 
     @field_validator("sep", mode="before")
@@ -300,9 +325,13 @@ class DataConfig(_Strict):
 
 class CNNConfig(_Strict):
     type: Literal["cnn"] = "cnn"
-    channels: list[int] = Field([16, 32], min_length=1, description="Output channels of each conv block.")
-    kernel_size: int = Field(3, ge=1)
-    stride: int = Field(2, ge=1, description="Stride of each convolution (2 halves each side per block).")
+    channels: list[Width] = Field(
+        [16, 32], min_length=1, max_length=limits.MAX_LAYERS, description="Output channels of each conv block."
+    )
+    kernel_size: int = Field(3, ge=1, le=limits.MAX_KERNEL, description="At most the input's size.")
+    stride: int = Field(
+        2, ge=1, le=limits.MAX_KERNEL, description="Stride of each convolution (2 halves each side per block)."
+    )
     pool: bool = Field(False, description="Max-pool by 2 after each block while the input is larger than 1.")
     readout: Literal["auto", "grid", "mean", "max"] = Field(
         "auto",
@@ -311,30 +340,32 @@ class CNNConfig(_Strict):
         "did a phrase occur anywhere); auto = grid for images and spectrograms, max for text, mean for other 1-D "
         "inputs (signals, waveforms).",
     )
-    grid: int = Field(7, ge=1, description="readout grid: cells per side (28x28 MNIST after two stride-2 blocks: 7).")
+    grid: int = Field(
+        7, ge=1, le=256, description="readout grid: cells per side (28x28 MNIST after two stride-2 blocks: 7)."
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class RNNConfig(_Strict):
     type: Literal["rnn"] = "rnn"
     cell: Literal["rnn", "lstm", "gru"] = Field("gru", description="Plain tanh recurrence, LSTM or GRU.")
-    hidden_size: int = Field(64, ge=1)
-    num_layers: int = Field(1, ge=1)
+    hidden_size: int = Field(64, ge=1, le=limits.MAX_WIDTH)
+    num_layers: int = Field(1, ge=1, le=limits.MAX_LAYERS)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout between stacked layers.")
 
 
 class AttentionConfig(_Strict):
     type: Literal["attention"] = "attention"
-    d_model: int = Field(64, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_layers: int = Field(2, ge=1)
-    ff_dim: int = Field(128, ge=1)
+    d_model: int = Field(64, ge=1, le=limits.MAX_WIDTH)
+    num_heads: int = Field(4, ge=1, le=limits.MAX_HEADS)
+    num_layers: int = Field(2, ge=1, le=limits.MAX_LAYERS)
+    ff_dim: int = Field(128, ge=1, le=limits.MAX_WIDTH)
     dropout: float = Field(0.1, ge=0, lt=1)
     pool: Literal["attention", "query", "mean"] = Field(
         "query", description="Self-attention context averaged, a learned query, or the mean."
     )
-    max_len: int = Field(512, ge=1, description="Longest sequence the position table covers.")
+    max_len: int = Field(512, ge=1, le=limits.MAX_POSITIONS, description="Longest sequence the position table covers.")
 
 
 class HFConfig(_Strict):
@@ -369,8 +400,8 @@ class EfficientNetLiteConfig(_Strict):
 
 class MLPConfig(_Strict):
     type: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field([64], description="Hidden layer sizes.")
-    category_dim: int = Field(8, ge=1, description="Embedding size of each categorical column.")
+    hidden: list[Width] = Field([64], max_length=limits.MAX_LAYERS, description="Hidden layer sizes.")
+    category_dim: int = Field(8, ge=1, le=limits.MAX_WIDTH, description="Embedding size of each categorical column.")
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -401,7 +432,7 @@ class ModelConfig(_Strict):
         "extra [minilm]), with its own preprocessing; else, and for sound and numbers, a small network trained from "
         "scratch. scratch: always the small networks. Default auto (MMTRANSFER_PRESET sets another default).",
     )
-    embed_dim: CountOrAuto = Field(
+    embed_dim: _count_or_auto(limits.MAX_WIDTH) = Field(
         AUTO,
         description="D: the size of each encoder's output embedding. auto: a pretrained backbone's own feature size "
         "(no projection) under concat fusion, 64 for networks trained from scratch; under attention or gated fusion "
@@ -413,7 +444,9 @@ class ModelConfig(_Strict):
     modality_dropout: float = Field(
         0.0, ge=0, lt=1, description="In training, drop each input of a row with this probability (not all)."
     )
-    head_hidden: int | None = Field(None, ge=1, description="Hidden layer of the head; none = linear head.")
+    head_hidden: int | None = Field(
+        None, ge=1, le=limits.MAX_WIDTH, description="Hidden layer of the head; none = linear head."
+    )
     head_dropout: float = Field(0.0, ge=0, lt=1)
     tokens: Literal["pooled", "regions"] = Field(
         "pooled",
@@ -458,8 +491,12 @@ class StrategyConfig(_Strict):
         description="lp_ft (and auto's lp_ft): peak AdamW learning rate of the fine-tuning after the solved probe, "
         "in place of train.lr (a rate for training from scratch): small, so the features the probe fits move little.",
     )
-    unfreeze_epoch: int = Field(1, ge=1, description="freeze_then_unfreeze: epochs with the encoders frozen.")
-    unfreeze_every: int = Field(1, ge=1, description="gradual_unfreeze: epochs between two unfrozen groups.")
+    unfreeze_epoch: int = Field(
+        1, ge=1, le=limits.MAX_EPOCHS, description="freeze_then_unfreeze: epochs with the encoders frozen."
+    )
+    unfreeze_every: int = Field(
+        1, ge=1, le=limits.MAX_EPOCHS, description="gradual_unfreeze: epochs between two unfrozen groups."
+    )
     lr_decay: float = Field(
         0.5,
         gt=0,
@@ -467,7 +504,7 @@ class StrategyConfig(_Strict):
         description="discriminative, gradual_unfreeze: encoder group k from its top gets lr * lr_decay**k.",
     )
     head_lr_mult: float = Field(1.0, gt=0, description="Fusion and head learn at lr * head_lr_mult.")
-    lora_r: int = Field(8, ge=1, description="lora: rank of the adapters.")
+    lora_r: int = Field(8, ge=1, le=limits.MAX_WIDTH, description="lora: rank of the adapters.")
     lora_alpha: int = Field(16, ge=1, description="lora: scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_targets: list[str] | None = Field(
@@ -479,12 +516,14 @@ class StrategyConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1, le=100_000, strict=True)
-    batch_size: int = Field(32, ge=1, le=1_000_000, strict=True)
+    epochs: int = Field(30, ge=1, le=limits.MAX_EPOCHS, strict=True)
+    batch_size: int = Field(32, ge=1, le=limits.MAX_BATCH, strict=True)
     lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(1e-2, ge=0, le=10)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up before cosine.")
-    patience: int | None = Field(10, ge=1, strict=True, description="Early stopping on validation loss; none = off.")
+    patience: int | None = Field(
+        10, ge=1, le=limits.MAX_EPOCHS, strict=True, description="Early stopping on validation loss; none = off."
+    )
     min_delta: float = Field(
         1e-3, ge=0, description="Early stopping: the validation loss must fall by more than this to count as better."
     )
@@ -494,7 +533,7 @@ class TrainConfig(_Strict):
         description="Seconds of training: it stops at the end of the epoch that passes them, keeping the best "
         "weights; none = no limit.",
     )
-    seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
+    seed: Seed = Field(0, description="Seed of initialisation, shuffling and dropout.")
     validation: Literal["auto", "none", "split"] = Field(
         "auto",
         description="Labels that select the model (early stopping, best epoch). auto: the validation split, or "
@@ -547,9 +586,9 @@ class TrainConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    epochs: int = Field(40, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(40, ge=1, le=limits.MAX_EPOCHS)
+    lr: float = Field(3e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=limits.MAX_BATCH)
 
 
 class TransferConfig(_Strict):
@@ -618,12 +657,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate."""
+    """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate.
+
+    A file that holds nothing (empty, only comments, ``null``) or an empty ``data`` section is refused unless
+    the overrides give the data: it would train the built-in digits for 30 epochs, when the file was surely
+    saved empty or is the wrong file. Without a file, the defaults stand (``mmtransfer fit`` alone: digits).
+    """
     raw: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
         where = str(path)
         raw = read_config_file(path)
+    no_data = path is not None and (not raw or ("data" in raw and not raw["data"]))
     if overrides:
         where += " with --set " + " ".join(overrides)
         # Overrides apply to the mapping as the user wrote it, never to a dump with every default filled in: a
@@ -632,9 +677,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         for item in overrides:
             apply_override(raw, item)
         resolve_paths(raw, Path.cwd())  # a path given on the command line is relative to where it was typed
+    if no_data and not raw.get("data"):
+        raise ConfigError(f"{path}: no data section: give a table, a folder or a built-in dataset")
     return validate(raw, where)
 
 
+NESTED = "its YAML is nested too deeply to read; a config is a few levels deep"
 MAX_NODES = 100_000  # values a config may hold once its aliases are expanded; real configs hold hundreds
 
 
@@ -679,6 +727,8 @@ def _read_yaml(path: Path, what: str) -> Any:
             return yaml.safe_load(stream) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{what}: not valid YAML: {err}") from None
+    except RecursionError:  # PyYAML reads nested collections recursively
+        raise ConfigError(f"{what}: {NESTED}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{what}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
@@ -745,6 +795,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"override {key.strip()!r}: {NESTED}") from None
     if parts[-1] == "type" and isinstance(node.get("type"), str) and node["type"] != parsed:
         node.clear()  # another encoder type: its other fields start from that type's defaults
     # YAML 1.1 reads 3e-4 as a string; numbers are what people mean, unless they quoted the value.

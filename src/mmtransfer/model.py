@@ -7,12 +7,15 @@ Beside each input ``name`` a batch may hold ``name.present`` (bool [B]: False wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from mmtransfer.config import CNNConfig, HFConfig, MLPConfig, ModelConfig
 from mmtransfer.encoders import ENCODERS
 from mmtransfer.fusion import FUSIONS, drop_inputs
+from mmtransfer.limits import check_model_size
 from mmtransfer.modalities.base import InputSpec
 
 
@@ -149,6 +152,31 @@ def _one_size(encoders: dict[str, nn.Module], configs: dict, specs: dict[str, In
             encoders[name] = ENCODERS[enc_cfg.type](specs[name], size, **enc_cfg.model_dump(exclude={"type"}))
 
 
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sized(build: Callable[[], nn.Module], counted: int, field: Callable[[], str]) -> tuple[nn.Module, int]:
+    """``build()`` once on the meta device (shapes only, no memory), refused when the model so far would need
+    more memory than the machine has; then built for real. The meta pass draws no random numbers, so the
+    weights are those ``build()`` alone gives. Returns the module and the parameter count so far."""
+    with torch.device("meta"):
+        counted += _parameters(build())
+    check_model_size(counted, field())
+    return build(), counted
+
+
+def _largest_setting(name: str, enc_cfg, embed_dim: int | None) -> str:
+    """The size setting of an encoder with the largest value, as "field value" (what a refusal names)."""
+    sizes = {"model.embed_dim": embed_dim} if embed_dim is not None else {}
+    for key, value in enc_cfg.model_dump().items():
+        values = value if isinstance(value, list) else [value]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            sizes[f"model.encoders.{name}.{key}"] = value
+    field = max(sizes, key=lambda k: max(sizes[k]) if isinstance(sizes[k], list) else sizes[k])
+    return f"{field} {sizes[field]}"
+
+
 def check_encoder_names(configured, inputs) -> None:
     """Every encoder model.encoders names must read an input the data provides: nothing configured is dropped."""
     unknown = sorted(set(configured) - set(inputs))
@@ -187,6 +215,7 @@ def build_model(
     specs = {name: as_spec(s) for name, s in specs.items()}
     check_encoder_names(cfg.encoders, specs)
     encoders, configs = {}, {}
+    counted = 0  # parameters so far: a model the machine cannot hold is refused before it is allocated
     auto = cfg.embed_dim == "auto"
     modules = modules or {}
     unknown = sorted(set(modules) - set(specs))
@@ -195,6 +224,7 @@ def build_model(
     for name, spec in sorted(specs.items()):
         if name in modules:
             encoders[name] = check_encoder(name, modules[name])
+            counted += _parameters(encoders[name])
             continue
         enc_cfg = configs[name] = cfg.encoders.get(name) or default_encoder(spec)
         if enc_cfg.type == "custom":
@@ -209,15 +239,35 @@ def build_model(
             kwargs.update(pretrained=False, weights=None)
         # embed_dim auto: a pretrained backbone keeps its own feature size (None), a new network gets 64
         dim = (None if enc_cfg.type in PRETRAINED_TYPES else SCRATCH_DIM) if auto else cfg.embed_dim
+
+        def build(spec=spec, dim=dim, kwargs=kwargs, kind=enc_cfg.type):
+            return ENCODERS[kind](spec, dim, **kwargs)
+
         try:
-            encoders[name] = ENCODERS[enc_cfg.type](spec, dim, **kwargs)
+            if enc_cfg.type in PRETRAINED_TYPES:  # weights are read, not drawn: counted once they are there
+                encoders[name] = build()
+                counted += _parameters(encoders[name])
+                continue
+            with torch.device("meta"):  # its own checks (sizes against the input) before any allocation
+                probe = build()
         except ValueError as err:
             raise ValueError(f"model.encoders.{name}: {err}") from None
+        counted += _parameters(probe)
+        check_model_size(counted, _largest_setting(name, enc_cfg, dim))
+        encoders[name] = build()
     if auto and cfg.fusion != "concat":
         _one_size(encoders, configs, specs, cfg.fusion)
     dims = {name: enc.output_dim for name, enc in encoders.items()}
-    fusion = FUSIONS[cfg.fusion](dims)
-    head = ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout)
+    fusion, counted = _sized(lambda: FUSIONS[cfg.fusion](dims), counted, lambda: f"model.fusion {cfg.fusion}")
+    head, counted = _sized(
+        lambda: ClassificationHead(fusion.output_dim, num_classes, cfg.head_hidden, cfg.head_dropout),
+        counted,
+        lambda: (
+            f"model.head_hidden {cfg.head_hidden}"
+            if cfg.head_hidden
+            else f"the head ({fusion.output_dim} features x {num_classes} outputs)"
+        ),
+    )
     return Classifier(
         encoders, fusion, head, modality_dropout=cfg.modality_dropout, classes=classes, regions=cfg.tokens == "regions"
     )

@@ -17,6 +17,7 @@ from mmtransfer import artifact
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
+from mmtransfer.limits import check_machine
 from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
 from mmtransfer.resume import CHECKPOINT
 from mmtransfer.train import Multilabel, Regression, evaluate, process_state, scalar_metrics
@@ -59,6 +60,7 @@ def fit_run(
     rows) are scored in their place, and ``metrics.json`` says so.
     """
     console = console or make_console()
+    check_machine(cfg)  # worker processes and precision this machine can give, before anything is written
     state = process_state(cfg.train.cpu)
     if not state.is_main_process:
         console = Console(quiet=True)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmtransfer import limits
 from mmtransfer.config import (
     ConfigError,
     apply_override,
@@ -66,8 +67,11 @@ class StudyConfig(BaseModel):
         description="Label budgets: an int is k labelled examples per class, a float in (0, 1) a share of the "
         "train labels, 'all' every one. The labels that select the best epoch come out of the same budget.",
     )
-    seeds: int | list[int] = Field(3, description="How many seeds (0, 1, ...) or which ones; each seed draws the "
-                                   "splits, the budget's labels and the initialisation.")  # fmt: skip
+    seeds: int | list[int] = Field(
+        3,
+        description="How many seeds (0, 1, ...) or which ones; each seed draws the splits, the budget's labels and "
+        f"the initialisation (at most {limits.MAX_SEEDS:,}).",
+    )
     arms: dict[str, dict[str, Any]] = Field(
         description="Arm name -> overrides of the base config ({train.strategy.name: linear_probe}); {} is the "
         "base config as it is (e.g. from scratch with the library's defaults). In a string value, {seed} is the "
@@ -97,11 +101,27 @@ class StudyConfig(BaseModel):
         if not budgets:
             raise ValueError("give at least one budget")
         for b in budgets:
-            if isinstance(b, bool) or (isinstance(b, int) and b < 1) or (isinstance(b, float) and not 0 < b < 1):
-                raise ValueError(f"budget {b!r}: an int >= 1 (per class), a float in (0, 1) or 'all'")
+            small, large = isinstance(b, int) and b < 1, isinstance(b, int) and b > limits.MAX_PER_CLASS
+            if isinstance(b, bool) or small or large or (isinstance(b, float) and not 0 < b < 1):
+                raise ValueError(
+                    f"budget {b!r}: an int from 1 to {limits.MAX_PER_CLASS:,} (per class), a float in (0, 1) or 'all'"
+                )
         if len({budget_name(b) for b in budgets}) != len(budgets):
             raise ValueError("a budget is listed twice")
         return budgets
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: int | list[int]) -> int | list[int]:
+        count = seeds if isinstance(seeds, int) else len(seeds)
+        if not 1 <= count <= limits.MAX_SEEDS:
+            raise ValueError(f"{count:,} seeds: at least 1 and at most {limits.MAX_SEEDS:,}")
+        if isinstance(seeds, list):
+            if any(not 0 <= s <= limits.MAX_SEED for s in seeds):
+                raise ValueError(f"each seed from 0 to {limits.MAX_SEED:,}, got {seeds}")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"a seed is listed twice: {seeds}")
+        return seeds
 
     @field_validator("arms", "sources")
     @classmethod
@@ -117,8 +137,14 @@ class StudyConfig(BaseModel):
     def _reference(self):
         if self.reference is not None and self.reference not in self.arms:
             raise ValueError(f"reference {self.reference!r} is not an arm; arms: {', '.join(self.arms)}")
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise ValueError("seeds: at least 1")
+        seeds = self.seeds if isinstance(self.seeds, int) else len(self.seeds)
+        cells = seeds * (len(self.arms) * len(self.budgets) + len(self.sources))
+        if cells > limits.MAX_CELLS:  # each cell is a run folder and a config checked before any work
+            made = f" + {len(self.sources)} sources" if self.sources else ""
+            raise ValueError(
+                f"{cells:,} runs ({len(self.arms)} arms x {len(self.budgets)} budgets{made}, x {seeds} seeds): at "
+                f"most {limits.MAX_CELLS:,} in one study; split it into several"
+            )
         if "sources" in self.arms:
             raise ValueError("arm name 'sources' is taken: source runs go in cells/sources/")
         for arm, overrides in [*self.arms.items(), *self.sources.items()]:
@@ -703,7 +729,11 @@ def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, P
     wanted = {"lora": hf, "lp_ft": warm}
     arms = {name: {"train.strategy.name": name} for name in AUTO_STRATEGIES if wanted.get(name, True)}
     budget: Budget = cfg.data.k_per_class or cfg.data.label_fraction or "all"
-    study = StudyConfig(base=raw, budgets=[budget], seeds=seeds, arms=arms, reference="full", ablation=False)
+    try:
+        study = StudyConfig(base=raw, budgets=[budget], seeds=seeds, arms=arms, reference="full", ablation=False)
+    except ValidationError as err:  # --seeds beyond the bound
+        lines = [f"  {_where(e['loc'])}{e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
+        raise ConfigError(f"{path}: --auto with --seeds {seeds}:\n" + "\n".join(lines)) from None
     return study, raw, path.parent.resolve()
 
 

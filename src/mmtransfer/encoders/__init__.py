@@ -49,6 +49,10 @@ def _with_tokens(spec: InputSpec, build: Callable[..., nn.Module], output_dim: i
 def _cnn(shape: tuple[int, ...], output_dim: int, readout: str = "auto", **kwargs) -> ConvEncoder:
     if len(shape) not in (2, 3):
         raise ValueError(f"cnn encoder expects an input of shape (C, L) or (C, H, W), got {shape}")
+    kernel = kwargs.get("kernel_size", 3)
+    if kernel > min(shape[1:]):  # a kernel wider than the input sees mostly padding, at the cost of its square
+        size = " x ".join(str(n) for n in shape[1:])
+        raise ValueError(f"kernel_size {kernel}: larger than the input ({size}); at most {min(shape[1:])}")
     if readout == "auto":  # where a stroke or a formant is matters in 2-D; 1-D inputs vary in length
         readout = "grid" if len(shape) == 3 else "mean"
     return ConvEncoder(shape[0], output_dim, dims=len(shape) - 1, readout=readout, input_size=shape[1:], **kwargs)
