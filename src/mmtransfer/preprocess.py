@@ -105,6 +105,20 @@ class TablePreprocessor:
             else:
                 mod.fit([cells.values[col][r] for r in here])
 
+    def check_fitted(self, cells: Cells, rows: np.ndarray) -> list[BadCell]:
+        """The cells of ``rows`` that the fitted state cannot turn into finite inputs: a number standardised with
+        the train mean and std to inf (``1e300`` in a val row of a column that trained on 0 to 10)."""
+        bad = []
+        for col in self.tab_cols:
+            problem = getattr(self.modalities[col], "standardise_problem", None)
+            if problem is None:
+                continue
+            for r in rows:
+                reason = problem(cells.values[col][r]) if cells.present[col][r] else None
+                if reason is not None:
+                    bad.append(BadCell(int(cells.row_ids[r]), col, reason))
+        return bad
+
     def _examples(self, cells: Cells, col: str, rows: list[int]) -> Iterator:
         mod = self.modalities[col]
         for r in rows:
