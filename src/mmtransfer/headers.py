@@ -89,7 +89,8 @@ def check_unique(header: list[str], path) -> None:
     ``note`` would silently be the first of them."""
     seen: dict[str, list[int]] = {}
     for number, cell in enumerate(header, start=1):
-        seen.setdefault(str(cell), []).append(number)
+        if str(cell).strip():  # empty ones (trailing separators) are pandas' "Unnamed: 3", "Unnamed: 4"
+            seen.setdefault(str(cell), []).append(number)
     for cell, numbers in seen.items():
         if len(numbers) > 1:
             times = "twice" if len(numbers) == 2 else f"{len(numbers)} times"
