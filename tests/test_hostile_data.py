@@ -103,6 +103,18 @@ def test_a_val_number_far_outside_the_train_range_is_a_bad_cell(tmp_path):
     assert torch.isfinite(data.val.batch(range(2))["tabular"]).all()
 
 
+def test_a_new_row_far_outside_the_train_range_is_a_bad_cell_for_a_fitted_preprocessor(tmp_path):
+    from mmtransfer.preprocess import TablePreprocessor
+
+    cfg = DataConfig(label="y", columns={"x": {"modality": "tabular"}}, infer=False)
+    data = load_table_dataset(cfg, write_table(tmp_path, n=12))
+    pre = TablePreprocessor.from_state(data.preprocessing)  # as predict and evaluate rebuild it from a run
+    new = pd.DataFrame({"x": [1.0, 1e100, 2.0]})
+    cells, bad = pre.check(new, tmp_path, "new.csv")
+    assert [(b.row, b.column) for b in bad] == [(1, "x")] and "train standard deviations" in bad[0].reason
+    assert list(cells.present["x"]) == [True, False, True]
+
+
 def test_a_validation_loss_that_is_not_finite_stops_the_run(small_run):
     from mmtransfer.model import build_model
     from mmtransfer.train import TrainingError, fit
