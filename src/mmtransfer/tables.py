@@ -1,9 +1,10 @@
 """Tables in: read a CSV / Parquet file or a DataFrame, bind columns to modalities, check every cell, split.
 
 Every referenced file is opened before training starts (and decoded again batch by batch while training,
-:mod:`mmtransfer.preprocess`). A bad cell (missing or corrupt file, empty text,
-NaN in a number column, unknown label) stops the run with an error naming the row, column and file, or, with
-``on_bad_rows: skip``, its row is dropped and the skips are counted by reason.
+:mod:`mmtransfer.preprocess`). A bad cell (missing or corrupt file, audio holding NaN or inf, empty text,
+NaN or inf in a number column, a number too large to standardise, unknown label) stops the run with an error
+naming the row, column and file, or, with ``on_bad_rows: skip``, its row is dropped and the skips are counted by
+reason. A label column must give something to learn: two classes at least, or numbers that vary.
 
 Rows are numbered as pandas numbers them: from 0, after the header (a file's line numbers can differ, since
 a quoted cell may span lines).

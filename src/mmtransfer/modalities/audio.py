@@ -100,7 +100,9 @@ def unreadable(path: Path, err: Exception) -> str:
     if "does not exist or is not a regular file" in reason:
         reason = "it does not decode"
     if found is None:
-        return f"unreadable or corrupt audio: {reason} (its first bytes are those of no audio format)"
+        return f"unreadable or corrupt audio: {reason}" + (
+            f" (its first bytes are not {expected}'s)" if expected else ""
+        )
     if expected and not found.startswith(expected):
         return f"unreadable or corrupt audio: a {path.suffix} file whose bytes begin like {found}; {reason}"
     return f"unreadable or corrupt audio: {reason}"
