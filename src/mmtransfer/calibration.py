@@ -27,10 +27,12 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature in [0.05, 20] that minimises the NLL of ``labels`` (bounded search over log T)."""
+    """The temperature in [0.05, 20] that minimises the NLL of ``labels`` (bounded search over log T); logits
+    that are not finite are refused (:class:`CalibrationError`)."""
     from scipy.optimize import minimize_scalar
 
     logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
+    check_finite(logits, "the validation")
     result = minimize_scalar(
         lambda log_t: nll(logits, labels, math.exp(log_t)),
         bounds=(math.log(0.05), math.log(20.0)),
@@ -41,6 +43,23 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if not 0.051 < best < 19.9:  # at a bound: no finite best (e.g. every validation row right, NLL -> 0 as T -> 0)
         return 1.0
     return best if nll(logits, labels, best) < nll(logits, labels, 1.0) else 1.0  # never worse than none
+
+
+class CalibrationError(ValueError):
+    """A temperature cannot be fitted (the logits it would be fitted on are not finite)."""
+
+
+def check_finite(logits: torch.Tensor, split: str = "the") -> None:
+    """Refuse logits holding NaN or inf: the NLL over them is NaN at every temperature, and the search would
+    return a meaningless one."""
+    bad = ~torch.isfinite(logits).all(dim=-1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise CalibrationError(
+            f"calibration: {len(rows)} of {len(logits)} rows of {split} split have logits that are NaN or infinite "
+            f"(the first: row {rows[0]} of the split); no temperature is fitted on them. Check those rows' inputs, "
+            "or lower train.lr"
+        )
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict:

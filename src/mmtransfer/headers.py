@@ -79,7 +79,26 @@ def table_columns(path: str | Path, cfg: DataConfig) -> list[str]:
     if cfg.names is not None:
         check_names(cfg.names, len(found), path, cfg)
         return list(cfg.names)
+    if cfg.header:
+        check_unique(found, path)
     return found
+
+
+def check_unique(header: list[str], path) -> None:
+    """Each column name once: pandas would rename a second ``note`` to ``note.1`` and read both, so the config's
+    ``note`` would silently be the first of them."""
+    seen: dict[str, list[int]] = {}
+    for number, cell in enumerate(header, start=1):
+        if str(cell).strip():  # empty ones (trailing separators) are pandas' "Unnamed: 3", "Unnamed: 4"
+            seen.setdefault(str(cell), []).append(number)
+    for cell, numbers in seen.items():
+        if len(numbers) > 1:
+            times = "twice" if len(numbers) == 2 else f"{len(numbers)} times"
+            where = ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
+            raise ValueError(
+                f"{path}: column {cell!r} appears {times} in the header (columns {where}, counting from 1); "
+                "rename all but one, or name the columns with data.names"
+            )
 
 
 def check_names(names: list[str], count: int, path, cfg: DataConfig) -> None:

@@ -58,6 +58,7 @@ class TablePreprocessor:
         self.columns = {c: columns[c] for c in sorted(columns)}
         self.modalities = modalities or {c: MODALITIES[cfg.modality](c, cfg) for c, cfg in self.columns.items()}
         self.tab_cols = [c for c, cfg in self.columns.items() if cfg.modality == TABULAR]
+        self.fitted = False  # by fit, or rebuilt from a run's state: then check also refuses what it cannot read
 
     # ------------------------------------------------------------ check, fit
 
@@ -78,6 +79,7 @@ class TablePreprocessor:
             rows = range(len(column))
             streamed = self.columns[col].modality in STREAMED
             read = getattr(mod, "check", mod.load) if streamed else mod.load  # a streamed cell's example is dropped
+            fitted_problem = getattr(mod, "standardise_problem", None) if self.fitted else None
             if streamed and console is not None and console.is_terminal:
                 rows = track(rows, description=f"checking {_escape(col)}", console=console, transient=True)
             out, here = [], np.zeros(len(column), dtype=bool)
@@ -88,6 +90,9 @@ class TablePreprocessor:
                     continue
                 try:
                     example = read(value, base)
+                    reason = fitted_problem(example) if fitted_problem is not None else None
+                    if reason is not None:  # a new row far outside the train range (predict, evaluate)
+                        raise BadValue(reason)
                     out.append(value if streamed else example)
                     here[i] = True
                 except BadValue as err:
@@ -104,6 +109,21 @@ class TablePreprocessor:
                 mod.fit(self._examples(cells, col, here))  # an iterator: one file in memory at a time
             else:
                 mod.fit([cells.values[col][r] for r in here])
+        self.fitted = True
+
+    def check_fitted(self, cells: Cells, rows: np.ndarray) -> list[BadCell]:
+        """The cells of ``rows`` that the fitted state cannot turn into finite inputs: a number standardised with
+        the train mean and std to inf (``1e300`` in a val row of a column that trained on 0 to 10)."""
+        bad = []
+        for col in self.tab_cols:
+            problem = getattr(self.modalities[col], "standardise_problem", None)
+            if problem is None:
+                continue
+            for r in rows:
+                reason = problem(cells.values[col][r]) if cells.present[col][r] else None
+                if reason is not None:
+                    bad.append(BadCell(int(cells.row_ids[r]), col, reason))
+        return bad
 
     def _examples(self, cells: Cells, col: str, rows: list[int]) -> Iterator:
         mod = self.modalities[col]
@@ -182,7 +202,9 @@ class TablePreprocessor:
             if "files" in own and base is not None:
                 own["files"] = str(Path(base) / own["files"])
             modalities[c] = MODALITIES[cfg.modality].from_state(c, cfg, own)
-        return cls(columns, modalities)
+        pre = cls(columns, modalities)
+        pre.fitted = True
+        return pre
 
 
 @dataclass

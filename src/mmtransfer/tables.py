@@ -1,9 +1,10 @@
 """Tables in: read a CSV / Parquet file or a DataFrame, bind columns to modalities, check every cell, split.
 
 Every referenced file is opened before training starts (and decoded again batch by batch while training,
-:mod:`mmtransfer.preprocess`). A bad cell (missing or corrupt file, empty text,
-NaN in a number column, unknown label) stops the run with an error naming the row, column and file, or, with
-``on_bad_rows: skip``, its row is dropped and the skips are counted by reason.
+:mod:`mmtransfer.preprocess`). A bad cell (missing or corrupt file, audio holding NaN or inf, empty text,
+NaN or inf in a number column, a number too large to standardise, unknown label) stops the run with an error
+naming the row, column and file, or, with ``on_bad_rows: skip``, its row is dropped and the skips are counted by
+reason. A label column must give something to learn: two classes at least, or numbers that vary.
 
 Rows are numbered as pandas numbers them: from 0, after the header (a file's line numbers can differ, since
 a quoted cell may span lines).
@@ -24,6 +25,7 @@ from mmtransfer.config import AudioColumn, ColumnConfig, DataConfig, ImageColumn
 from mmtransfer.data import Dataset, stratified_split
 from mmtransfer.display import Grid
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
+from mmtransfer.modalities.tabular import MAX_VALUE
 from mmtransfer.preprocess import MODALITIES, TABULAR, TablePreprocessor
 from mmtransfer.tasks import infer_task, parse_number, parse_set, strata
 
@@ -48,7 +50,7 @@ def read_table(
     a header its first line is data and its columns are ``names`` (default 0, 1, 2, ...); with one, ``names``
     renames them. A tab-separated file whose quotes are not CSV quoting is read with its quotes as they are
     (:func:`mmtransfer.headers.quoting`)."""
-    from mmtransfer.headers import check_names, quoting, table_format
+    from mmtransfer.headers import check_names, check_unique, first_row, quoting, table_columns, table_format
 
     if isinstance(source, pd.DataFrame):
         return source.reset_index(drop=True), Path.cwd(), "DataFrame"
@@ -65,9 +67,12 @@ def read_table(
     try:
         kind = table_format(path, settings.sep)
         if kind == "parquet":
+            table_columns(path, settings)  # refuses a name given twice (with data.names: a count that differs)
             df = pd.read_parquet(path)
         else:
             delimiter = settings.separator(path)
+            if header and names is None:  # before pandas renames a second 'note' to 'note.1'
+                check_unique(first_row(path, delimiter, settings.encoding), path)
             # Only empty cells (and NaN) are missing: a label or category "NA" or "None" is a value.
             df = pd.read_csv(
                 path,
@@ -353,6 +358,65 @@ def _why_no_validation(cfg: DataConfig) -> str:
     return "train.validation is none, so nothing selects the epoch (the last one is kept)"
 
 
+def _refuse_or_skip(bad: list[BadCell], keep: np.ndarray, cfg: DataConfig, name: str, console) -> None:
+    """``data.on_bad_rows``: error lists the bad cells (20 of them at most) and stops; skip clears their rows in
+    ``keep`` and says how many rows went, by reason."""
+    bad.sort(key=lambda b: (b.row, b.column))
+    if cfg.on_bad_rows == "error":
+        lines = [
+            f"  row {b.row}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "") for b in bad[:20]
+        ]
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
+            f"header); nothing was trained (set data.on_bad_rows=skip to drop these rows)\n" + "\n".join(lines) + more
+        )
+    before = int(keep.sum())
+    keep[[b.row for b in bad]] = False
+    if console is not None:
+        reasons = Counter(f"{b.column}: {b.reason}" for b in bad)
+        console.print(
+            f"skipped {before - int(keep.sum())} of {len(keep)} rows: "
+            + "; ".join(f"{n} x {r}" for r, n in reasons.most_common()),
+            style="yellow",
+            markup=False,
+        )
+
+
+def _check_target(labels: np.ndarray, values: np.ndarray | None, sets: list | None, keep, cfg: DataConfig) -> None:
+    """The label column of the rows kept must give something to learn: two classes (or labels of a label set)
+    at least, or a number that varies."""
+    if values is not None:
+        _refuse_constant(values[keep], cfg, "the table")
+    elif sets is not None:
+        names = sorted({label for i in np.flatnonzero(keep) for label in sets[i]})
+        if len(names) == 1:
+            raise DataError(
+                f"data.label {cfg.label!r}: one label ({names[0]!r}) in {int(keep.sum())} rows, so every row holds it; "
+                "a multi-label classifier needs at least two labels"
+            )
+    else:
+        _refuse_one_class(labels[keep], cfg, "the table")
+
+
+def _refuse_one_class(labels: np.ndarray, cfg: DataConfig, where: str) -> None:
+    names = sorted(set(labels.tolist()))
+    if len(names) == 1:
+        number = parse_number(names[0]) is not None
+        raise DataError(
+            f"data.label {cfg.label!r}: one class ({names[0]!r}) in {len(labels)} rows of {where}; a classifier "
+            "needs at least two" + (" (as a number to predict, data.task regression, it is constant)" if number else "")
+        )
+
+
+def _refuse_constant(values: np.ndarray, cfg: DataConfig, where: str) -> None:
+    if len(values) and float(np.ptp(values)) == 0.0:
+        raise DataError(
+            f"data.label {cfg.label!r}: every one of the {len(values)} rows of {where} holds {values[0]:g}; a "
+            "regression target needs values that vary (its standard deviation is 0)"
+        )
+
+
 def load_table_dataset(
     cfg: DataConfig,
     source: str | Path | pd.DataFrame | None = None,
@@ -398,6 +462,8 @@ def load_table_dataset(
                 bad.append(BadCell(i, cfg.label, f"{text!r} is not a number (data.task regression)"))
             elif not np.isfinite(number):
                 bad.append(BadCell(i, cfg.label, f"{text!r} is not a finite number (data.task regression)"))
+            elif abs(number) > MAX_VALUE:
+                bad.append(BadCell(i, cfg.label, f"{text!r} is too large to standardise (beyond ±{MAX_VALUE:g})"))
             else:
                 values[i] = number
     sets = None
@@ -417,27 +483,8 @@ def load_table_dataset(
 
     keep = np.ones(len(df), dtype=bool)
     if bad:
-        bad.sort(key=lambda b: (b.row, b.column))
-        if cfg.on_bad_rows == "error":
-            lines = [
-                f"  row {b.row}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "") for b in bad[:20]
-            ]
-            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            raise DataError(
-                f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
-                f"header); nothing was trained (set data.on_bad_rows=skip to drop these rows)\n"
-                + "\n".join(lines)
-                + more
-            )
-        keep[[b.row for b in bad]] = False
-        if console is not None:
-            reasons = Counter(f"{b.column}: {b.reason}" for b in bad)
-            console.print(
-                f"skipped {int((~keep).sum())} of {len(df)} rows: "
-                + "; ".join(f"{n} x {r}" for r, n in reasons.most_common()),
-                style="yellow",
-                markup=False,
-            )
+        _refuse_or_skip(bad, keep, cfg, name, console)
+    _check_target(labels_str, values, sets, keep, cfg)
 
     split = np.empty(len(df), dtype=object)
     if sets is not None:  # label sets: split at random
@@ -459,7 +506,15 @@ def load_table_dataset(
     else:
         classes, label_ids = [cfg.label], values.astype(np.float32)  # one output: the number
 
+    if values is None and sets is None and len(classes) < 2:  # every class of the table is in train otherwise
+        _refuse_one_class(labels_str[keep & (split == "train")], cfg, "the train split")
+    if values is not None:
+        _refuse_constant(values[keep & (split == "train")], cfg, "the train split")
     pre.fit(cells, np.flatnonzero(keep & (split == "train")))
+    unreadable = pre.check_fitted(cells, np.flatnonzero(keep))  # numbers the train statistics cannot standardise
+    if unreadable:
+        _refuse_or_skip(unreadable, keep, cfg, name, console)
+        bad += unreadable
     wanted = ("train", "val", "test") if hold_out else ("train", "test")  # without hold_out: no val rows
     parts = {}
     for s in wanted:

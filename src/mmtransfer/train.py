@@ -371,6 +371,12 @@ def fit(
                 else:
                     val_metrics = _evaluate_loader(model, val_loader, accelerator, _selection_loss(objective))
                 row["val_loss"], row["val_accuracy"] = val_metrics["loss"], val_metrics.get("accuracy")
+                if not math.isfinite(val_metrics["loss"]):  # nan is never below the best: no epoch would be chosen
+                    raise TrainingError(
+                        f"the validation loss became {val_metrics['loss']} in epoch {epoch} (the training loss "
+                        f"was {row['train_loss']:.4g}); the run stopped (the last checkpoint is kept). Check the "
+                        "validation inputs for values unlike the training ones, or lower train.lr"
+                    )
                 if val_metrics["loss"] < state.best_loss - cfg.min_delta:
                     state.best_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
                     own = accelerator.unwrap_model(model).state_dict()

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,16 @@ from mmtransfer.config import AudioColumn
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
 
 LOG_FLOOR = 1e-6  # keeps log() finite on digital silence (padding, placeholders)
+# Float audio lies within ±1 (a mix clipping a little past it is fine); 1e6 squared and summed over a frame stays
+# far below float32's 3.4e38, while a sample of 1e20 makes the power spectrum inf.
+MAX_SAMPLE = 1e6
+# How a file's first bytes say what it holds, for a message when libsndfile cannot read it.
+MAGIC = (
+    (b"RIFF", "WAV"), (b"RIFX", "WAV"), (b"RF64", "WAV"), (b"fLaC", "FLAC"), (b"OggS", "Ogg"),
+    (b"ID3", "MP3 (an ID3 tag)"),
+    (b"FORM", "AIFF"), (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"PK\x03\x04", "zip archive"),
+)  # fmt: skip
+SUFFIX_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "Ogg"}
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -36,6 +50,62 @@ def mel_filter_bank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     rising = (freqs[:, None] - lower) / (centre - lower)
     falling = (upper - freqs[:, None]) / (upper - centre)
     return torch.from_numpy(np.maximum(0.0, np.minimum(rising, falling))).float()
+
+
+def _mpeg(head: bytes) -> bool:
+    """An MPEG audio frame's sync word: eleven bits set."""
+    return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+
+
+@contextmanager
+def _quiet_stderr(path: Path) -> Iterator[None]:
+    """libsndfile's MPEG decoder (mpg123) prints its notes on a broken stream straight to file descriptor 2; a
+    file that starts like MPEG is read with that descriptor pointed at /dev/null, so they cannot break the one
+    line an error is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if not (head.startswith(b"ID3") or _mpeg(head)):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def unreadable(path: Path, err: Exception) -> str:
+    """Why libsndfile could not read ``path``, in our words: libsndfile's reason, and what the file's first bytes
+    hold where they are not what its suffix says (an MP3 renamed ``.wav``). libsndfile's reason for a stream it
+    takes for MPEG and cannot decode, "File does not exist or is not a regular file", is misleading: not repeated."""
+    reason = str(getattr(err, "error_string", err)).rstrip(".")  # libsndfile's reason without the path
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as os_err:
+        return f"unreadable or corrupt audio: cannot open it ({os_err.strerror or os_err})"
+    if not head:
+        return "unreadable or corrupt audio: an empty file (0 bytes)"
+    found = next((kind for magic, kind in MAGIC if head.startswith(magic)), None)
+    if found is None and _mpeg(head):
+        found = "MP3"
+    expected = SUFFIX_FORMATS.get(path.suffix.lower())
+    if "does not exist or is not a regular file" in reason:
+        reason = "it does not decode"
+    if found is None:
+        return f"unreadable or corrupt audio: {reason}" + (
+            f" (its first bytes are not {expected}'s)" if expected else ""
+        )
+    if expected and not found.startswith(expected):
+        return f"unreadable or corrupt audio: a {path.suffix} file whose bytes begin like {found}; {reason}"
+    return f"unreadable or corrupt audio: {reason}"
 
 
 class AudioModality:
@@ -85,12 +155,26 @@ class AudioModality:
 
         path = resolve_path(value, base)
         try:
-            data, rate = sf.read(path, dtype="float32", always_2d=True)
+            with _quiet_stderr(path):
+                data, rate = sf.read(path, dtype="float32", always_2d=True)
         except (sf.SoundFileError, OSError) as err:  # LibsndfileError for bad headers and 0-byte files
-            reason = getattr(err, "error_string", err)  # libsndfile's reason without the path; .file carries it
-            raise BadValue(f"unreadable or corrupt audio: {reason}", file=str(path)) from None
+            raise BadValue(unreadable(path, err), file=str(path)) from None
         if data.shape[0] == 0:
             raise BadValue("empty audio", file=str(path))
+        if not np.isfinite(data).all():  # a float WAV can hold them; every feature of the clip would be NaN
+            bad = np.flatnonzero(~np.isfinite(data).all(axis=1))
+            raise BadValue(
+                f"{len(bad)} of {len(data)} samples are NaN or infinite (the first at sample {bad[0]}, "
+                f"{bad[0] / rate:.3f} s)",
+                file=str(path),
+            )
+        loudest = float(np.abs(data).max())
+        if loudest > MAX_SAMPLE:
+            raise BadValue(
+                f"a sample of {loudest:.3g}: float audio lies within ±1, and a level beyond ±{MAX_SAMPLE:g} "
+                "overflows the spectrogram",
+                file=str(path),
+            )
         wave = data.mean(axis=1)  # down-mix before resampling: one channel to resample instead of several
         if rate != self.cfg.sample_rate:
             g = math.gcd(rate, self.cfg.sample_rate)

@@ -12,6 +12,13 @@ import torch
 from mmtransfer.config import TabularColumn
 from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 
+# Beyond this a number cannot be standardised in 64-bit floats: the squares that give a column's standard
+# deviation (1e150 squared is 1e300) would overflow to inf once summed, and every row of the column with them.
+MAX_VALUE = 1e150
+# A standardised value the model reads (in 32-bit floats) must stay far from overflow: its square, as a
+# normalisation layer takes it, stays finite up to ~1.8e19.
+MAX_STANDARDISED = 1e18
+
 
 class _Missing:
     """An empty cell that ``missing: mean`` allows (the train mean, or the unseen-category code, in collate).
@@ -68,6 +75,11 @@ class TabularModality:
             raise BadValue(f"not a number: {value!r}")
         if math.isinf(number):
             raise BadValue(f"infinite value {value!r}")
+        if abs(number) > MAX_VALUE:
+            raise BadValue(
+                f"{value!r} is too large to standardise (beyond ±{MAX_VALUE:g}, the column's standard deviation "
+                "overflows); check the value or its units"
+            )
         return number
 
     def fit(self, examples: list[Any]) -> None:
@@ -79,6 +91,20 @@ class TabularModality:
         if len(values):
             self.mean = float(values.mean())
             self.std = float(values.std(unbiased=False)) or 1.0
+
+    def standardise_problem(self, example: Any) -> str | None:
+        """Why a loaded number cannot be read once standardised with the fitted mean and std (it would be inf, or
+        near it, in 32-bit floats), or None. A train row never is; a val, test or new row far outside the train
+        range (``1e300`` where train held 0 to 10) can be."""
+        if self.cfg.kind == "categorical" or example is MISSING:
+            return None
+        z = (example - self.mean) / self.std
+        if math.isfinite(z) and abs(z) <= MAX_STANDARDISED:
+            return None
+        return (
+            f"{example!r} is {abs(z):.3g} train standard deviations from the train mean (mean {self.mean:.4g}, std "
+            f"{self.std:.4g}): too far to standardise in 32-bit floats; check the value or its units"
+        )
 
     def placeholder(self) -> Any:
         return MISSING if self.cfg.kind == "numeric" else None

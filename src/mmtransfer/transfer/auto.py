@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmtransfer import artifact
@@ -148,10 +149,10 @@ class _Run:
             parts = add_cached_features(self.model, parts, console=self.console)
         return parts, {key: probe.embeddings(self.model, split) for key, split in parts.items()}
 
-    def solve(self, z: torch.Tensor, y: torch.Tensor) -> probe.ProbeResult:
+    def solve(self, z: torch.Tensor, y: torch.Tensor, row_ids: np.ndarray | None = None) -> probe.ProbeResult:
         result = probe.solve_probe(
             z, y, task=self.data.task, seed=self.cfg.train.seed, num_classes=len(self.data.classes) or None,
-            class_weight="balanced" if self.cfg.train.class_weights == "balanced" else None,
+            class_weight="balanced" if self.cfg.train.class_weights == "balanced" else None, row_ids=row_ids,
         )  # fmt: skip
         probe.put_in_head(self.model, result)
         return result
@@ -167,7 +168,7 @@ class _Run:
         data.train, data.val = joined, None
         y = joined.labels
         z_all = torch.cat([z["train"], *([z["val"]] if "val" in z else [])])  # in the order of ``joined``
-        result = self.solve(z_all, y)
+        result = self.solve(z_all, y, getattr(joined, "row_ids", None))  # a table's rows are named by number
         record = result.record
         if record["task"] == "regression":
             how = f"alpha chosen by {record['cv']['folds']}-fold cross-validation" if record["cv"] else "alpha fixed"
@@ -202,7 +203,7 @@ class _Run:
         data, s = self.data, self.cfg.train.strategy
         if probe_result is None:
             z = self.frozen_embeddings({"train": data.train})[1]["train"]
-            probe_result = self.solve(z, data.train.labels)
+            probe_result = self.solve(z, data.train.labels, getattr(data.train, "row_ids", None))
             _say(self.console, "LP-FT, step 1: " + probe_result.line())
         for name, param in self.model.named_parameters():  # every parameter that may train, trains
             param.requires_grad_(name in self.allowed)
@@ -253,7 +254,7 @@ class _Run:
                                f"{len(data.val)} selection labels")  # fmt: skip
         pretrained_state = copy.deepcopy(model.state_dict())
         parts, z = self.frozen_embeddings({"train": data.train, "val": data.val})
-        train_probe = self.solve(z["train"], data.train.labels)
+        train_probe = self.solve(z["train"], data.train.labels, getattr(data.train, "row_ids", None))
         _say(self.console, "LP-FT, step 1: " + train_probe.line())
         probe_val = scalar_metrics(evaluate(model, parts["val"], cpu=cfg.train.cpu))
         lp_ft = self.lp_ft(train_probe)

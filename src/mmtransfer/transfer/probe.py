@@ -69,13 +69,15 @@ def solve_probe(
     cs: tuple[float, ...] | None = None,
     num_classes: int | None = None,
     class_weight: str | None = None,
+    row_ids: np.ndarray | None = None,
 ) -> ProbeResult:
     """Fit the probe on ``features`` [N, D] and ``labels`` [N] (class indices, or numbers for regression).
 
     The strength is chosen by k-fold cross-validation on these rows only (k = min(5, the smallest class's count),
     StratifiedGroupKFold with ``groups``), then the probe is fitted on all of them. ``num_classes``: the head's
     outputs (classes without a label here get a zero row and a bias below every logit seen). ``class_weight``:
-    scikit-learn's ``balanced`` or None.
+    scikit-learn's ``balanced`` or None. Features that are not finite are refused, naming the first such row
+    (its ``row_ids`` entry: the table's own row number, where given).
     """
     x = _numpy(features).astype(np.float64)
     y = _numpy(labels)
@@ -83,6 +85,7 @@ def solve_probe(
         raise ValueError(f"solve_probe: features {x.shape} and labels {y.shape} do not pair up row by row")
     if task not in ("classification", "regression"):
         raise ValueError(f"solve_probe: a {task} target has no solved probe (classification or regression)")
+    _check_finite(x, row_ids)
     import sklearn.linear_model  # noqa: F401  (loads SciPy's BLAS, so that the limit below reaches it)
     from threadpoolctl import threadpool_limits
 
@@ -96,6 +99,17 @@ def solve_probe(
             result = _logistic(x, y.astype(np.int64), seed, groups, tuple(cs or CS), num_classes, class_weight)
     result.record.update(n_labels=len(y), features=x.shape[1], seconds=round(time.perf_counter() - start, 3))
     return result
+
+
+def _check_finite(x: np.ndarray, row_ids: np.ndarray | None) -> None:
+    """NaN or inf in the features: scikit-learn would refuse them in its own words, or ridge give NaN weights."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        first = f"table row {row_ids[bad[0]]}" if row_ids is not None else f"row {bad[0]}"
+        raise ValueError(
+            f"linear probe: the embeddings of {len(bad)} of {len(x)} labelled rows are NaN or infinite (the first: "
+            f"{first}); check those rows' inputs (a value far outside the others?)"
+        )
 
 
 def _numpy(a) -> np.ndarray:
