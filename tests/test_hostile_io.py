@@ -112,6 +112,24 @@ def test_refuse_code_names_the_file_for_each_way_a_folder_asks_for_code(tmp_path
         refuse_code(str(folder), "hf encoder")
 
 
+def test_transformers_is_never_allowed_to_run_folder_code_even_past_our_check(tmp_path, monkeypatch):
+    """Belt and braces: with the folder check switched off, trust_remote_code=False still refuses, without the
+    prompt on stdin and without transformers' advice to pass trust_remote_code=True."""
+    from transformers import AutoConfig, AutoModel
+
+    from mmtransfer import hub
+
+    marker = tmp_path / "MARKER"
+    evil = evil_folder(tmp_path / "evil", marker)
+    monkeypatch.setattr(hub, "refuse_code", lambda name, what: None)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("y\ny\n"))
+    for loader in (AutoConfig, AutoModel):
+        with pytest.raises(hub.ModelFolderError, match="it asks to run code of its own; mmtransfer never runs") as e:
+            hub.from_pretrained(loader, str(evil), what="hf encoder")
+        assert "trust_remote_code" not in str(e.value)
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------- failure 10: pickles, and a bad cache limit
 
 

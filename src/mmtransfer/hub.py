@@ -136,6 +136,11 @@ def from_pretrained(loader, name: str, *, what: str, local_files_only: bool = Tr
     try:
         with offline(local_files_only):
             return loader.from_pretrained(name, local_files_only=local_files_only, trust_remote_code=False, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        refuse_code(name, what)  # a hub id just downloaded: its files are in the cache now, and name the file
+        raise ModelFolderError(f"{what} {name}", f"it asks to run code of its own; {NEVER}") from None
     except pickle.UnpicklingError as err:
         folder = model_folder(name)
         pickles = sorted(p.name for p in folder.glob("*.bin")) if folder is not None else []
@@ -148,8 +153,11 @@ def from_pretrained(loader, name: str, *, what: str, local_files_only: bool = Tr
 def refused_pickle(path, err: Exception) -> str:
     """Why torch's safe unpickler refused ``path``, in our words (never torch's advice to turn the check off)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(err))
-    holds = f"it names {found.group(1)}, which is not a tensor" if found else "it holds more than tensors"
-    return f"{path} is a pickle that torch refused to read ({holds}); nothing in it was run"
+    if found:
+        why = f"a pickle that torch refused to read (it names {found.group(1)}, which is not a tensor)"
+    else:
+        why = "not a plain PyTorch state dict (damaged, or another format): torch refused to read it"
+    return f"{path} is {why}; nothing in it was run"
 
 
 def _read_json(path: Path) -> dict:
