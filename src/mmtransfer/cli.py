@@ -326,7 +326,7 @@ def predict(
             console=console,
         )
     except USER_ERRORS as err:
-        _fail(err)
+        _fail(err, out)
     message = f"predicted {done['rows']} row(s) -> {done['out']}"
     if done["rejected"]:
         message += f"; {done['rejected_rows']} row(s) set aside, with their reasons -> {done['rejected']}"
@@ -717,7 +717,7 @@ def graft(
         save_weights(model, out)
         report.save(out.with_suffix(".report.json"))
     except OSError as err:
-        _fail(err)
+        _fail(err, out.with_suffix(".report.json"))
     console.print(f"grafted weights: {out}; report: {out.with_suffix('.report.json')} and .md", markup=False)
 
 
