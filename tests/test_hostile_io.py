@@ -149,10 +149,13 @@ def test_pickled_weights_are_one_line_in_our_words_and_nothing_in_them_runs(tmp_
     (folder / "model.safetensors").unlink()
     torch.save({**state, "payload": Payload()}, folder / "pytorch_model.bin")
     torch.save({"weight": torch.zeros(2), "payload": Payload()}, tmp_path / "evil.pt")
+    damaged = tiny_bert(tmp_path / "damaged")  # a cut-off model.safetensors: safetensors' own error, not an OSError
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:500])
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(DIGITS))
     for source, names in [
         (str(folder), [str(folder / "pytorch_model.bin"), "torch refused", "model.safetensors"]),
         (str(tmp_path / "evil.pt"), [str(tmp_path / "evil.pt"), "torch refused", "posix.system"]),
+        (str(damaged), [f"{damaged / 'model.safetensors'} is not a readable safetensors file"]),
     ]:
         result = runner.invoke(app, ["graft", source, str(tmp_path / "cfg.yaml"), "--dry-run"])
         assert result.exit_code == 2, result.output

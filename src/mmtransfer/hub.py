@@ -114,8 +114,9 @@ def refuse_code(name: str, what: str) -> None:
         settings = _read_json(folder / file)
         auto_map = settings.get("auto_map")
         if auto_map:
-            module = _first_module(auto_map) or "its own module"
-            raise ModelFolderError(f"{what} {name}", f"{file} asks to run {folder / module} (auto_map); {NEVER}")
+            module = _first_module(auto_map)
+            wants = f"{folder / module}" if module else "code of its own"
+            raise ModelFolderError(f"{what} {name}", f"{file} asks to run {wants} (auto_map); {NEVER}")
     model_type = _read_json(folder / "config.json").get("model_type")
     scripts = sorted(p.name for p in folder.glob("*.py"))
     if isinstance(model_type, str) and scripts and not _known_model_type(model_type):
@@ -148,6 +149,19 @@ def from_pretrained(loader, name: str, *, what: str, local_files_only: bool = Tr
         raise ModelFolderError(
             f"{what} {name}", f"{refused_pickle(file, err)}; give the weights as model.safetensors"
         ) from None
+    except RuntimeError as err:
+        if "mismatched" not in str(err):
+            raise
+        raise ModelFolderError(  # transformers' report above lists each tensor; its advice to ignore them is not ours
+            f"{what} {name}", "its weights' shapes do not match its config.json (the load report above lists them)"
+        ) from None
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        folder = model_folder(name)
+        files = sorted(p.name for p in folder.glob("*.safetensors")) if folder is not None else []
+        file = folder / files[0] if len(files) == 1 else folder or name
+        raise ModelFolderError(f"{what} {name}", f"{file} is not a readable safetensors file ({err})") from None
 
 
 def refused_pickle(path, err: Exception) -> str:

@@ -67,7 +67,7 @@ def _hf(name: str, local_files_only: bool) -> Source:
 
     path = resolve_model_path(name)
     try:
-        model = from_pretrained(AutoModel, path, what=f"graft source hf:{name}", local_files_only=local_files_only)
+        model = from_pretrained(AutoModel, path, what="graft source", local_files_only=local_files_only)
     except ModelFolderError:
         raise
     except (OSError, ValueError) as err:
