@@ -60,7 +60,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     except OSError as err:
         raise OSError(f"{path}: cannot read it ({err.strerror or err})") from None
     except Exception:  # not a torch file at all: a zip or pickle error
-        raise ValueError(f"{path}: not a PyTorch state-dict file (damaged, or another format)") from None
+        raise ValueError(f"{path} is not a plain state dict of tensors (damaged, or another format)") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # a training checkpoint: take its weights
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}

@@ -168,9 +168,9 @@ def refused_pickle(path, err: Exception) -> str:
     """Why torch's safe unpickler refused ``path``, in our words (never torch's advice to turn the check off)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(err))
     if found:
-        why = f"a pickle that torch refused to read (it names {found.group(1)}, which is not a tensor)"
+        why = f"a pickle that torch's safe reader (weights_only=True) refused: it names {found.group(1)}, not a tensor"
     else:
-        why = "not a plain PyTorch state dict (damaged, or another format): torch refused to read it"
+        why = "not a plain state dict of tensors (damaged, or another format): torch's safe reader refused it"
     return f"{path} is {why}; nothing in it was run"
 
 

@@ -64,7 +64,7 @@ def write_json(path: str | Path, data) -> Path:
 def save_figure(fig, path: str | Path, **kwargs) -> Path:
     """``fig.savefig(path)``, whole or not at all (the format follows ``path``'s suffix)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or None, **kwargs)
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower() or None, **kwargs)
     return Path(path)
 
 
