@@ -34,7 +34,7 @@ errors = make_console(stderr=True)
 USER_ERRORS = (ConfigError, ValueError, OSError, ImportError, KeyError, RuntimeError)
 
 
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO}
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}  # a write refused
 
 
 def _fail(err: Exception, where: Path | None = None) -> None:
