@@ -297,10 +297,15 @@ def write_assets(run_dir: Path, cfg: RunConfig, data) -> dict:
             from transformers import AutoConfig
 
             from mmtransfer.encoders.hf import resolve_model_path
-            from mmtransfer.hub import offline
+            from mmtransfer.hub import from_pretrained, offline
 
             with offline(enc.local_files_only):
-                config = AutoConfig.from_pretrained(resolve_model_path(enc.path), local_files_only=enc.local_files_only)
+                config = from_pretrained(
+                    AutoConfig,
+                    resolve_model_path(enc.path),
+                    what=f"hf encoder {name}",
+                    local_files_only=enc.local_files_only,
+                )
             config.save_pretrained(str(assets / "encoders" / name))
     state = json.loads(json.dumps(data.preprocessing)) if data.preprocessing else {}
     pre = getattr(data, "preprocessor", None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 BATCH = 32  # images per forward: larger batches buy no speed on a CPU and cost memory (activations)
 KEY_BYTES = 16  # a key is the first 128 bits of a sha256
+MAX_GB = 1e6  # a petabyte: any larger limit is a typo
 
 
 def cache_dir() -> Path:
@@ -249,12 +251,18 @@ def _write(path: Path, keys: list[str], features: torch.Tensor) -> None:
     recognised; written to a temporary name and renamed, so a killed write leaves no partial entry."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mmtransfer.outputs import write_error
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # machines sharing a cache folder never collide
     key_tensor = _key_tensor(keys)
     meta = {"rows": str(len(features)), "sha256": _digest(key_tensor, features)}
-    save_file({"keys": key_tensor, "features": features.contiguous()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"keys": key_tensor, "features": features.contiguous()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+    except Exception as err:  # a full disk is safetensors' own error, not an OSError: one naming the file
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from None
 
 
 def _read(path: Path) -> torch.Tensor | str:
@@ -275,8 +283,18 @@ def _read(path: Path) -> torch.Tensor | str:
 
 
 def max_bytes() -> int:
-    """The cache's size limit: MMTRANSFER_CACHE_MAX_GB gigabytes (default 10)."""
-    return int(float(os.environ.get("MMTRANSFER_CACHE_MAX_GB", "10")) * 1e9)
+    """The cache's size limit: MMTRANSFER_CACHE_MAX_GB gigabytes (default 10), a number from 0 to 1e6."""
+    text = os.environ.get("MMTRANSFER_CACHE_MAX_GB", "10")
+    try:
+        gigabytes = float(text)
+    except ValueError:
+        gigabytes = math.nan
+    if not 0 <= gigabytes <= MAX_GB:  # also nan and inf
+        raise ValueError(
+            f"MMTRANSFER_CACHE_MAX_GB={text!r}: the feature cache's size limit must be a number of gigabytes "
+            f"from 0 to {MAX_GB:,.0f} (default 10)"
+        )
+    return int(gigabytes * 1e9)
 
 
 def entries(directory: Path | None = None) -> list[Path]:

@@ -1,4 +1,9 @@
-"""Weights on disk: safetensors only, written atomically; loading never runs code from the file."""
+"""Weights on disk: safetensors only, written atomically; loading never runs code from the file.
+
+A write that fails (a full disk, a folder without write permission, a read-only file system) is one ``OSError``
+naming the file, e.g. ``run/model.safetensors: no space left on device``, and leaves nothing under that name:
+safetensors reports these as its own ``SafetensorError``, which is not an ``OSError``.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,57 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmtransfer.outputs import write_error
+
 
 def save_weights(state: Mapping[str, torch.Tensor] | nn.Module, path: str | Path) -> Path:
     """Write a state dict as safetensors via a temporary file and a rename, so a crash never leaves half a file."""
     if isinstance(state, nn.Module):
         state = state.state_dict()
+    return save_tensors({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path)
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``tensors`` as safetensors to a temporary name beside ``path`` and rename it over ``path`` once
+    complete; on any failure the temporary file is removed and the error is an ``OSError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
-        save_file(tensors, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        save_file(dict(tensors), tmp, metadata=metadata)
         os.replace(tmp, path)
+    except Exception as err:
+        raise write_error(path, err) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a PyTorch state-dict file (``.pt``/``.pth``/``.bin``/``.ckpt``), read with
+    ``torch.load(weights_only=True)``: a pickle that holds more than tensors is refused, and nothing in it runs."""
+    import pickle
+
+    from mmtransfer.hub import refused_pickle
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # names what it refused, and advice we never repeat
+        raise ValueError(refused_pickle(path, err)) from None
+    except OSError as err:
+        raise OSError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except Exception:  # not a torch file at all: a zip or pickle error
+        raise ValueError(f"{path} is not a plain state dict of tensors (damaged, or another format)") from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]  # a training checkpoint: take its weights
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
+    if not tensors:
+        raise ValueError(f"{path}: holds no tensors by name")
+    return tensors
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

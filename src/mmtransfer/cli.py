@@ -6,6 +6,7 @@ a mistake in it, or a missing file it names, is reported at once.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -33,11 +34,23 @@ errors = make_console(stderr=True)
 USER_ERRORS = (ConfigError, ValueError, OSError, ImportError, KeyError, RuntimeError)
 
 
-def _fail(err: Exception) -> None:
-    """One ``error:`` line (details below it), on stderr, exit code 2; the message is printed literally."""
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}  # a write refused
+
+
+def _fail(err: Exception, where: Path | None = None) -> None:
+    """One ``error:`` line (details below it), on stderr, exit code 2; the message is printed literally.
+
+    A disk's error (no space, no permission, a read-only folder) names its file, or else ``where`` (the folder
+    being written): Python's own form of it names no file for a failed write."""
     if os.environ.get("MMTRANSFER_DEBUG"):
         raise err
     message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
+    if isinstance(err, OSError) and err.strerror and (err.filename or (where and err.errno in _DISK_ERRNOS)):
+        message = f"{err.filename or where}: {err.strerror[0].lower()}{err.strerror[1:]}"
+    elif type(err).__name__ == "SafetensorError":  # safetensors' own error for a failed write is no OSError
+        from mmtransfer.outputs import write_error
+
+        message = str(write_error(where or "a weights file", err))
     errors.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
@@ -106,9 +119,13 @@ def fit(
 
         metrics = fit_run(cfg, out, console, overwrite=overwrite, resume=resume)
     except USER_ERRORS as err:
-        _fail(err)
+        _fail(err, out)
     except KeyboardInterrupt:
         _interrupted(out, config, data, label, set_ or [])
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # a full disk under safetensors; anything else is a bug
+            raise
+        _fail(err, out)
     from mmtransfer.train import process_state
 
     if not process_state(cfg.train.cpu).is_main_process:  # several processes: one prints the result
@@ -188,11 +205,15 @@ def cache_info() -> None:
     """Where the feature cache is, how many entries and bytes it holds, and its size limit."""
     from mmtransfer import cache
 
-    files = cache.entries()
-    size = sum(p.stat().st_size for p in files)
+    try:
+        limit = cache.max_bytes()
+        files = cache.entries()
+        size = sum(p.stat().st_size for p in files)
+    except USER_ERRORS as err:
+        _fail(err)
     console.print(
         f"feature cache {cache.cache_dir()}: {len(files)} entries, {size / 1e6:.1f} MB "
-        f"(limit {cache.max_bytes() / 1e9:g} GB, MMTRANSFER_CACHE_MAX_GB; least recently used go first)",
+        f"(limit {limit / 1e9:g} GB, MMTRANSFER_CACHE_MAX_GB; least recently used go first)",
         markup=False,
     )
     for path in files[-10:]:
@@ -204,7 +225,10 @@ def cache_clear() -> None:
     """Remove every entry of the feature cache (they are computed again when needed)."""
     from mmtransfer import cache
 
-    count, size = cache.clear()
+    try:
+        count, size = cache.clear()
+    except USER_ERRORS as err:
+        _fail(err)
     console.print(f"removed {count} entries, {size / 1e6:.1f} MB, from {cache.cache_dir()}", markup=False)
 
 
@@ -257,7 +281,9 @@ def evaluate(
         if "plot_png" in metrics:
             console.print(f"predicted vs true: {metrics['plot_png']}", markup=False)
         if json_out:
-            json_out.write_text(json.dumps(metrics, indent=1))
+            from mmtransfer.outputs import write_json
+
+            write_json(json_out, metrics)
     except USER_ERRORS as err:
         _fail(err)
 
@@ -300,7 +326,7 @@ def predict(
             console=console,
         )
     except USER_ERRORS as err:
-        _fail(err)
+        _fail(err, out)
     message = f"predicted {done['rows']} row(s) -> {done['out']}"
     if done["rejected"]:
         message += f"; {done['rejected_rows']} row(s) set aside, with their reasons -> {done['rejected']}"
@@ -693,7 +719,7 @@ def graft(
         save_weights(model, out)
         report.save(out.with_suffix(".report.json"))
     except OSError as err:
-        _fail(err)
+        _fail(err, out.with_suffix(".report.json"))
     console.print(f"grafted weights: {out}; report: {out.with_suffix('.report.json')} and .md", markup=False)
 
 

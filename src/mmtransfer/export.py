@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmtransfer.outputs import atomic_path, write_json
+
 
 class _Positional(nn.Module):
     """The model with its batch dict spelled out as positional tensors, in a fixed order (ONNX has no dicts)."""
@@ -73,18 +75,54 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
     """Write ``out`` (.onnx) and ``out``.json; return the description, with the largest difference between
     onnxruntime's logits and PyTorch's on real rows (an error above ``atol``)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 (checked before any work; _export_checked uses it)
     except ImportError:
         raise ImportError("export needs onnx and onnxruntime: pip install 'mmtransfer[onnx]'") from None
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    final, out = out, out.with_name(f".{out.name}.tmp")  # renamed only once the check has passed
+    final = Path(out)
     model = run.model.eval()
     merged = merge_lora(model)
     batch = sample_batch(run, data)
     names = sorted(batch)
     wrapped = _Positional(model, names).eval()
     example = tuple(batch[n] for n in names)
+    with atomic_path(final) as out:  # renamed over ``final`` only once the check has passed
+        diff, checked = _export_checked(wrapped, example, names, out, opset)
+        if not diff <= atol:
+            raise ValueError(
+                f"{final}: onnxruntime differs from PyTorch by {diff:.2e} (more than {atol:g}); not written"
+            )
+    description = {
+        "format": "onnx",
+        "opset": opset,
+        "file": final.name,
+        "inputs": [
+            {"name": n, "dtype": str(batch[n].dtype).removeprefix("torch."), "shape": ["batch", *batch[n].shape[1:]]}
+            for n in names
+        ],
+        "outputs": [{"name": "logits", "shape": ["batch", len(run.classes)]}],
+        "classes": run.classes,
+        "task": getattr(run.model, "task", "classification"),
+        "temperature": getattr(run.model, "temperature", 1.0),  # already applied: the logits are divided by it
+        "thresholds": getattr(run.model, "thresholds", None),  # multilabel: sigmoid(logit) >= threshold, per label
+        "preprocessing": json.loads((run.path / "preprocessing.json").read_text())
+        if (run.path / "preprocessing.json").is_file()
+        else {"dataset": run.cfg.data.dataset},
+        "lora_merged": merged,
+        "checked_rows": checked,
+        "max_abs_diff": diff,
+    }
+    if description["task"] == "regression":  # one value per row, in the target's units
+        description["outputs"] = [{"name": "logits", "shape": ["batch"], "meaning": f"predicted {run.classes[0]}"}]
+    write_json(final.with_suffix(".json"), description)
+    return description
+
+
+def _export_checked(wrapped: nn.Module, example: tuple, names: list[str], out: Path, opset: int) -> tuple[float, int]:
+    """Write the ONNX graph to ``out``; return the largest difference from PyTorch's logits on ``example`` and on
+    a batch of half its size (the batch axis really is dynamic), and the number of rows checked."""
+    import onnxruntime as ort
+
+    batch = dict(zip(names, example, strict=True))
     dynamic = {n: {0: "batch"} for n in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes it takes as constant, and the deprecation
@@ -108,31 +146,4 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         expected_half = wrapped(*(half[n] for n in names)).numpy()
     got_half = session.run(None, {n: half[n].numpy() for n in names})[0]
     diff = float(max(np.abs(got - expected).max(), np.abs(got_half - expected_half).max()))
-    if not diff <= atol:
-        out.unlink()
-        raise ValueError(f"{final}: onnxruntime differs from PyTorch by {diff:.2e} (more than {atol:g}); not written")
-    out.replace(final)
-    description = {
-        "format": "onnx",
-        "opset": opset,
-        "file": final.name,
-        "inputs": [
-            {"name": n, "dtype": str(batch[n].dtype).removeprefix("torch."), "shape": ["batch", *batch[n].shape[1:]]}
-            for n in names
-        ],
-        "outputs": [{"name": "logits", "shape": ["batch", len(run.classes)]}],
-        "classes": run.classes,
-        "task": getattr(run.model, "task", "classification"),
-        "temperature": getattr(run.model, "temperature", 1.0),  # already applied: the logits are divided by it
-        "thresholds": getattr(run.model, "thresholds", None),  # multilabel: sigmoid(logit) >= threshold, per label
-        "preprocessing": json.loads((run.path / "preprocessing.json").read_text())
-        if (run.path / "preprocessing.json").is_file()
-        else {"dataset": run.cfg.data.dataset},
-        "lora_merged": merged,
-        "checked_rows": int(len(got)),
-        "max_abs_diff": diff,
-    }
-    if description["task"] == "regression":  # one value per row, in the target's units
-        description["outputs"] = [{"name": "logits", "shape": ["batch"], "meaning": f"predicted {run.classes[0]}"}]
-    final.with_suffix(".json").write_text(json.dumps(description, indent=1))
-    return description
+    return diff, int(len(got))

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from mmtransfer.config import did_you_mean
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
+from mmtransfer.outputs import atomic_path, save_figure
 from mmtransfer.preprocess import RowSplit
 
 
@@ -271,7 +272,6 @@ def predict(
     rows = read_rows(run, source, on_bad_rows=on_bad_rows, id_column=id_column, encoding=encoding, console=console)
     id_column = rows.id_column
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     label = run.cfg.data.label
     regression = getattr(run.model, "task", "classification") == "regression"
     multilabel = getattr(run.model, "task", "classification") == "multilabel"
@@ -283,7 +283,8 @@ def predict(
     header += [label] if rows.has_labels else []
     show = progress and console is not None and console.is_terminal
     written = 0
-    with out.open("w", newline="") as f, progress_bar(show, console) as bar:
+    # written to a temporary name and renamed when complete: a killed predict leaves no partial CSV under ``out``
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as f, progress_bar(show, console) as bar:
         writer = csv.writer(f)
         writer.writerow(header)
         task = bar.add_task("predict", total=len(rows.split), status="")
@@ -304,7 +305,7 @@ def predict(
     rejected_path = out.with_name(f"{out.stem}.rejected.csv")
     if rows.rejected:
         names = rows.table[id_column] if id_column else None
-        pd.DataFrame(
+        rejected = pd.DataFrame(
             [
                 {
                     **({id_column: _plain(names.loc[b.row])} if id_column else {}),
@@ -315,7 +316,9 @@ def predict(
                 }
                 for b in rows.rejected
             ]
-        ).to_csv(rejected_path, index=False)
+        )
+        with atomic_path(rejected_path) as tmp:
+            rejected.to_csv(tmp, index=False)
     else:
         rejected_path.unlink(missing_ok=True)  # a previous run's file would say rows were rejected now
         rejected_path = None
@@ -372,5 +375,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -12,6 +12,7 @@ predictor is a verified run folder (:mod:`mmtransfer.artifact`) loaded in memory
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -213,13 +214,23 @@ class Predictor:
     # ------------------------------------------------------------ saving
 
     def save(self, path: str | Path) -> Path:
-        """Copy the run folder (a self-contained artifact) to ``path``."""
+        """Copy the run folder (a self-contained artifact) to ``path``: to a temporary folder beside it, renamed
+        once complete, so a full disk or a kill never leaves half a run folder under ``path``."""
+        from mmtransfer.outputs import write_error
+
         run = self._fitted()
         path = Path(path)
         if path.resolve() != run.path.resolve():
             if path.exists():
                 raise FileExistsError(f"{path} exists; save into a new folder")
-            shutil.copytree(run.path, path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                shutil.copytree(run.path, tmp)
+                os.rename(tmp, path)
+            except OSError as err:  # shutil.Error too
+                raise write_error(path, err) from None
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

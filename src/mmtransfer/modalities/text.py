@@ -125,7 +125,7 @@ def load_tokenizer(name: str, lowercase: bool = True):
     """
     from transformers import AutoTokenizer, BertTokenizer
 
-    from mmtransfer.hub import offline, why_not_loaded
+    from mmtransfer.hub import from_pretrained, offline, why_not_loaded
 
     folder = resolve_model_path(name)
     path = Path(folder)
@@ -137,7 +137,7 @@ def load_tokenizer(name: str, lowercase: bool = True):
             tokenizer = BertTokenizer(vocab=str(path / "vocab.txt"), do_lower_case=lowercase)
         else:
             with offline():
-                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+                tokenizer = from_pretrained(AutoTokenizer, folder, what="text tokenizer", local_files_only=True)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"text tokenizer {name!r}: {why_not_loaded(folder, err, True)}") from None
     if tokenizer.pad_token is None:  # GPT-style tokenizers have none; padding is masked out anyway

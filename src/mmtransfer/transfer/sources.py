@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmtransfer.checkpoint import load_weights
-from mmtransfer.hub import offline, why_not_loaded
+from mmtransfer.checkpoint import load_state_file, load_weights
+from mmtransfer.hub import ModelFolderError, from_pretrained, why_not_loaded
 
 
 @dataclass
@@ -54,16 +54,7 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
     if path.is_file() and path.suffix == ".safetensors":
         return Source(load_weights(path), str(path))
     if path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # the unpickler names what it refused
-            raise ValueError(f"{path}: not a plain state dict (read with weights_only=True): {err}") from None
-        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-            state = state["state_dict"]  # a training checkpoint: take its weights
-        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
-        if not tensors:
-            raise ValueError(f"{path}: holds no tensors by name")
-        return Source(tensors, str(path))
+        return Source(load_state_file(path), str(path))
     if path.exists():
         raise ValueError(f"{path}: not a run folder, Hugging Face folder, .safetensors or .pt/.pth/.bin file")
     raise FileNotFoundError(f"graft source not found: {text} (use hf:ID for a cached hub id, timm:NAME for timm)")
@@ -76,8 +67,9 @@ def _hf(name: str, local_files_only: bool) -> Source:
 
     path = resolve_model_path(name)
     try:
-        with offline(local_files_only):
-            model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+        model = from_pretrained(AutoModel, path, what="graft source", local_files_only=local_files_only)
+    except ModelFolderError:
+        raise
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"graft source hf:{name}: {why_not_loaded(path, err, local_files_only)}") from None
     return Source(dict(model.state_dict()), f"hf:{path}")
