@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ CORE_FILES = ("config.yaml", "model.safetensors", "labels.json", "inputs.json", 
 CHECKPOINT = "checkpoint.safetensors"  # the resumable state of a fit (mmtransfer.resume); never part of a finished run
 # Written into a finished run folder by later commands (export's default --out); loading never reads them.
 LATER_OUTPUTS = ("model.onnx", "model.json", ".model.onnx.tmp")
+LATER_TEMPORARY = re.compile(r"\.model\.\d+\.tmp\.(onnx|json)")  # a killed export's half-written file (outputs.py)
 TEMPERATURE_RANGE = (0.05, 20.0)  # the search range of calibration.fit_temperature
 
 
@@ -240,7 +242,8 @@ def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
         if name not in listed:
             raise ArtifactError(f"{path}: does not list {name}, which every run folder has (edited?)")
     for name in present:
-        if name not in listed and name != MANIFEST and not _transient(name) and name not in LATER_OUTPUTS:
+        later = name in LATER_OUTPUTS or LATER_TEMPORARY.fullmatch(name)
+        if name not in listed and name != MANIFEST and not _transient(name) and not later:
             raise ArtifactError(
                 f"{run_dir / name}: not listed in manifest.json (added after the run?); a run folder is exactly the "
                 "files its fit wrote: remove it to use the run"

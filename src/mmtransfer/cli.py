@@ -68,7 +68,13 @@ def fit(
     ] = False,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Continue the unfinished run in --out from its last checkpoint (same config)."),
+        typer.Option(
+            "--resume",
+            help=(
+                "Continue the unfinished run in --out from its last checkpoint (same config); a run killed before "
+                "its first checkpoint starts again."
+            ),
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     data: Annotated[

@@ -82,13 +82,19 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write atomically: a temporary file, fsynced, renamed over ``path``; the folder entry fsynced too."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mmtransfer.outputs import write_error
+
     tmp = path.with_name(f".{path.name}.tmp")
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(clean, str(tmp), metadata={"state": json.dumps(meta)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(clean, str(tmp), metadata={"state": json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as err:  # a full disk (safetensors' own error) or a refused write: one OSError naming the file
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from None
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -443,8 +443,10 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     """
     t = cfg.transfer
     exclude = list(t.exclude)
-    source_target = Path(t.source) / "target.json"
-    source_task = json.loads(source_target.read_text())["task"] if source_target.is_file() else "classification"
+    source_task = "classification"  # a weights file or a Hugging Face folder: no task of its own
+    if (Path(t.source) / "config.yaml").is_file():  # a run folder of ours (verified by load_source): its task, checked
+        source_task = load_config(Path(t.source) / "config.yaml").data.task
+        artifact.read_target(Path(t.source), source_task, artifact.read_labels(Path(t.source) / "labels.json"))
     # a head predicts its own task's outputs: a regression head never moves to or from a head of labels (a
     # classification or multi-label head moves by label name, as between classification heads)
     across_tasks = (source_task == "regression") != (data.task == "regression")

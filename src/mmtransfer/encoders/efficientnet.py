@@ -112,8 +112,12 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a state dict, or pickled code that weights_only refuses
+            from mmtransfer.checkpoint import load_state_file
+
+            return load_state_file(path)  # weights_only=True; a refusal in our words
+    except ValueError as err:
+        raise ValueError(f"efficientnet_lite: {err}") from None
+    except Exception as err:  # a truncated safetensors file
         raise ValueError(f"efficientnet_lite: cannot read weights {path}: {type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +42,10 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
         return _hf(text[3:], local_files_only)
     path = Path(text)
     if path.is_dir() and (path / "config.yaml").is_file():  # a run folder of ours (an HF folder has config.json)
-        from mmtransfer.artifact import verify
+        from mmtransfer.artifact import read_labels, verify
 
         verify(path)  # a run folder's files match its manifest, and its fit finished
-        labels = path / "labels.json"
-        classes = json.loads(labels.read_text()) if labels.is_file() else None
+        classes = read_labels(path / "labels.json")  # every run folder lists one; names checked
         return Source(load_weights(path), str(path), classes)
     if path.is_dir() and (path / "config.json").is_file():
         return _hf(text, local_files_only)
