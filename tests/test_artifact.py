@@ -229,6 +229,8 @@ def test_info_tells_what_the_run_holds(fitted_runs):
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "manifest ok: every file matches manifest.json" in out
+    digest = json.loads((fitted_runs["bert"] / "manifest.json").read_text())["digest"]
+    assert f"(digest {digest})" in out  # to compare with the one recorded when the run was made
     assert "caption tokens [12]" in out and " hf " in out
     assert "classes (3): cat, dog, owl" in out and "written with mmtransfer" in out
     assert "transferred from the Hugging Face model" in out  # the tiny BERT's weights are what it started from

@@ -393,7 +393,7 @@ def info(
     problem = None
     try:
         manifest = artifact.verify(run_dir, allow_unfinished=True)
-        verified = "ok: every file matches manifest.json"
+        verified = f"ok: every file matches manifest.json (digest {manifest.get('digest')})"
         if not manifest.get("complete"):
             verified = "UNFINISHED: the fit that wrote this folder did not finish (no file hashes to check)"
     except artifact.ArtifactError as err:
