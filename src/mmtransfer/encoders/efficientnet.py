@@ -115,8 +115,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             from mmtransfer.checkpoint import load_state_file
 
             return load_state_file(path)  # weights_only=True; a refusal in our words
-    except ValueError as err:
-        raise ValueError(f"efficientnet_lite: {err}") from None
+    except ValueError as err:  # load_state_file's reason, which names the file first
+        reason = str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
+        raise ValueError(f"efficientnet_lite: cannot read weights {path}: {reason}") from None
     except Exception as err:  # a truncated safetensors file
         raise ValueError(f"efficientnet_lite: cannot read weights {path}: {type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
