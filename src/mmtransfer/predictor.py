@@ -12,6 +12,7 @@ predictor is a verified run folder (:mod:`mmtransfer.artifact`) loaded in memory
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -20,23 +21,48 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from mmtransfer.config import RunConfig, validate
+from mmtransfer import artifact
+from mmtransfer.config import RunConfig, load_config, validate
+from mmtransfer.data import load_dataset
+from mmtransfer.display import make_console
+from mmtransfer.inference import probabilities, read_rows
+from mmtransfer.outputs import write_error
+from mmtransfer.runs import fit_run
+from mmtransfer.tables import AUDIO_SUFFIXES, IMAGE_SUFFIXES, read_folder, read_table
+from mmtransfer.train import evaluate
+from mmtransfer.transfer.distill import embed_all
 
 BUILTIN = ("digits", "mnist1d")
 SECTIONS = ("data", "model", "train", "transfer")
+NAMED = ("label", "config", "encoders", "path", "verbose")  # __init__'s named arguments, in order
+SCORES = {"classification": "accuracy", "regression": "r2", "multilabel": "subset_accuracy"}  # score by task
 
 
-class Predictor:
+class NotFitted(NotFittedError, RuntimeError):
+    """A fitted predictor's method called before ``fit``: a RuntimeError as it always was, and scikit-learn's
+    NotFittedError (an AttributeError too, so ``hasattr(p, "classes_")`` is False before ``fit``)."""
+
+
+class Predictor(BaseEstimator):
     """Fit a model on labelled data, then use it.
 
     ``config`` is a :class:`~mmtransfer.config.RunConfig`, a dict of sections or a YAML path. Keyword overrides
-    are sections (``train={"epochs": 5}``) or single fields with ``__`` for the dots (``train__lr=1e-3``).
-    ``encoders`` maps input names to your own ``nn.Module`` (with an int ``output_dim``, returning [B, D]).
-    ``path`` is where the run folder goes (default: a new temporary folder; ``save`` copies it).
+    are sections (``train={"epochs": 5}``) or single fields with ``__`` for the dots (``train__lr=1e-3``); a
+    field is applied after the sections, whatever their order.
+    ``encoders`` maps input names to your own ``nn.Module`` (with an int ``output_dim``, returning [B, D]); ``fit``
+    trains copies of them (the fitted ones are ``run_.model.encoders``).
+    ``path`` is where the run folder goes (default: a new temporary folder per ``fit``; ``save`` copies it).
     ``verbose``: print what ``mmtransfer fit`` prints (the column binding, the encoders, each epoch) and what
     the rows were used for; ``False``: nothing.
+
+    A scikit-learn estimator: ``get_params`` gives these arguments, overrides included, as they were given
+    (``Predictor(**p.get_params())`` builds the same predictor), ``set_params`` takes any of them, so ``clone``
+    and ``GridSearchCV(p, {"train__lr": [1e-3, 3e-3]})`` work; ``fit`` changes none of them. The fitted run is
+    ``run_``; ``path`` names its folder once fitted.
     """
 
     def __init__(
@@ -51,17 +77,51 @@ class Predictor:
     ):
         self.label = label
         self.config = config
-        self.encoders = dict(encoders or {})
-        self.path = Path(path) if path is not None else None
+        self.encoders = encoders
+        self.path = path
         self.verbose = verbose
         self.overrides = overrides
         self.run_ = None
 
+    # ------------------------------------------------------------ parameters (scikit-learn)
+
+    @property
+    def path(self) -> Path | None:
+        """The run folder once fitted; before, the ``path`` given (None: a temporary folder)."""
+        if self.run_ is not None:
+            return self.run_.path
+        return None if self._path is None else Path(self._path)
+
+    @path.setter
+    def path(self, value: str | Path | None) -> None:
+        self._path = value
+
+    def get_params(self, deep: bool = True) -> dict:
+        """``__init__``'s arguments as given, each override its own key (``train``, ``train__lr``)."""
+        named = {name: getattr(self, "_path" if name == "path" else name) for name in NAMED}
+        return {**named, **self.overrides}
+
+    def set_params(self, **params) -> Predictor:
+        """Set any argument of ``__init__``; a section (``train={...}``) or a field (``train__epochs=2``) is an
+        override, as in ``__init__``."""
+        for key, value in params.items():
+            if key in NAMED:
+                setattr(self, key, value)
+            elif _override_key(key):
+                self.overrides[key] = value
+            else:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for Predictor: give one of {', '.join(NAMED)}, a section "
+                    f"({', '.join(SECTIONS)}) or a field as section__field"
+                )
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.run_ is not None
+
     # ------------------------------------------------------------ fitting
 
     def _config(self) -> RunConfig:
-        from mmtransfer.config import load_config
-
         if isinstance(self.config, (str, Path)):
             raw = load_config(self.config).model_dump(mode="json")
         elif isinstance(self.config, RunConfig):
@@ -70,10 +130,11 @@ class Predictor:
             raw = RunConfig.model_validate(self.config or {}).model_dump(mode="json")
         if self.label is not None:  # otherwise the config's (default "label")
             raw["data"]["label"] = self.label
-        for key, value in self.overrides.items():
+        # sections first, then fields: a field set on a clone (GridSearchCV) wins over its section
+        for key, value in sorted(self.overrides.items(), key=lambda item: "__" in item[0]):
             if key in SECTIONS and isinstance(value, dict):
                 raw[key] = {**raw.get(key, {}), **value}
-            elif "__" in key and key.split("__")[0] in SECTIONS:
+            elif _override_key(key) and key not in SECTIONS:
                 *parents, last = key.split("__")
                 node = raw
                 for part in parents:
@@ -86,41 +147,30 @@ class Predictor:
                 )
         return validate(raw, "Predictor config")
 
-    def fit(self, train, valid=None) -> Predictor:
+    def fit(self, train, y=None, *, valid=None) -> Predictor:
         """Train and select on the rows given: no row of ``train`` is held out for test (score held-out data of
         your own with :meth:`evaluate`). The rows that select the model (early stopping, the best epoch, the
         temperature) are ``valid`` if given, else a stratified part of ``train`` (``data.val_fraction``; under a
         label budget, of the budget); ``metrics.json`` scores them as its "test" and says so. A built-in dataset
-        (``"digits"``) keeps its own test split."""
-        from mmtransfer import artifact
-        from mmtransfer.display import make_console
-        from mmtransfer.runs import fit_run
-
+        (``"digits"``) keeps its own test split. ``y``, as scikit-learn gives it, is the label column of a
+        ``train`` DataFrame that lacks one; the constructor's arguments stay as they were."""
         cfg = self._config()
         if valid is not None and (cfg.train.validation == "none" or cfg.data.k_per_class or cfg.data.label_fraction):
             raise ValueError(
                 "Predictor.fit: valid rows are given, but with train.validation none or a label budget they would "
                 "not select the model (a budget selects with its own labels); drop valid, or set validation: split"
             )
-        source, data = None, {}
-        if isinstance(train, str) and train in BUILTIN:
-            data = {"dataset": train, "table": None, "folder": None}
-        elif valid is not None or isinstance(train, pd.DataFrame):
-            source = _table(train, valid, cfg)
-            data = {"table": None, "folder": None} | ({"split_column": "_split"} if valid is not None else {})
-        else:  # a path: recorded in the run folder, with which of its rows trained and selected (splits.json)
-            where = Path(train).resolve()
-            data = {"folder": str(where), "table": None} if where.is_dir() else {"table": str(where), "folder": None}
+        source, data = _source(_with_labels(train, y, cfg.data.label, cfg.data.label_separator), valid, cfg)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
-        out = self.path or Path(tempfile.mkdtemp(prefix="mmtransfer-predictor-"))
+        # fitting again into a folder given replaces the previous run there; else each fit has a folder of its own
+        out = Path(self._path) if self._path is not None else Path(tempfile.mkdtemp(prefix="mmtransfer-predictor-"))
         console = make_console(quiet=not self.verbose)
         if not self.verbose:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
-        # fitting again into the same folder replaces the previous run there
-        metrics = fit_run(cfg, out, console, source=source, modules=self.encoders, overwrite=self.path is not None,
+        modules = copy.deepcopy(dict(self.encoders or {}))  # the modules given stay as given (scikit-learn's clone)
+        metrics = fit_run(cfg, out, console, source=source, modules=modules, overwrite=self._path is not None,
                           test=False)  # fmt: skip
-        self.run_ = artifact.load(out, modules=self.encoders)
-        self.path = out
+        self.run_ = artifact.load(out, modules=modules)
         labels = metrics["labels"]
         held = ("no rows held out for test: score held-out data with evaluate(data)" if "scored" in metrics
                 else f"{metrics['test']['n']} rows of its own test split scored")  # fmt: skip
@@ -138,16 +188,16 @@ class Predictor:
     def classes_(self) -> list[str]:
         return self._fitted().classes
 
-    def _fitted(self):
+    def _fitted(self) -> artifact.Run:
         if self.run_ is None:
-            raise RuntimeError("this Predictor is not fitted yet: call fit(data) or Predictor.load(path)")
+            raise NotFitted("this Predictor is not fitted yet: call fit(data) or Predictor.load(path)")
         return self.run_
+
+    def _task(self) -> str:
+        return getattr(self._fitted().model, "task", "classification")
 
     def _split(self, data, need_labels: bool = False):
         """(split, row ids) of ``data`` through the fitted preprocessing."""
-        from mmtransfer.data import load_dataset
-        from mmtransfer.inference import read_rows
-
         run = self._fitted()
         if isinstance(data, str) and data in BUILTIN:
             cfg = run.cfg.data.model_copy(update={"dataset": data, "table": None, "folder": None})
@@ -162,7 +212,7 @@ class Predictor:
     def predict_proba(self, data) -> pd.DataFrame:
         """One row per row of ``data`` (indexed by its row id), one probability column per class (per label for
         a multi-label run, each its own sigmoid)."""
-        if getattr(self._fitted().model, "task", "classification") == "regression":
+        if self._task() == "regression":
             raise ValueError("a regression run predicts numbers, not probabilities: use predict")
         probs, ids = self._outputs(data)
         probs = probs if probs is not None else np.zeros((0, len(self.classes_)))
@@ -170,8 +220,6 @@ class Predictor:
 
     def _outputs(self, data) -> tuple[np.ndarray | None, list]:
         """The model's outputs for ``data`` as ``probabilities`` gives them (None for no rows), and the row ids."""
-        from mmtransfer.inference import probabilities
-
         split, ids = self._split(data)
         chunks = [p for _, p in probabilities(self._fitted().model, split)]
         return (torch.cat(chunks).numpy() if chunks else None), ids
@@ -179,8 +227,7 @@ class Predictor:
     def predict(self, data) -> np.ndarray:
         """The predicted class name of every row of ``data``; for a regression run the number (in the target's
         units); for a multi-label run the list of labels at or above their thresholds."""
-        model = self._fitted().model
-        task = getattr(model, "task", "classification")
+        model, task = self._fitted().model, self._task()
         if task == "regression":
             values, _ = self._outputs(data)
             return values if values is not None else np.zeros(0)
@@ -194,30 +241,29 @@ class Predictor:
         return np.asarray(self.classes_, dtype=object)[probs.to_numpy().argmax(1)]
 
     def evaluate(self, data) -> dict:
-        """Accuracy, macro-F1, loss, confusion matrix and per-class precision / recall / F1 on labelled ``data``."""
-        from mmtransfer.train import evaluate
-
+        """Accuracy, macro-F1, loss, confusion matrix and per-class precision / recall / F1 on labelled ``data``
+        (a regression run: RMSE, MAE, R^2; a multi-label run: micro- and macro-F1, subset accuracy, mAP)."""
         split, _ = self._split(data, need_labels=True)
         return evaluate(self._fitted().model, split)
 
     def embed(self, data) -> np.ndarray:
         """The fused embedding that the head reads, [N, D], for every row of ``data``."""
-        from mmtransfer.transfer.distill import embed_all
-
         split, _ = self._split(data)
         return embed_all(self._fitted().model, split).numpy()
 
-    def score(self, data) -> float:
-        """Accuracy on labelled ``data`` (scikit-learn's ``score``)."""
-        return float(self.evaluate(data)["accuracy"])
+    def score(self, data, y=None) -> float:
+        """scikit-learn's ``score`` on labelled ``data`` (or ``data`` and its labels ``y``), by the run's task:
+        accuracy; R^2 for a regression run (as ``RegressorMixin``); subset accuracy (every label of the set right)
+        for a multi-label run."""
+        run = self._fitted()
+        data = _with_labels(data, y, run.cfg.data.label, run.cfg.data.label_separator)
+        return float(self.evaluate(data)[SCORES[self._task()]])
 
     # ------------------------------------------------------------ saving
 
     def save(self, path: str | Path) -> Path:
         """Copy the run folder (a self-contained artifact) to ``path``: to a temporary folder beside it, renamed
         once complete, so a full disk or a kill never leaves half a run folder under ``path``."""
-        from mmtransfer.outputs import write_error
-
         run = self._fitted()
         path = Path(path)
         if path.resolve() != run.path.resolve():
@@ -236,19 +282,49 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, *, encoders: dict[str, nn.Module] | None = None) -> Predictor:
         """A fitted predictor from a run folder (verified); ``encoders`` supplies modules it was given in Python."""
-        from mmtransfer import artifact
-
         run = artifact.load(path, modules=encoders)
         predictor = cls(label=run.cfg.data.label, config=run.cfg, encoders=encoders, path=path)
         predictor.run_ = run
         return predictor
 
 
+def _override_key(key: str) -> bool:
+    """Whether ``key`` names a section (``train``) or a field in one (``train__lr``, ``model__encoders__image``)."""
+    return key in SECTIONS or ("__" in key and key.split("__")[0] in SECTIONS)
+
+
+def _with_labels(data, y, label: str, separator: str):
+    """``data`` as it is without ``y``; with it, a copy of the DataFrame ``data`` with ``y`` as its ``label``
+    column (a label set given as a list is joined with the run's separator, as a table holds it)."""
+    if y is None:
+        return data
+    if isinstance(y, (pd.DataFrame, str, Path)):
+        raise TypeError("Predictor: the second argument is y, the labels; give validation rows as valid=...")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError("Predictor: with y given, the data must be a DataFrame of the inputs")
+    if label in data.columns:
+        raise ValueError(f"Predictor: the data has a column {label!r} and y is given too; give the labels once")
+    if len(y) != len(data):
+        raise ValueError(f"Predictor: {len(y)} labels in y for {len(data)} rows of data")
+    values = [separator.join(v) if isinstance(v, (list, tuple, set, np.ndarray)) else v for v in y]
+    return data.assign(**{label: values})
+
+
+def _source(train, valid, cfg: RunConfig) -> tuple[pd.DataFrame | None, dict]:
+    """(a table given in memory or None, the data fields that say where the rows are) for ``fit``."""
+    if isinstance(train, str) and train in BUILTIN:
+        return None, {"dataset": train, "table": None, "folder": None}
+    if valid is not None or isinstance(train, pd.DataFrame):
+        split = {"split_column": "_split"} if valid is not None else {}
+        return _table(train, valid, cfg), {"table": None, "folder": None} | split
+    # a path: recorded in the run folder, with which of its rows trained and selected (splits.json)
+    where = Path(train).resolve()
+    return None, {"folder": str(where), "table": None} if where.is_dir() else {"table": str(where), "folder": None}
+
+
 def _table(train, valid, cfg: RunConfig):
     """The training table as a DataFrame (or a path as it is); with ``valid``, both in one with a split column
     (train rows: train; valid rows: val)."""
-    from mmtransfer.tables import read_folder
-
     if valid is None:
         return train
 
@@ -260,8 +336,6 @@ def _table(train, valid, cfg: RunConfig):
             df, base, _ = read_folder(path, cfg.data.label)
             df = df.drop(columns=["split"], errors="ignore")  # train and valid decide the splits here
         else:
-            from mmtransfer.tables import read_table
-
             df, base, _ = read_table(
                 path, encoding=cfg.data.encoding, sep=cfg.data.sep, header=cfg.data.header, names=cfg.data.names
             )
@@ -273,8 +347,6 @@ def _table(train, valid, cfg: RunConfig):
 
 def _absolute_paths(df: pd.DataFrame, base: Path) -> pd.DataFrame:
     """Relative file paths made absolute against ``base`` (tables from two folders are joined into one)."""
-    from mmtransfer.tables import AUDIO_SUFFIXES, IMAGE_SUFFIXES
-
     suffixes = IMAGE_SUFFIXES | AUDIO_SUFFIXES
     out = df.copy()
     for col in out.columns:
