@@ -118,12 +118,12 @@ def test_score_of_a_regression_run_is_r2_in_the_targets_units():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 2))
     df = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "price": np.round(100 + 30 * x[:, 0] + rng.normal(size=120), 3)})
-    p = Predictor("price", train={"epochs": 30, "lr": 0.01, "progress": False}, verbose=False).fit(df)
+    p = Predictor("price", train={"epochs": 10, "lr": 0.01, "progress": False}, verbose=False).fit(df)
     assert p.run_.model.task == "regression"
     r2 = r2_score(df["price"], p.predict(df.drop(columns="price")))
     assert p.score(df) == pytest.approx(r2, abs=1e-5)
     assert p.score(df.drop(columns="price"), df["price"]) == pytest.approx(r2, abs=1e-5)
-    assert 0.5 < r2 <= 1  # it learned the line
+    assert 0.9 < r2 <= 1  # it learned the line (0.987 here)
 
 
 def test_score_of_a_multilabel_run_is_subset_accuracy():
