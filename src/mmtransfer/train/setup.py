@@ -12,6 +12,7 @@ from rich.console import Console
 from torch import nn
 
 from mmtransfer.config import StrategyConfig, TrainConfig
+from mmtransfer.data import Examples, make_loader
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.freeze import count_parameters, is_frozen, trainable_names
 
@@ -83,8 +84,10 @@ def fit_batch_size(cfg: TrainConfig, n_train: int, processes: int, log: Console 
     return cfg.model_copy(update={"batch_size": n_train})
 
 
-def describe_processes(accelerator: Accelerator, cfg: TrainConfig, console: Console) -> None:
-    """One line on the processes of a distributed run and the examples each optimiser step sees."""
+def describe_processes(accelerator: Accelerator, cfg: TrainConfig, console: Console | None) -> None:
+    """One line on ``console`` on the processes of a distributed run and the examples each optimiser step sees."""
+    if accelerator.num_processes == 1 or console is None:
+        return
     backend = accelerator.state.backend or "?"
     console.print(
         f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}, {backend} backend, "
@@ -95,10 +98,11 @@ def describe_processes(accelerator: Accelerator, cfg: TrainConfig, console: Cons
     )
 
 
-def what_trains(model: nn.Module, strategy: StrategyConfig, processes: int) -> set[str]:
-    """The parameters that may train: those with ``requires_grad`` once the strategy has prepared the model
-    (lora adds its adapters into the HF backbones; a prepared model stays as it is). A strategy that changes
-    what trains between epochs is refused on several processes."""
+def what_trains(model: nn.Module, strategy: StrategyConfig, processes: int) -> tuple[set[str], list[str]]:
+    """(the parameters that may train, the state-dict entries training can change). Those that may train have
+    ``requires_grad`` once the strategy has prepared the model (lora adds its adapters into the HF backbones; a
+    prepared model stays as it is). A strategy that changes what trains between epochs is refused on several
+    processes."""
     strategies.prepare(model, strategy)
     allowed = set(trainable_names(model))  # a strategy only freezes: what is frozen now stays frozen
     if not allowed:
@@ -106,7 +110,34 @@ def what_trains(model: nn.Module, strategy: StrategyConfig, processes: int) -> s
     if processes > 1 and strategies.changes_over_epochs(strategy):
         # DDP registers the parameters that train when it wraps the model; one unfrozen later would not sync.
         raise ValueError(f"fit: strategy {strategy.name} changes what trains between epochs; run it on one process")
-    return allowed
+    return allowed, changing_names(model, allowed)
+
+
+def changing_names(model: nn.Module, allowed: set[str]) -> list[str]:
+    """The state-dict entries training can change: all but those of encoders none of whose parameters may
+    train (kept in eval mode, their BatchNorm statistics do not change either)."""
+    fixed = tuple(
+        f"encoders.{name}."
+        for name in getattr(model, "encoders", {})
+        if not any(n.startswith(f"encoders.{name}.") for n in allowed)
+    )
+    return [k for k in model.state_dict() if not k.startswith(fixed)] if fixed else list(model.state_dict())
+
+
+def fit_loaders(train: Examples, val: Examples | None, cfg: TrainConfig, generator, num_workers: int) -> tuple:
+    """(the training loader, shuffled by ``generator``; the validation loader, in batches of at least 256, or
+    None without ``val``)."""
+    train_loader = make_loader(train, cfg.batch_size, shuffle=True, generator=generator, num_workers=num_workers)
+    val_loader = make_loader(val, max(cfg.batch_size, 256), num_workers=num_workers) if val is not None else None
+    return train_loader, val_loader
+
+
+def prepare(accelerator: Accelerator, model, optimizer, train_loader, val_loader, scheduler) -> tuple:
+    """Accelerate's placement (and DDP wrapping) of the model, optimizer, loaders and scheduler."""
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    return model, optimizer, train_loader, val_loader, scheduler
 
 
 def _can_fuse(model: nn.Module) -> bool:
