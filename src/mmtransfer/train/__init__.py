@@ -22,7 +22,9 @@ clipping go through it. A loss that is not finite stops the run (:class:`Trainin
 checkpoint. Progress: a bar on a terminal, otherwise one line per epoch on ``console`` (with an ETA).
 
 The loop is here; what it sets up is in :mod:`.setup`, the objectives in :mod:`.objectives`, the resumable
-state in :mod:`.state`, each epoch's report in :mod:`.report` and the scoring in :mod:`.evaluation`.
+state in :mod:`.state`, each epoch's report in :mod:`.report` and the scoring in :mod:`.evaluation`. It lives in
+the package's own module because ``mmtransfer.train.fit`` is the name everyone imports, and the names it calls at
+the end of a run (``save_weights``, ``RunLog``) are looked up here, where a test replaces them.
 """
 
 from __future__ import annotations
