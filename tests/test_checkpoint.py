@@ -48,7 +48,7 @@ def test_a_torch_state_dict_file_is_read_without_running_code(tmp_path):
     with pytest.raises(ValueError, match="holds no tensors by name"):
         load_state_file(tmp_path / "none.pt")
     with open(tmp_path / "code.pt", "wb") as f:
-        pickle.dump(nn.Linear(2, 2), f)  # a whole module: a pickle of more than tensors
+        pickle.dump(nn.Linear(2, 2), f, protocol=2)  # a whole module: a pickle of more than tensors
     with pytest.raises(ValueError, match="code.pt"):
         load_state_file(tmp_path / "code.pt")
     (tmp_path / "text.pt").write_text("hello")

@@ -62,7 +62,7 @@ def test_the_saved_state_rebuilds_the_same_transform_without_a_refit():
     pre.fit(cells, np.array([0, 1, 2, 3]))
     again = TablePreprocessor.from_state(pre.state())
     assert again.fitted and again.state() == pre.state()
-    new, bad = again.check(pd.DataFrame({"x": [2.5, 1e300], "colour": ["red", "blue"]}), Path("."), "new.csv")
+    new, bad = again.check(pd.DataFrame({"x": [2.5, 1e100], "colour": ["red", "blue"]}), Path("."), "new.csv")
     assert len(bad) == 1 and bad[0].row == 1 and "train standard deviations from the train mean" in bad[0].reason
     assert again.transform(new, [0])["tabular"].tolist() == [[2.0, pytest.approx(1.0 / np.sqrt(1.25))]]
 
