@@ -41,6 +41,7 @@ def test_fit_then_evaluate(tmp_path):
     assert "confusion matrix" in result.output
 
 
+@pytest.mark.slow  # two runs
 def test_fit_with_transfer_from_a_run(tmp_path):
     cfg = tmp_path / "cnn.yaml"
     cfg.write_text(CNN_YAML)
@@ -191,6 +192,7 @@ def test_linear_probe_caches_and_lora_run_reloads(tmp_path, monkeypatch):
     assert any("lora_A" in n for n in names) and any("base_layer" in n for n in names)
 
 
+@pytest.mark.slow  # two runs
 def test_a_k_shot_run_counts_every_label_it_used(tmp_path):
     """k = 10 per class: 8 train, 2 select the best epoch; the run records and prints both."""
     cfg = tmp_path / "cnn.yaml"
