@@ -329,15 +329,13 @@ def test_a_folder_run_names_rows_by_file_and_skips_other_files_aloud(tmp_path):
 
 
 def test_usage_mistakes_are_one_error_line(tmp_path):
-    import subprocess
-    import sys
+    from conftest import run_cli  # the console entry point (cli.main), in this process
 
-    probe = "import sys\nfrom mmtransfer.cli import main\nsys.argv = ['mmtransfer', *sys.argv[1:]]\nmain()"
     for args, message in [
         (["predict", "--batch-size", "0", "x", "y"], "error: Invalid value for '--batch-size'"),
         (["fit", "--nope"], "error: No such option: --nope (see: mmtransfer fit --help)"),
     ]:
-        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+        done = run_cli(*args, cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 

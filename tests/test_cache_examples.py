@@ -175,6 +175,7 @@ def test_a_large_jpeg_is_decoded_at_the_scale_the_resize_needs(tmp_path):
     assert np.abs(fast.numpy().astype(int) - full.astype(int)).mean() < 2  # the same picture, to a level or two
 
 
+@pytest.mark.slow
 def test_importing_the_cache_does_not_import_torch():
     code = "import sys, mmtransfer.cache; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -41,6 +41,7 @@ def test_fit_then_evaluate(tmp_path):
     assert "confusion matrix" in result.output
 
 
+@pytest.mark.slow  # two runs
 def test_fit_with_transfer_from_a_run(tmp_path):
     cfg = tmp_path / "cnn.yaml"
     cfg.write_text(CNN_YAML)
@@ -191,6 +192,7 @@ def test_linear_probe_caches_and_lora_run_reloads(tmp_path, monkeypatch):
     assert any("lora_A" in n for n in names) and any("base_layer" in n for n in names)
 
 
+@pytest.mark.slow  # two runs
 def test_a_k_shot_run_counts_every_label_it_used(tmp_path):
     """k = 10 per class: 8 train, 2 select the best epoch; the run records and prints both."""
     cfg = tmp_path / "cnn.yaml"
@@ -286,6 +288,7 @@ def test_brackets_in_file_names_and_yaml_errors_print_literally(tmp_path):
     assert f'in "{tmp_path / "bad.yaml"}", line 1, column 22' in result.output
 
 
+@pytest.mark.slow
 def test_a_bad_config_exits_2_in_a_fresh_process_quickly(tmp_path):
     """Measured with a generous bound here; the 1 s target lives in bench/cli_errors.py."""
     import subprocess
@@ -452,6 +455,7 @@ def test_fit_data_errors_name_the_path(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_label_column_is_one_line_from_the_header_before_torch(tmp_path):
     """The SMS Spam Collection's shape (tab-separated, no header, no suffix): the label checked from the first
     line, with the nearest column named, in a fresh process that never imports torch."""
@@ -498,6 +502,7 @@ def test_a_missing_label_column_is_one_line_from_the_header_before_torch(tmp_pat
         assert "Traceback" not in done.stderr and seconds < 3.0, seconds
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_fit_says_where_the_run_stopped_and_how_to_continue(tmp_path):
     import signal
     import subprocess

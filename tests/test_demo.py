@@ -1,10 +1,12 @@
 import json
 
+import pytest
 from rich.console import Console
 
 from mmtransfer.demo import run_demo
 
 
+@pytest.mark.slow  # three runs through the study engine
 def test_demo_one_seed_shows_a_positive_gain_through_the_study_engine(tmp_path):
     console = Console(record=True, width=120)
     result = run_demo(tmp_path, seeds=1, progress=False, console=console, workers=1)

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 
 from mmtransfer import limits
 from mmtransfer.config import ConfigError, ModelConfig, RunConfig, load_config
 from mmtransfer.modalities.base import InputSpec
 from mmtransfer.model import build_model
 
-CLI = [sys.executable, "-m", "mmtransfer"]
 CNN = ["model.encoders.image.type=cnn"]
 
 
@@ -31,8 +29,9 @@ def write(folder, name: str, text: str):
 
 
 def cli_fails_with_one_line(args, cwd, *needles: str) -> str:
-    """Run the CLI; it must exit 2 with exactly one ``error:`` line holding each needle, and no traceback."""
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    """Run the CLI (in this process); it must exit 2 with exactly one ``error:`` line holding each needle, and no
+    traceback."""
+    result = run_cli(*args, cwd=cwd)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(errors) == 1, result.stderr

@@ -2,14 +2,11 @@
 standardised, a validation loss or logits that are not finite, one-class and constant labels, a header naming a
 column twice, an MP3 renamed .wav. Each is refused in one line (CLI) naming the row, column and file."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 
 from mmtransfer.calibration import CalibrationError, fit_temperature
 from mmtransfer.config import DataConfig
@@ -37,16 +34,9 @@ def write_table(folder, n: int = 24, bad_wav: int | None = None, sample=np.nan, 
 
 
 def cli(*args, cwd):
-    """``mmtransfer fit`` in a subprocess: (exit code, stderr)."""
-    env = {**os.environ, "MMTRANSFER_CACHE": str(cwd / "cache")}
-    done = subprocess.run(
-        [sys.executable, "-m", "mmtransfer", "fit", *args, "--out", str(cwd / "run"), "--set", "train.epochs=1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    """``mmtransfer fit`` (in this process): (exit code, stderr)."""
+    env = {"MMTRANSFER_CACHE": str(cwd / "cache")}
+    done = run_cli("fit", *args, "--out", cwd / "run", "--set", "train.epochs=1", cwd=cwd, env=env)
     return done.returncode, done.stderr
 
 

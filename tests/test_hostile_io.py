@@ -67,6 +67,7 @@ def run_cli(args: list[str], cwd: Path, stdin: str = "") -> subprocess.Completed
 # ---------------------------------------------------------------- failure 1: code in a model folder
 
 
+@pytest.mark.slow
 def test_a_model_folder_asking_for_its_own_code_is_refused_even_when_stdin_says_yes(tmp_path):
     from conftest import tiny_bert, write_mixed_table
 
@@ -275,6 +276,7 @@ def test_a_predict_that_fails_midway_leaves_no_csv_under_its_name(table_run, tmp
     assert [p.name for p in out.parent.iterdir()] == ["predictions.csv"]  # the partial file was removed
 
 
+@pytest.mark.slow
 def test_a_killed_predict_leaves_no_file_under_its_name(table_run, tmp_path):
     run, table = table_run
     out = tmp_path / "predictions.csv"
@@ -349,6 +351,7 @@ def without_root() -> list[str] | None:
     return prefix if works else None
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_one_line_naming_the_path(table_run, tmp_path):
     prefix = without_root()
     if prefix is None:

@@ -208,6 +208,7 @@ def _race(folder: Path, trials: int, barrier, counter, results, index: int) -> N
     results[index * 4 : index * 4 + 4] = [held, refused, overlaps, failed]
 
 
+@pytest.mark.slow
 def test_two_processes_racing_for_the_lock_never_both_hold_it(tmp_path):
     trials = 240
     ctx = multiprocessing.get_context("fork")
@@ -362,6 +363,7 @@ def drive_kills(folder: str) -> None:
     (folder / "stages.json").write_text(json.dumps(record, indent=1))
 
 
+@pytest.mark.slow
 def test_a_fit_killed_at_any_of_ten_stages_resumes_to_the_same_weights_or_is_complete(tmp_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
     env = {**os.environ, "MMTRANSFER_CACHE": str(tmp_path / "cache")}

@@ -2,13 +2,11 @@
 predict and the artifact, bad label sets named by row, a head grafted by label name."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
 from mmtransfer import artifact
@@ -60,9 +58,8 @@ def tag_table(folder, n: int = 300):
 
 
 def cli(*args, cwd):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "mmtransfer", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=env)  # fmt: skip
+    """``mmtransfer ARGS`` in this process (conftest.run_cli): returncode, stdout and stderr as a subprocess's."""
+    return run_cli(*args, cwd=cwd)
 
 
 FIT = ["--set", "data.table=tags.csv", "--set", "data.label=tags", "--set", "train.lr=0.01"]
@@ -115,6 +112,7 @@ def test_an_empty_label_set_is_named_before_training(tmp_path):
     assert refused.returncode == 2 and "give the budget as data.label_fraction" in refused.stderr
 
 
+@pytest.mark.slow
 def test_a_multilabel_head_is_grafted_by_label_name_from_a_classification_run(tmp_path):
     df = pd.read_csv(tag_table(tmp_path))
     df["first"] = [t.split(";")[0] for t in df["tags"]]
@@ -130,6 +128,7 @@ def test_a_multilabel_head_is_grafted_by_label_name_from_a_classification_run(tm
     assert head["state"] in ("copied", "adapted") and "never grafted" not in head["reason"]
 
 
+@pytest.mark.slow
 def test_a_study_of_label_sets_ranks_by_micro_f1(tmp_path):
     import yaml
 

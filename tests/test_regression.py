@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_cli
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from mmtransfer import artifact
@@ -60,9 +61,8 @@ def regression_table(folder, n: int = 240, seed: int = 0):
 
 
 def cli(*args, cwd):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "mmtransfer", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=env)  # fmt: skip
+    """``mmtransfer ARGS`` in this process (conftest.run_cli): returncode, stdout and stderr as a subprocess's."""
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,7 @@ def test_k_per_class_is_refused_for_a_regression_target(tmp_path):
     assert result.returncode == 2 and "give the budget as data.label_fraction" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_regression_head_is_never_grafted_from_a_classification_head(tmp_path):
     df = pd.read_csv(regression_table(tmp_path))
     df["kind"] = np.where(df["price"] > 100, "dear", "cheap")
@@ -180,6 +181,7 @@ def test_a_regression_head_is_never_grafted_from_a_classification_head(tmp_path)
     assert sum(s == "copied" for s, _ in state.values()) >= 2  # the encoder moved
 
 
+@pytest.mark.slow
 def test_a_study_of_a_regression_target_ranks_by_r2(tmp_path):
     regression_table(tmp_path)
     base = {"data": {"table": "prices.csv", "label": "price"}, "train": {"epochs": 15, "lr": 0.01}}
@@ -209,6 +211,7 @@ def test_the_python_predictor_predicts_numbers(tmp_path):
         predictor.predict_proba(pd.read_csv(table).head(2))
 
 
+@pytest.mark.slow
 def test_regression_with_a_frozen_encoder_caches_features_and_two_processes_train_one_run(tmp_path):
     regression_table(tmp_path)
     probe = cli("fit", "--set", "data.table=prices.csv", "--set", "data.label=price", "--set", "train.epochs=5",

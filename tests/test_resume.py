@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -35,10 +36,12 @@ def _checkpoint_meta(path):
         return json.loads(f.metadata()["state"])
 
 
+@pytest.mark.slow
 def test_a_killed_fit_resumes_to_the_same_weights_and_metrics(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG)
-    subprocess.run([*CLI, "fit", str(cfg), "--out", str(tmp_path / "whole"), "-q"], check=True, timeout=300)
+    whole = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "whole"), "-q"])  # the reference
+    assert whole.exit_code == 0, whole.output
     fit_b = subprocess.Popen([*CLI, "fit", str(cfg), "--out", str(tmp_path / "killed"), "-q"])
     checkpoint, meta = tmp_path / "killed" / "checkpoint.safetensors", None
     deadline = time.time() + 240
@@ -60,12 +63,7 @@ def test_a_killed_fit_resumes_to_the_same_weights_and_metrics(tmp_path):
     assert refused.exit_code == 2 and "did not finish" in refused.output
     again = runner.invoke(app, ["fit", str(cfg), "--out", str(tmp_path / "killed")])
     assert again.exit_code == 2 and "--resume continues it" in again.output
-    resumed = subprocess.run(
-        [*CLI, "fit", str(cfg), "--out", str(tmp_path / "killed"), "--resume"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_cli("fit", cfg, "--out", tmp_path / "killed", "--resume", cwd=tmp_path)  # in this process
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"resuming the run in \S+ from epoch [23], step \d+\n", resumed.stdout), resumed.stdout
     a, b = load_weights(tmp_path / "whole"), load_weights(tmp_path / "killed")
@@ -277,6 +275,7 @@ sys.addaudithook(_hook)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run(tmp_path):
     """torchrun, 2 processes on the CPU (DDP over gloo): one run folder written once, test accuracy within 2
     points of the one-process run."""
