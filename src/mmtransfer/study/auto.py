@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from mmtransfer.config import ConfigError, read_config_file, validate
 from mmtransfer.study.plan import LOWER_BETTER, Budget, StudyConfig, budget_name, error_lines
 from mmtransfer.study.stats import paired_interval
-from mmtransfer.transfer.strategies import pretrained
 
 AUTO_STRATEGIES = (
     "linear_probe", "lp_ft", "full", "freeze_then_unfreeze", "gradual_unfreeze", "discriminative", "lora"
@@ -24,6 +23,8 @@ def auto_study(config: str | Path, seeds: int = 3) -> tuple[StudyConfig, dict, P
     raw = read_config_file(path)
     cfg = validate(copy.deepcopy(raw), str(path))
     hf = any(getattr(e, "type", None) == "hf" for e in cfg.model.encoders.values())  # lora needs a transformer
+    from mmtransfer.transfer.strategies import pretrained  # imports torch (seconds): only once the config is valid
+
     # LP-FT starts from pretrained features: a configured pretrained encoder, or the preset's for a table's photos
     # and texts (their encoders are chosen when the columns are bound)
     table = cfg.data.table is not None or cfg.data.folder is not None

@@ -19,12 +19,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import torch
-
 from mmtransfer.artifact import versions
 from mmtransfer.config import RunConfig, check_files
 from mmtransfer.display import make_console
-from mmtransfer.runs import fit_run
 from mmtransfer.study.plan import (
     METRICS,
     StudyConfig,
@@ -42,6 +39,12 @@ from mmtransfer.study.stats import STATS_METHOD, mean_interval, metric_intervals
 
 def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_only: bool, threads: int) -> dict:
     """One cell in this process: fit + evaluate into ``folder``; the record (never raises)."""
+    # torch and the training stack take seconds to import: only a cell needs them, so `mmtransfer study` checks
+    # the study file and every cell's config (and names a mistake) before paying for them
+    import torch
+
+    from mmtransfer.runs import fit_run
+
     if threads:
         torch.set_num_threads(threads)
     out = Path(folder)
@@ -296,6 +299,8 @@ def describe(r: dict, metric: str) -> str:
 def environment() -> dict:
     machine = {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()}
     try:
+        import torch  # here, not at the top: importing this module stays light (see run_cell)
+
         machine["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001 - the report is written whatever the GPU says
         machine["gpu"] = None

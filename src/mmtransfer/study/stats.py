@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from mmtransfer.study.plan import FRACTIONS, METRICS, StudyConfig, budget_name
 
@@ -34,6 +33,8 @@ def paired_interval(a, b, confidence: float = 0.95, bounds: tuple | None = None)
 def mean_interval(values, confidence: float = 0.95, bounds: tuple | None = None) -> dict:
     """n, mean, sample std and the Student t interval of the mean; ``bounds`` (low, high; None: open) clip the
     interval to where the quantity can lie (an accuracy's to [0, 1])."""
+    from scipy import stats  # about 2 s to import: not before a study has something to summarise
+
     v = np.asarray(values, dtype=float)
     n = len(v)
     out = {"n": n, "mean": float(v.mean()) if n else float("nan"), "std": float(v.std(ddof=1)) if n > 1 else 0.0}
