@@ -21,7 +21,8 @@ def run_cli(*args, cwd, env: dict[str, str] | None = None) -> subprocess.Complet
     exit codes), in ``cwd`` with ``env`` added to the environment: stdout and stderr apart, as a subprocess gives.
 
     For tests where a fresh process is not what is tested; it saves the interpreter's and torch's start-up (about
-    3 s a call on 2 cores). An exception that is not a SystemExit propagates: the test fails with its traceback."""
+    3 s a call on 2 cores). A bug is exit code 1 with its traceback in a file, as for a user; with
+    MMTRANSFER_DEBUG set it propagates and the test fails with its traceback."""
     argv, saved_argv, saved_cwd = ["mmtransfer", *map(str, args)], sys.argv, os.getcwd()
     saved_consoles = _cli.console, _cli.errors
     # click names the program from sys.argv[0] unless __main__ has a package (``python -m pytest``): as the

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmtransfer.config import EfficientNetLiteConfig, HFConfig, RunConfig, TimmConfig, load_config
+from mmtransfer.errors import UserError
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
 
 MANIFEST = "manifest.json"
@@ -48,7 +49,7 @@ LATER_TEMPORARY = re.compile(r"\.model\.\d+\.tmp\.(onnx|json)")  # a killed expo
 TEMPERATURE_RANGE = (0.05, 20.0)  # the search range of calibration.fit_temperature
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError):
     """A run folder that cannot be trusted or used as it is; the message names the file."""
 
 

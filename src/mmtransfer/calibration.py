@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmtransfer.errors import UserError
+
 BINS = 15
 
 
@@ -45,7 +47,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return best if nll(logits, labels, best) < nll(logits, labels, 1.0) else 1.0  # never worse than none
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError):
     """A temperature cannot be fitted (the logits it would be fitted on are not finite)."""
 
 

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from mmtransfer.config import ConfigError, check_files, load_config, read_rules_file
 from mmtransfer.display import Grid, make_console
+from mmtransfer.errors import report_bug
 
 app = typer.Typer(
     help="Transfer learning on multimodal data: adapt, fine-tune, evaluate, and compare with training from scratch.",
@@ -776,6 +777,11 @@ def main() -> None:
         raise SystemExit(2) from None
     except typer.Abort as err:  # click turns Ctrl-C into Abort: 130, as a shell reports SIGINT
         raise SystemExit(130 if isinstance(err.__context__, KeyboardInterrupt) else 1) from None
+    except Exception as err:  # not a user's mistake (those are error lines with code 2): a bug, said as one
+        if os.environ.get("MMTRANSFER_DEBUG"):
+            raise
+        errors.print(Text.assemble(("error:", "red"), " ", report_bug(err)), highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mmtransfer.errors import UserError
+
 # The files through which transformers finds a folder's own code: the model's config, the tokenizer's, the
 # feature extractor's / image processor's and the processor's.
 CODE_NAMING_FILES = (
@@ -33,7 +35,7 @@ CODE_NAMING_FILES = (
 NEVER = "mmtransfer never runs code from a model folder"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UserError):
     """A model folder mmtransfer refuses to load (it asks to run its own code, or its weights are a pickle that
     holds more than tensors); ``reason`` is the message without the part naming what was loading."""
 

@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mmtransfer.errors import UserError
+
 LOCK = ".lock"
 _NEW = re.compile(r"\.lock\.\d+\.[0-9a-f]{8}")  # a lock being written in full before it is put in place
 
 
-class LockError(ValueError):
+class LockError(UserError):
     """The folder is locked by another process, or by a lock that cannot be judged stale; the message says which."""
 
 

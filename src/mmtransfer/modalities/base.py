@@ -29,8 +29,10 @@ from typing import Any, Protocol
 
 import torch
 
+from mmtransfer.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad input data or splits that cannot be drawn; the message names the rows, columns, files or split."""
 
 
@@ -44,7 +46,7 @@ class BadCell:
     file: str | None = None
 
 
-class BadValue(ValueError):
+class BadValue(UserError):
     """A cell that cannot be used; the message is the reason, the loader adds row, column and file."""
 
     def __init__(self, reason: str, file: str | None = None):

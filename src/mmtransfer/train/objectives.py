@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmtransfer.errors import UserError
 
-class TrainingError(ValueError):
+
+class TrainingError(UserError):
     """Training cannot go on (a loss that is not finite); the message names the epoch and step."""
 
 

@@ -27,6 +27,7 @@ from rich.text import Text
 from torch import nn
 
 from mmtransfer.display import Grid
+from mmtransfer.errors import UserError
 from mmtransfer.transfer.adapt import BY_NAMES, DEFAULT_ADAPT, Context, adapt
 from mmtransfer.transfer.sources import Source, load_source
 
@@ -34,7 +35,7 @@ State = Literal["copied", "adapted", "skipped", "new"]
 STATES = ("copied", "adapted", "skipped", "new")
 
 
-class GraftError(ValueError):
+class GraftError(UserError):
     """Strict mode: tensors that were expected to transfer but did not."""
 
 
