@@ -64,6 +64,7 @@ def test_paired_interval_equals_a_hand_computation():
     assert engine.paired_interval([0.9], [0.8])["low"] is None  # one pair: no interval
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_a_tiny_study_writes_the_tables_json_and_a_self_contained_html(tmp_path):
     path = write_study(tmp_path, budgets=["all", 5])  # the confusion matrices are of the largest, wherever listed
     result = cli("study", path, "--out", tmp_path / "s", cwd=tmp_path)
@@ -98,6 +99,7 @@ def test_a_tiny_study_writes_the_tables_json_and_a_self_contained_html(tmp_path)
     assert "probe" in result.stdout and "gain over scratch" in result.stdout
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_a_killed_study_computes_only_the_remaining_cells(tmp_path):
     path = write_study(tmp_path)
     out = tmp_path / "s"
@@ -120,6 +122,7 @@ def test_a_killed_study_computes_only_the_remaining_cells(tmp_path):
     assert len(keys) == 8 == len(set(keys))  # each cell computed once
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_a_failing_arm_is_reported_and_the_others_finish(tmp_path):
     arms = {"scratch": {}, "broken": {"model.encoders.image": {"type": "attention", "max_len": 4}}}  # 8 rows > 4
     path = write_study(tmp_path, arms=arms, budgets=[5])
@@ -153,6 +156,7 @@ def test_bad_study_files_are_one_error_line_before_any_work(tmp_path, change, me
     assert not (tmp_path / "s" / "cells.jsonl").exists()
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_two_workers_give_the_same_numbers_as_one(tmp_path):
     path = write_study(tmp_path, budgets=[5])
     one, two = tmp_path / "one", tmp_path / "two"
@@ -167,6 +171,7 @@ def test_two_workers_give_the_same_numbers_as_one(tmp_path):
     assert numbers(one) == numbers(two) and len(numbers(one)) == 4
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_auto_never_reads_the_test_split_and_recommends_a_strategy(tmp_path, monkeypatch):
     from mmtransfer import runs
 
@@ -200,6 +205,7 @@ def test_auto_never_reads_the_test_split_and_recommends_a_strategy(tmp_path, mon
     assert best["margin"]["low"] is not None
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_auto_apply_fits_the_recommended_strategy(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(BASE))
@@ -212,6 +218,7 @@ def test_auto_apply_fits_the_recommended_strategy(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 360
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_per_input_ablation_finds_the_input_that_carries_the_label(tmp_path):
     """A number column holds the label, the pictures are noise: masking the number costs the accuracy,
     masking the picture costs nothing much."""
@@ -241,6 +248,7 @@ def test_per_input_ablation_finds_the_input_that_carries_the_label(tmp_path):
     assert "input masked" in (tmp_path / "s" / "report.md").read_text()
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_ray_backend_runs_a_tiny_study(tmp_path):
     pytest.importorskip("ray")
     path = write_study(tmp_path, budgets=[5], seeds=2, arms={"scratch": {}})
@@ -279,6 +287,7 @@ def test_an_arm_can_set_a_whole_section_and_the_budget_and_seed_are_the_cells(tm
                               "x").data.k_per_class is None  # fmt: skip
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_arms_that_share_a_frozen_encoder_reuse_its_cached_features(tmp_path):
     arms = {"probe": {"train.strategy.name": "linear_probe"},
             "probe_slow": {"train.strategy.name": "linear_probe", "train.lr": 1e-3}}  # fmt: skip
@@ -292,6 +301,7 @@ def test_arms_that_share_a_frozen_encoder_reuse_its_cached_features(tmp_path):
         assert any(f"{split} features" in line and "read from cache" in line for line in second.splitlines())
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_sources_are_made_per_seed_before_the_arms_that_transfer_from_them(tmp_path):
     # The demo's shape: a source per seed on one half of the rows, arms on the other half, {source.NAME} and {seed}.
     sources = {"cnn": {"data.pool": "first_half", "train.epochs": 2}}
@@ -350,6 +360,7 @@ def test_sources_are_made_per_seed_before_the_arms_that_transfer_from_them(tmp_p
     assert bool((src.test.labels == tgt.test.labels).all()) and len(tgt.train_pool) == 1437
 
 
+@pytest.mark.slow  # a study of several runs (processes)
 def test_a_failed_source_fails_only_the_arms_that_need_it(tmp_path):
     sources = {"bad": {"model.encoders.image": {"type": "attention", "max_len": 4}}}  # 8 rows > 4: fails
     arms = {"scratch": {}, "t": {"transfer.source": "{source.bad}"}}
