@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from mmtransfer.config import EfficientNetLiteConfig, HFConfig, RunConfig, TimmConfig, load_config
 from mmtransfer.errors import UserError
+from mmtransfer.outputs import final_name
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
 
 MANIFEST = "manifest.json"
@@ -45,7 +45,6 @@ CORE_FILES = ("config.yaml", "model.safetensors", "labels.json", "inputs.json", 
 CHECKPOINT = "checkpoint.safetensors"  # the resumable state of a fit (mmtransfer.resume); never part of a finished run
 # Written into a finished run folder by later commands (export's default --out); loading never reads them.
 LATER_OUTPUTS = ("model.onnx", "model.json", ".model.onnx.tmp")
-LATER_TEMPORARY = re.compile(r"\.model\.\d+\.tmp\.(onnx|json)")  # a killed export's half-written file (outputs.py)
 TEMPERATURE_RANGE = (0.05, 20.0)  # the search range of calibration.fit_temperature
 
 
@@ -243,7 +242,7 @@ def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
         if name not in listed:
             raise ArtifactError(f"{path}: does not list {name}, which every run folder has (edited?)")
     for name in present:
-        later = name in LATER_OUTPUTS or LATER_TEMPORARY.fullmatch(name)
+        later = name in LATER_OUTPUTS or final_name(name) in LATER_OUTPUTS  # or a killed export's temporary file
         if name not in listed and name != MANIFEST and not _transient(name) and not later:
             raise ArtifactError(
                 f"{run_dir / name}: not listed in manifest.json (added after the run?); a run folder is exactly the "

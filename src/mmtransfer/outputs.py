@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,12 +28,22 @@ DISK_ERRORS = {
 }
 
 
+TEMPORARY = re.compile(r"\.(?P<stem>.+)\.\d+\.tmp(?P<suffix>\.[^.]+)?")  # atomic_path's name for a file being written
+
+
+def final_name(name: str) -> str | None:
+    """The file a temporary name of :func:`atomic_path` was being written for (``.model.123.tmp.onnx`` ->
+    ``model.onnx``), or None for any other name: what a killed write leaves beside its final file."""
+    found = TEMPORARY.fullmatch(name)
+    return f"{found['stem']}{found['suffix'] or ''}" if found else None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write ``path``'s content to; renamed over ``path`` when the block ends without an
     error, removed otherwise. A disk error while writing it is an ``OSError`` naming ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # TEMPORARY matches it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():

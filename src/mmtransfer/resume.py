@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmtransfer.artifact import CHECKPOINT as CHECKPOINT  # one name: the run folder's layout is artifact's
+from mmtransfer.outputs import write_error
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -82,8 +83,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write atomically: a temporary file, fsynced, renamed over ``path``; the folder entry fsynced too."""
-    from mmtransfer.outputs import write_error
-
     tmp = path.with_name(f".{path.name}.tmp")
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     try:
