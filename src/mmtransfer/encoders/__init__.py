@@ -20,7 +20,8 @@ Adding a pretrained encoder (say ``aisfx``, an audio backbone) touches three pla
    - ``backbone=True``: a pretrained architecture (own feature size; weights read, not drawn);
    - ``pretrained(cfg) -> bool``: whether this config starts from pretrained weights;
    - ``without_weights``: builder keywords that build the architecture alone (a run folder reloads it so);
-   - ``weights_from(cfg) -> str``: where its weights come from, in words (``mmtransfer info``);
+   - ``describe(cfg) -> str``: its name in a column's note; ``weights_from(cfg) -> str``: where its weights come
+     from, in words (``mmtransfer info``);
    - ``preprocessing(cfg) -> (settings, source) | None``: an image column's size, resize, crop_pct, mean and std
      the weights expect; ``tokenizer(cfg) -> str | None``: the tokenizer a text column must use;
    - ``save_assets(cfg, folder, what)`` and ``asset_files``: files besides the weights a run folder needs to
@@ -128,22 +129,23 @@ def build_mlp(spec: InputSpec, output_dim: int, **kwargs) -> TabularMLP:
     return TabularMLP(spec.shape[0], output_dim, categorical=spec.categorical, **kwargs)
 
 
-def _scratch(build: Callable[..., nn.Module]) -> EncoderInfo:
-    return EncoderInfo(build)  # drawn weights, no assets, no preset: the defaults
+def _no_builder(spec: InputSpec, output_dim: int | None, **kwargs) -> nn.Module:
+    raise ValueError("an encoder of no registered type (custom) is a module only Python can supply")
 
 
+# A network trained from scratch needs no metadata beyond its builder: the defaults of EncoderInfo describe it.
 ENCODERS: dict[str, EncoderInfo] = {
-    "cnn": _scratch(build_cnn),
-    "rnn": _scratch(build_rnn),
-    "attention": _scratch(build_attention),
+    "cnn": EncoderInfo(build_cnn),
+    "rnn": EncoderInfo(build_rnn),
+    "attention": EncoderInfo(build_attention),
     "hf": hf.INFO,
     "timm": timm_backbone.INFO,
     "efficientnet_lite": efficientnet.INFO,
-    "mlp": _scratch(build_mlp),
+    "mlp": EncoderInfo(build_mlp),
 }
 
 # An encoder config the registry does not know (``custom``: a module only Python can supply) has no metadata.
-UNKNOWN = EncoderInfo(lambda spec, output_dim, **kwargs: None)
+UNKNOWN = EncoderInfo(_no_builder)
 
 
 def encoder_info(cfg) -> EncoderInfo:

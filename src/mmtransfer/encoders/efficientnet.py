@@ -240,6 +240,7 @@ INFO = EncoderInfo(
     backbone=True,
     pretrained=_pretrained,
     without_weights=ARCHITECTURE_ONLY,
+    describe=lambda cfg: f"efficientnet_lite {cfg.variant}",
     weights_from=_weights_from,
     preprocessing=_image_settings,
     portable=lambda cfg, folder: ARCHITECTURE_ONLY,  # the architecture is code; the weights are the run's

@@ -291,6 +291,7 @@ INFO = EncoderInfo(
     backbone=True,
     pretrained=lambda cfg: True,  # a Hugging Face model always starts from its weights
     without_weights={"weights": False},
+    describe=lambda cfg: f"hf {cfg.path}",
     weights_from=weights_from,
     preprocessing=image_settings,
     tokenizer=lambda cfg: cfg.path,  # a pretrained model reads ids of its own tokenizer only

