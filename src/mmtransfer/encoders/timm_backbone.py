@@ -14,7 +14,7 @@ from torch import nn
 
 from mmtransfer.checkpoint import load_state_file
 from mmtransfer.config import TimmConfig
-from mmtransfer.encoders.info import EncoderInfo, per_channel
+from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, per_channel, pretrained_or_file
 from mmtransfer.hub import offline
 from mmtransfer.modalities.base import InputSpec
 
@@ -78,14 +78,10 @@ def build_timm(
     return TimmEncoder(backbone, output_dim)
 
 
-def _pretrained(cfg: TimmConfig) -> bool:
-    return bool(cfg.pretrained or cfg.weights)
-
-
 def image_settings(cfg: TimmConfig) -> tuple[dict, str] | None:
     """An image column's settings from timm's pretrained config of the model; None where timm does not import
     or knows no such config."""
-    if not _pretrained(cfg):
+    if not pretrained_or_file(cfg):
         return None
     try:
         import timm  # an optional extra, imported where used
@@ -108,14 +104,12 @@ def image_settings(cfg: TimmConfig) -> tuple[dict, str] | None:
     }, f"timm {cfg.name}'s pretrained config"
 
 
-ARCHITECTURE_ONLY = {"pretrained": False, "weights": None}
-
 INFO = EncoderInfo(
     build_timm,
     backbone=True,
-    pretrained=_pretrained,
-    without_weights=ARCHITECTURE_ONLY,
+    pretrained=pretrained_or_file,
+    without_weights=NO_WEIGHTS,
     weights_from=lambda cfg: f"timm {cfg.name} ({cfg.weights or 'its pretrained weights, from timm'})",
     preprocessing=image_settings,
-    portable=lambda cfg, folder: ARCHITECTURE_ONLY,  # timm builds the architecture; the weights are the run's
+    portable=lambda cfg, folder: dict(NO_WEIGHTS),  # timm builds the architecture; the weights are the run's
 )
