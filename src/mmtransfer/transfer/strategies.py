@@ -241,7 +241,7 @@ def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
             f"none (encoders: {kinds}); use full, discriminative or gradual_unfreeze"
         )
     try:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # an optional extra: imported where used
         from peft.tuners.lora import LoraLayer
     except ImportError:
         raise ImportError("strategy lora needs PEFT: pip install peft") from None
