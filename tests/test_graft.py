@@ -190,3 +190,25 @@ def test_the_graft_table_prints_whole_with_print():
     lines = text.splitlines()
     assert any(line.startswith("encoders.image.blocks.1.1.num_batches_tracked  copied") for line in lines)
     assert any("a head is never copied by position" in line for line in lines)
+
+
+def test_plan_touches_no_module_and_apply_does_what_graft_does():
+    from mmtransfer.transfer.adapt import Context
+    from mmtransfer.transfer.graft import apply, plan_graft
+
+    src = build_model(ModelConfig(encoders={"image": CNNConfig(channels=[4, 8])}, embed_dim=8), SHAPES, DIGITS)
+    cfg = ModelConfig(encoders={"image": CNNConfig(channels=[4, 8, 16])}, embed_dim=8)
+    dst, twin = build_model(cfg, SHAPES, DIGITS, seed=1), build_model(cfg, SHAPES, DIGITS, seed=1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    names = Context(source_classes=DIGITS, target_classes=DIGITS)  # graft takes them from the models
+    updates, report = plan_graft(src.state_dict(), dst.state_dict(), context=names, source_name="cnn [4, 8]")
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())  # a plan changes nothing
+    assert sorted(updates) == sorted(report.by_state("copied") + report.by_state("adapted"))
+    assert report.counts() == graft(src, twin).counts() == {"copied": 15, "adapted": 0, "skipped": 1, "new": 6}
+    assert report.source == "cnn [4, 8]" and names.first_convs == frozenset()  # the caller's context is not changed
+    apply(dst, updates)
+    for name, value in twin.state_dict().items():
+        assert torch.equal(dst.state_dict()[name], value), name
+    assert torch.equal(
+        dst.state_dict()["encoders.image.blocks.0.0.weight"], src.state_dict()["encoders.image.blocks.0.0.weight"]
+    )

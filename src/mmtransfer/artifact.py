@@ -34,7 +34,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmtransfer.config import EfficientNetLiteConfig, HFConfig, RunConfig, TimmConfig, load_config
+from mmtransfer.config import RunConfig, load_config
 from mmtransfer.errors import UserError
 from mmtransfer.outputs import final_name
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
@@ -294,22 +294,12 @@ def write_assets(run_dir: Path, cfg: RunConfig, data) -> dict:
     """Copy into the run folder what its pretrained parts need besides weights (their weights are in
     model.safetensors): each Hugging Face encoder's config.json, each pretrained tokenizer's files, each audio
     extractor's settings. Returns the preprocessing state with those files named (relative to the run)."""
-    assets = run_dir / ASSETS
+    from mmtransfer.encoders import encoder_info  # imports torch: this module stays light for the study engine
+
     for name, enc in cfg.model.encoders.items():
-        if isinstance(enc, HFConfig):
-            from transformers import AutoConfig
-
-            from mmtransfer.encoders.hf import resolve_model_path
-            from mmtransfer.hub import from_pretrained, offline
-
-            with offline(enc.local_files_only):
-                config = from_pretrained(
-                    AutoConfig,
-                    resolve_model_path(enc.path),
-                    what=f"hf encoder {name}",
-                    local_files_only=enc.local_files_only,
-                )
-            config.save_pretrained(str(assets / "encoders" / name))
+        save = encoder_info(enc).save_assets
+        if save is not None:
+            save(enc, run_dir / ASSETS / "encoders" / name, f"{enc.type} encoder {name}")
     state = json.loads(json.dumps(data.preprocessing)) if data.preprocessing else {}
     pre = getattr(data, "preprocessor", None)
     if pre is not None:
@@ -330,15 +320,17 @@ def write_assets(run_dir: Path, cfg: RunConfig, data) -> dict:
 def portable_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     """The config with every pretrained encoder pointed at the run's own assets (architecture only: the
     weights are in model.safetensors), so nothing outside the run folder is needed."""
+    from mmtransfer.encoders import encoder_info  # imports torch: this module stays light for the study engine
+
     encoders = dict(cfg.model.encoders)
     for name, enc in encoders.items():
-        if isinstance(enc, HFConfig):
-            folder = run_dir / ASSETS / "encoders" / name
-            if not (folder / "config.json").is_file():
-                raise ArtifactError(f"{folder / 'config.json'}: missing; the run folder cannot rebuild encoder {name}")
-            encoders[name] = enc.model_copy(update={"path": str(folder)})
-        elif isinstance(enc, (TimmConfig, EfficientNetLiteConfig)):
-            encoders[name] = enc.model_copy(update={"pretrained": False, "weights": None})
+        info, folder = encoder_info(enc), run_dir / ASSETS / "encoders" / name
+        for file in info.asset_files:
+            if not (folder / file).is_file():
+                raise ArtifactError(f"{folder / file}: missing; the run folder cannot rebuild encoder {name}")
+        update = info.portable(enc, folder)
+        if update:
+            encoders[name] = enc.model_copy(update=update)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
 
 

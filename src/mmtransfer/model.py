@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmtransfer.config import CNNConfig, HFConfig, MLPConfig, ModelConfig
-from mmtransfer.encoders import ENCODERS
+from mmtransfer.encoders import ENCODERS, encoder_info
 from mmtransfer.fusion import FUSIONS, drop_inputs
 from mmtransfer.limits import check_model_size
 from mmtransfer.modalities.base import InputSpec
@@ -129,7 +129,6 @@ def default_encoder(spec: InputSpec):
     return CNNConfig()
 
 
-PRETRAINED_TYPES = ("efficientnet_lite", "hf", "timm")
 SCRATCH_DIM = 64  # model.embed_dim auto: the embedding of an encoder trained from scratch
 
 
@@ -137,7 +136,7 @@ def _one_size(encoders: dict[str, nn.Module], configs: dict, specs: dict[str, In
     """Attention and gated fusion need one embedding size: the largest pretrained backbone's, or 64; a backbone
     of another size gets a new projection to it, a from-scratch encoder is built for it. ``configs``: each
     encoder's config, but for the modules the user built (whose size is theirs to choose)."""
-    pretrained = {name for name, enc_cfg in configs.items() if enc_cfg.type in PRETRAINED_TYPES}
+    pretrained = {name for name, enc_cfg in configs.items() if encoder_info(enc_cfg).backbone}
     size = max((encoders[name].output_dim for name in pretrained), default=SCRATCH_DIM)
     for name, enc in list(encoders.items()):
         if enc.output_dim == size:
@@ -149,7 +148,7 @@ def _one_size(encoders: dict[str, nn.Module], configs: dict, specs: dict[str, In
             enc.proj, enc.output_dim = nn.Linear(enc.output_dim, size), size
         else:
             enc_cfg = configs[name]
-            encoders[name] = ENCODERS[enc_cfg.type](specs[name], size, **enc_cfg.model_dump(exclude={"type"}))
+            encoders[name] = encoder_info(enc_cfg)(specs[name], size, **enc_cfg.model_dump(exclude={"type"}))
 
 
 def _parameters(module: nn.Module) -> int:
@@ -185,6 +184,39 @@ def check_encoder_names(configured, inputs) -> None:
             f"model.encoders has {sorted(configured)} but the data provides inputs {sorted(inputs)}; "
             f"no input named {unknown}"
         )
+
+
+def _build_encoder(
+    name: str, spec: InputSpec, enc_cfg, embed_dim: int | str, pretrained: bool, counted: int
+) -> tuple[nn.Module, int]:
+    """One input's encoder from its config, and the parameter count so far. A network trained from scratch is
+    first built on the meta device, so one the machine cannot hold is refused before it is allocated."""
+    if enc_cfg.type not in ENCODERS:  # a config of no registered builder: custom, the only such type
+        raise ValueError(
+            f"model.encoders.{name}: a custom module ({enc_cfg.name}) that only Python can supply: "
+            f"Predictor.load(path, encoders={{{name!r}: {enc_cfg.name.rsplit('.', 1)[-1]}(...)}})"
+        )
+    info = encoder_info(enc_cfg)
+    kwargs = enc_cfg.model_dump(exclude={"type"})
+    if not pretrained:
+        kwargs.update(info.without_weights)
+    # embed_dim auto: a pretrained backbone keeps its own feature size (None), a new network gets 64
+    dim = (None if info.backbone else SCRATCH_DIM) if embed_dim == "auto" else embed_dim
+
+    def build() -> nn.Module:
+        return info(spec, dim, **kwargs)
+
+    try:
+        if info.backbone:  # weights are read, not drawn: counted once they are there
+            encoder = build()
+            return encoder, counted + _parameters(encoder)
+        with torch.device("meta"):  # its own checks (sizes against the input) before any allocation
+            probe = build()
+    except ValueError as err:
+        raise ValueError(f"model.encoders.{name}: {err}") from None
+    counted += _parameters(probe)
+    check_model_size(counted, _largest_setting(name, enc_cfg, dim))
+    return build(), counted
 
 
 def build_model(
@@ -227,34 +259,7 @@ def build_model(
             counted += _parameters(encoders[name])
             continue
         enc_cfg = configs[name] = cfg.encoders.get(name) or default_encoder(spec)
-        if enc_cfg.type == "custom":
-            raise ValueError(
-                f"model.encoders.{name}: a custom module ({enc_cfg.name}) that only Python can supply: "
-                f"Predictor.load(path, encoders={{{name!r}: {enc_cfg.name.rsplit('.', 1)[-1]}(...)}})"
-            )
-        kwargs = enc_cfg.model_dump(exclude={"type"})
-        if not pretrained and enc_cfg.type == "hf":
-            kwargs["weights"] = False
-        elif not pretrained and enc_cfg.type in ("timm", "efficientnet_lite"):
-            kwargs.update(pretrained=False, weights=None)
-        # embed_dim auto: a pretrained backbone keeps its own feature size (None), a new network gets 64
-        dim = (None if enc_cfg.type in PRETRAINED_TYPES else SCRATCH_DIM) if auto else cfg.embed_dim
-
-        def build(spec=spec, dim=dim, kwargs=kwargs, kind=enc_cfg.type):
-            return ENCODERS[kind](spec, dim, **kwargs)
-
-        try:
-            if enc_cfg.type in PRETRAINED_TYPES:  # weights are read, not drawn: counted once they are there
-                encoders[name] = build()
-                counted += _parameters(encoders[name])
-                continue
-            with torch.device("meta"):  # its own checks (sizes against the input) before any allocation
-                probe = build()
-        except ValueError as err:
-            raise ValueError(f"model.encoders.{name}: {err}") from None
-        counted += _parameters(probe)
-        check_model_size(counted, _largest_setting(name, enc_cfg, dim))
-        encoders[name] = build()
+        encoders[name], counted = _build_encoder(name, spec, enc_cfg, cfg.embed_dim, pretrained, counted)
     if auto and cfg.fusion != "concat":
         _one_size(encoders, configs, specs, cfg.fusion)
     dims = {name: enc.output_dim for name, enc in encoders.items()}

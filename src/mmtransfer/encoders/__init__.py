@@ -4,6 +4,35 @@ The contract is :class:`Encoder`; ``ENCODERS`` is the one registry, keyed by the
 Builders are plain functions of the input's :class:`~mmtransfer.modalities.base.InputSpec` (kind and shape of
 one example), the embedding size and the encoder's own keyword arguments. Token inputs (text) reach the
 from-scratch families through a learned token embedding (:class:`TokenEncoder`).
+
+Each registry entry is an :class:`~mmtransfer.encoders.info.EncoderInfo`: the builder (calling the entry builds,
+``ENCODERS["cnn"](spec, 64)``) and what the rest of mmtransfer needs to know about the encoder type. Code outside
+this package asks ``encoder_info(cfg)`` for it and never checks a config's type or class.
+
+Adding a pretrained encoder (say ``aisfx``, an audio backbone) touches three places:
+
+1. ``config.py``: its config class, ``type: Literal["aisfx"] = "aisfx"`` and its fields, in ``EncoderConfig``.
+2. ``encoders/aisfx.py``: the builder ``build_aisfx(spec, output_dim, **fields) -> nn.Module`` (``output_dim``
+   None: keep the backbone's own feature size; optional ``layer_groups()``, input side first, for gradual
+   unfreezing and discriminative rates; ``tokens(x)`` for attention fusion over regions), and beside it
+   ``INFO = EncoderInfo(build_aisfx, ...)`` filling in what applies:
+
+   - ``backbone=True``: a pretrained architecture (own feature size; weights read, not drawn);
+   - ``pretrained(cfg) -> bool``: whether this config starts from pretrained weights;
+   - ``without_weights``: builder keywords that build the architecture alone (a run folder reloads it so);
+   - ``describe(cfg) -> str``: its name in a column's note; ``weights_from(cfg) -> str``: where its weights come
+     from, in words (``mmtransfer info``);
+   - ``preprocessing(cfg) -> (settings, source) | None``: an image column's size, resize, crop_pct, mean and std
+     the weights expect; ``tokenizer(cfg) -> str | None``: the tokenizer a text column must use;
+   - ``save_assets(cfg, folder, what)`` and ``asset_files``: files besides the weights a run folder needs to
+     rebuild it, and ``portable(cfg, folder) -> dict``: the config fields that point it at them (or that turn
+     off downloading weights: the run's ``model.safetensors`` holds them);
+   - ``presets``: :class:`~mmtransfer.encoders.info.Preset` s, what ``model.preset: auto`` picks for a column of
+     a modality when the modules it ``requires`` are installed.
+3. ``ENCODERS`` below: one line, ``"aisfx": aisfx.INFO``.
+
+Import an optional heavy dependency (transformers, timm, ...) inside the builder, never at the top, with a
+comment saying so: building the registry must stay cheap.
 """
 
 from __future__ import annotations
@@ -14,8 +43,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from mmtransfer.encoders import efficientnet, hf, timm_backbone
 from mmtransfer.encoders.attention import AttentionEncoder, AttentionPool
 from mmtransfer.encoders.cnn import ConvEncoder
+from mmtransfer.encoders.hf import build_hf
+from mmtransfer.encoders.info import EncoderInfo, Preset
 from mmtransfer.encoders.rnn import RecurrentEncoder, as_sequence, sequence_features
 from mmtransfer.encoders.tabular import TabularMLP, TokenEncoder
 from mmtransfer.modalities.base import InputSpec
@@ -25,7 +57,9 @@ from mmtransfer.modalities.base import InputSpec
 class Encoder(Protocol):
     """An ``nn.Module`` with ``output_dim`` and ``forward(x) -> Tensor[B, output_dim]``.
 
-    Optional: ``layer_groups()`` (input side first) for discriminative learning rates and gradual unfreezing.
+    Optional: ``layer_groups()`` (input side first) for discriminative learning rates and gradual unfreezing;
+    ``tokens(x) -> [B, T, output_dim]`` for attention fusion over regions; ``lora_module``, the name of the child
+    module (a transformer) that strategy ``lora`` puts its adapters into.
     """
 
     output_dim: int
@@ -95,33 +129,35 @@ def build_mlp(spec: InputSpec, output_dim: int, **kwargs) -> TabularMLP:
     return TabularMLP(spec.shape[0], output_dim, categorical=spec.categorical, **kwargs)
 
 
-def build_hf(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
-    from mmtransfer.encoders.hf import build_hf as build  # transformers is imported only when asked for
-
-    return build(spec, output_dim, **kwargs)
+def _no_builder(spec: InputSpec, output_dim: int | None, **kwargs) -> nn.Module:
+    raise ValueError("an encoder of no registered type (custom) is a module only Python can supply")
 
 
-def build_timm(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
-    from mmtransfer.encoders.timm_backbone import build_timm as build  # timm is imported only when asked for
-
-    return build(spec, output_dim, **kwargs)
-
-
-def build_efficientnet_lite(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
-    from mmtransfer.encoders.efficientnet import build_efficientnet_lite as build  # an optional extra
-
-    return build(spec, output_dim, **kwargs)
-
-
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "cnn": build_cnn,
-    "rnn": build_rnn,
-    "attention": build_attention,
-    "hf": build_hf,
-    "timm": build_timm,
-    "efficientnet_lite": build_efficientnet_lite,
-    "mlp": build_mlp,
+# A network trained from scratch needs no metadata beyond its builder: the defaults of EncoderInfo describe it.
+ENCODERS: dict[str, EncoderInfo] = {
+    "cnn": EncoderInfo(build_cnn),
+    "rnn": EncoderInfo(build_rnn),
+    "attention": EncoderInfo(build_attention),
+    "hf": hf.INFO,
+    "timm": timm_backbone.INFO,
+    "efficientnet_lite": efficientnet.INFO,
+    "mlp": EncoderInfo(build_mlp),
 }
+
+# An encoder config the registry does not know (``custom``: a module only Python can supply) has no metadata.
+UNKNOWN = EncoderInfo(_no_builder)
+
+
+def encoder_info(cfg) -> EncoderInfo:
+    """The registry entry of an encoder config (``model.encoders.NAME``): what the rest of mmtransfer asks
+    instead of checking the config's type. A config of no registered type (``custom``) gets ``UNKNOWN``."""
+    return ENCODERS.get(getattr(cfg, "type", None), UNKNOWN)
+
+
+def presets(modality: str) -> list[Preset]:
+    """Every encoder ``model.preset: auto`` may pick for a table column of ``modality``, in registry order."""
+    return [preset for info in ENCODERS.values() for preset in info.presets if preset.modality == modality]
+
 
 __all__ = [
     "ENCODERS",
@@ -129,6 +165,8 @@ __all__ = [
     "AttentionPool",
     "ConvEncoder",
     "Encoder",
+    "EncoderInfo",
+    "Preset",
     "RecurrentEncoder",
     "as_sequence",
     "build_attention",
@@ -136,6 +174,8 @@ __all__ = [
     "build_hf",
     "build_mlp",
     "build_rnn",
+    "encoder_info",
+    "presets",
     "sequence_features",
     "TabularMLP",
     "TokenEncoder",

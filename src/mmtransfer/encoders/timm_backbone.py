@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmtransfer.checkpoint import load_state_file
+from mmtransfer.config import TimmConfig
+from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, per_channel, pretrained_or_file
 from mmtransfer.hub import offline
 from mmtransfer.modalities.base import InputSpec
 
@@ -45,7 +48,7 @@ def build_timm(
     local_files_only: bool = True,
 ) -> TimmEncoder:
     try:
-        import timm
+        import timm  # an optional extra, imported where used (it imports torchvision: seconds)
     except Exception as err:  # ImportError, or torchvision failing to load beside this torch
         raise ValueError(
             f"timm encoder: timm does not import here ({type(err).__name__}: {err}); "
@@ -58,8 +61,6 @@ def build_timm(
         if not Path(weights).is_file():
             raise FileNotFoundError(f"timm encoder: no weights file {weights}")
         if Path(weights).suffix != ".safetensors":  # read it safely first: timm's own reader may unpickle anything
-            from mmtransfer.checkpoint import load_state_file
-
             load_state_file(weights)
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
@@ -75,3 +76,40 @@ def build_timm(
             f"give weights: a file, or pretrained: false ({err})"
         ) from None
     return TimmEncoder(backbone, output_dim)
+
+
+def image_settings(cfg: TimmConfig) -> tuple[dict, str] | None:
+    """An image column's settings from timm's pretrained config of the model; None where timm does not import
+    or knows no such config."""
+    if not pretrained_or_file(cfg):
+        return None
+    try:
+        import timm  # an optional extra, imported where used
+    except Exception:  # timm does not import here: the encoder reports it when it is built
+        return None
+    try:
+        pc = timm.get_pretrained_cfg(cfg.name)
+    except Exception:
+        return None
+    if pc is None:
+        return None
+    pc = pc.to_dict() if hasattr(pc, "to_dict") else dict(pc)
+    _, h, w = pc.get("input_size", (3, 224, 224))
+    return {
+        "size": (int(h), int(w)),
+        "resize": "crop",
+        "crop_pct": round(float(pc.get("crop_pct", 0.875)), 4),
+        "mean": per_channel(pc.get("mean", (0.485, 0.456, 0.406))),
+        "std": per_channel(pc.get("std", (0.229, 0.224, 0.225))),
+    }, f"timm {cfg.name}'s pretrained config"
+
+
+INFO = EncoderInfo(
+    build_timm,
+    backbone=True,
+    pretrained=pretrained_or_file,
+    without_weights=NO_WEIGHTS,
+    weights_from=lambda cfg: f"timm {cfg.name} ({cfg.weights or 'its pretrained weights, from timm'})",
+    preprocessing=image_settings,
+    portable=lambda cfg, folder: dict(NO_WEIGHTS),  # timm builds the architecture; the weights are the run's
+)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mmtransfer.encoders.stem import channels_adapted
+
 ADAPTATIONS = ("conv_channels", "head_classes", "vocab", "positions", "partial")
 DEFAULT_ADAPT = ("conv_channels", "head_classes", "vocab", "positions")
 
@@ -62,17 +64,6 @@ def conv_channels(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context)
     if src.shape[0] != dst.shape[0] or src.shape[2:] != dst.shape[2:] or src.shape[1] == dst.shape[1]:
         return None
     return channels_adapted(src, dst.shape[1])
-
-
-def channels_adapted(weight: torch.Tensor, channels: int) -> tuple[torch.Tensor, str]:
-    """A first convolution's kernel ``[out, in, ...]`` for another input channel count: summed into one channel
-    (grayscale sees what RGB saw for a gray pixel), or repeated and scaled so the response keeps its size."""
-    s, t = weight.shape[1], channels
-    if t == 1:
-        return weight.sum(dim=1, keepdim=True), f"{s} input channels summed into 1"
-    repeat = math.ceil(t / s)
-    out = weight.repeat(1, repeat, *([1] * (weight.dim() - 2)))[:, :t] * (s / t)
-    return out, f"{s} input channels repeated to {t} and scaled by {s}/{t}"
 
 
 def head_classes(name: str, src: torch.Tensor, dst: torch.Tensor, ctx: Context):

@@ -9,133 +9,44 @@ Every tensor of the target's state dict ends in exactly one state:
 Matching, in order: ``rules`` (source-name prefixes rewritten to target-name prefixes, ``{i}`` standing for a
 number, first matching rule wins), exact names, then (``structure=True``) the remaining modules paired in order
 with the next source module whose tensors have the same shapes in the same order.
+
+:func:`graft` reads the source (:mod:`mmtransfer.transfer.sources`), makes a pure plan (:func:`plan_graft`: state
+dicts and rules in, the new tensors and the report out; no module is touched) and applies it (:func:`apply`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Literal
+from dataclasses import replace
 
 import torch
-from rich.text import Text
 from torch import nn
 
-from mmtransfer.display import Grid
 from mmtransfer.errors import UserError
 from mmtransfer.transfer.adapt import BY_NAMES, DEFAULT_ADAPT, Context, adapt
-from mmtransfer.transfer.sources import Source, load_source
+from mmtransfer.transfer.report import STATES, GraftReport, State, TensorRecord
+from mmtransfer.transfer.sources import load_source
 
-State = Literal["copied", "adapted", "skipped", "new"]
-STATES = ("copied", "adapted", "skipped", "new")
+# The report's classes are imported from here too (``from mmtransfer.transfer.graft import GraftReport``).
+__all__ = [
+    "STATES",
+    "GraftError",
+    "GraftReport",
+    "State",
+    "TensorRecord",
+    "apply",
+    "compile_rules",
+    "first_convs",
+    "graft",
+    "plan_graft",
+    "rename",
+]
 
 
 class GraftError(UserError):
     """Strict mode: tensors that were expected to transfer but did not."""
-
-
-@dataclass
-class TensorRecord:
-    target: str
-    state: State
-    shape: list[int]
-    source: str | None = None
-    source_shape: list[int] | None = None
-    reason: str = ""
-    matched_by: str = ""
-    excluded_by: str | None = None  # the exclude pattern that left this tensor out
-
-
-@dataclass
-class GraftReport:
-    records: list[TensorRecord]
-    unused_source: list[str] = field(default_factory=list)
-    source: str = ""
-    dry_run: bool = False
-
-    def by_state(self, state: State) -> list[str]:
-        return [r.target for r in self.records if r.state == state]
-
-    def counts(self) -> dict[str, int]:
-        c = Counter(r.state for r in self.records)
-        return {s: c.get(s, 0) for s in STATES}
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Elements per state (a tensor of shape [10, 64] counts 640)."""
-        out = dict.fromkeys(STATES, 0)
-        for r in self.records:
-            out[r.state] += int(torch.Size(r.shape).numel())
-        return out
-
-    def totals(self) -> str:
-        c, e = self.counts(), self.parameter_counts()
-        total = sum(e.values()) or 1
-        return "  ".join(f"{s}: {c[s]} tensors, {e[s]:,} values ({100 * e[s] / total:.1f}%)" for s in STATES)
-
-    def to_dict(self) -> dict:
-        return {
-            "source": self.source,
-            "dry_run": self.dry_run,
-            "counts": self.counts(),
-            "elements": self.parameter_counts(),
-            "records": [asdict(r) for r in self.records],
-            "unused_source": self.unused_source,
-        }
-
-    def save(self, path: str | Path) -> Path:
-        """JSON at ``path``, and the same report as Markdown beside it (``.md``)."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        path.with_suffix(".md").write_text(self.markdown())
-        return path
-
-    def _detail(self, r: TensorRecord) -> str:
-        detail = r.source or ""
-        if r.source and r.source != r.target and r.matched_by:
-            detail += f" ({r.matched_by})"
-        if r.reason:
-            detail = f"{detail}: {r.reason}" if detail else r.reason
-        return detail
-
-    def markdown(self) -> str:
-        lines = [
-            f"# Graft report{' (dry run: nothing copied)' if self.dry_run else ''}",
-            "",
-            f"Source: `{self.source}`",
-            "",
-            self.totals(),
-            "",
-            "| target tensor | state | shape | source / how / why |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| `{r.target}` | {r.state} | {r.shape} | {_md(self._detail(r))} |" for r in self.records]
-        if self.unused_source:
-            lines += ["", f"Source tensors not used ({len(self.unused_source)}): " + ", ".join(self.unused_source)]
-        return "\n".join(lines) + "\n"
-
-    def table(self, title: str = "graft report") -> Grid:
-        """Every tensor, one row each, never cut: a rich table on a terminal, plain lines in a file or ``print``."""
-        colours = {"copied": "green", "adapted": "magenta", "skipped": "yellow", "new": "cyan"}
-        rows = [[r.target, Text(r.state, style=colours[r.state]), str(r.shape), self._detail(r)] for r in self.records]
-        return Grid(
-            title + (" (dry run: nothing copied)" if self.dry_run else ""),
-            ["target tensor", "state", "shape", "source / how / why"],
-            rows,
-            caption=self.totals(),
-        )
-
-    def __str__(self) -> str:
-        return self.table(f"graft report: {self.source}").plain()
-
-
-def _md(text: str) -> str:
-    """A table cell for Markdown: pipes escaped, and ``*`` (fnmatch patterns) not read as emphasis."""
-    return text.replace("|", "\\|").replace("*", "\\*")
 
 
 def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> list[tuple[re.Pattern, str, str]]:
@@ -171,11 +82,14 @@ def rename(name: str, rules: list[tuple[re.Pattern, str, str]]) -> tuple[str, st
     return None
 
 
+Rules = Mapping[str, str] | list[tuple[str, str]] | None
+
+
 def graft(
     source,
     target: nn.Module,
     *,
-    rules: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    rules: Rules = None,
     structure: bool = False,
     select: list[str] | None = None,
     unselected_reason: str = "not selected",
@@ -200,95 +114,159 @@ def graft(
     skipped with the reason, never copied by position. ``exclude`` patterns (fnmatch, on the target or the
     source name) leave tensors out; the report names the pattern.
 
+    The work is :func:`plan_graft` (state dicts in, updates and report out) then :func:`apply`.
+
     >>> src, dst = nn.Linear(4, 2), nn.Linear(4, 3)
     >>> graft(src, dst).counts()
     {'copied': 0, 'adapted': 0, 'skipped': 2, 'new': 0}
     """
     src = load_source(source)
-    if target_classes is None:
-        target_classes = getattr(target, "classes", None)
-    if any("lora_A" in k for k in src.state):
-        raise ValueError(
-            f"graft source {src.name} holds LoRA adapters (lora_A / lora_B beside base_layer weights); "
-            "merge them into the base weights first (W + alpha / r * B @ A), or load the run with load_run"
-        )
     ctx = Context(
         source_classes=source_classes if source_classes is not None else src.classes,
-        target_classes=target_classes,
+        target_classes=target_classes if target_classes is not None else getattr(target, "classes", None),
         source_vocab=source_vocab,
         target_vocab=target_vocab,
         enabled=tuple(adapt_with),
     )
-    targets = target.state_dict(keep_vars=True)
-    ctx.first_convs = first_convs(targets)
+    updates, report = plan_graft(
+        src.state,
+        target.state_dict(),
+        rules=rules,
+        structure=structure,
+        select=select,
+        unselected_reason=unselected_reason,
+        exclude=exclude,
+        context=ctx,
+        source_name=src.name,
+        strict=strict,
+    )
+    report.dry_run = dry_run
+    if not dry_run:
+        apply(target, updates)
+    return report
+
+
+def plan_graft(
+    source_state: Mapping[str, torch.Tensor],
+    target_state: Mapping[str, torch.Tensor],
+    *,
+    rules: Rules = None,
+    structure: bool = False,
+    select: list[str] | None = None,
+    unselected_reason: str = "not selected",
+    exclude: list[str] | None = None,
+    context: Context | None = None,
+    source_name: str = "state dict",
+    strict: bool = False,
+) -> tuple[dict[str, torch.Tensor], GraftReport]:
+    """What a graft would do, touching no module: target name -> the new tensor for every target tensor copied
+    or adapted, and the report on every target tensor. ``context`` carries class names, vocabularies and the
+    adaptations that are on (default: :data:`~mmtransfer.transfer.adapt.DEFAULT_ADAPT`, no names known).
+    Raises :class:`GraftError` in ``strict`` mode (see :func:`graft`), ``ValueError`` on a LoRA source or an
+    ``exclude`` pattern that matches nothing.
+
+    >>> updates, report = plan_graft({"weight": torch.ones(2, 4)}, nn.Linear(4, 2).state_dict())
+    >>> sorted(updates), report.counts()
+    (['weight'], {'copied': 1, 'adapted': 0, 'skipped': 0, 'new': 1})
+    """
+    if any("lora_A" in k for k in source_state):
+        raise ValueError(
+            f"graft source {source_name} holds LoRA adapters (lora_A / lora_B beside base_layer weights); "
+            "merge them into the base weights first (W + alpha / r * B @ A), or load the run with load_run"
+        )
+    ctx = replace(context) if context is not None else Context()
+    ctx.first_convs = first_convs(target_state)
     exclude = list(exclude or [])
     # A tensor excluded by its own name takes no part in structure matching (it would use up a pairing).
-    left_out = {t for t in targets if any(fnmatch.fnmatchcase(t, p) for p in exclude)}
-    matches = _match(src, targets, compile_rules(rules), structure, left_out)
+    left_out = {t for t in target_state if any(fnmatch.fnmatchcase(t, p) for p in exclude)}
+    matches = _match(source_state, target_state, compile_rules(rules), structure, left_out)
 
     used_patterns: set[str] = set()
     records, updates = [], {}
-    for name, tensor in targets.items():
-        shape = list(tensor.shape)
+    for name, tensor in target_state.items():
         found = matches.get(name)
         hits = _excluded_by(exclude, name, found[0] if found else None)
         used_patterns.update(hits)
-        excluded = hits[0] if hits else None  # the first pattern that matches is the one reported
-        if excluded is not None or (select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select)):
-            rec = TensorRecord(name, "skipped", shape, reason=unselected_reason, excluded_by=excluded)
-            if excluded is not None:
-                rec.reason = f"excluded by pattern {excluded!r}"
-            if found:
-                rec.source, rec.source_shape, rec.matched_by = found[0], list(src.state[found[0]].shape), found[1]
-            records.append(rec)
-            continue
-        if found is None:
-            records.append(TensorRecord(name, "new", shape, reason="no source tensor matched"))
-            continue
-        src_name, how = found
-        value = src.state[src_name]
-        rec = TensorRecord(name, "copied", shape, src_name, list(value.shape), matched_by=how)
-        # Rows that follow label or token names are placed by name even when the shapes agree.
-        by_name = adapt(name, value, tensor, ctx, keys=BY_NAMES)
-        head_refusal = _head_refusal(name, src_name, ctx) if by_name is None else None
-        if by_name is not None:
-            (updates[name], rec.reason), rec.state = by_name, "adapted"
-        elif head_refusal is not None:
-            rec.state, rec.reason = "skipped", head_refusal
-        elif value.shape == tensor.shape:
-            updates[name] = value
+        if hits or (select is not None and not any(fnmatch.fnmatchcase(name, p) for p in select)):
+            rec = _left_out(name, tensor, found, source_state, hits[0] if hits else None, unselected_reason)
+        elif found is None:
+            rec = TensorRecord(name, "new", list(tensor.shape), reason="no source tensor matched")
         else:
-            adapted = adapt(name, value, tensor, ctx)
-            if adapted is None:
-                rec.state, rec.reason = "skipped", f"shape {list(value.shape)} vs {shape}"
-            else:
-                (updates[name], rec.reason), rec.state = adapted, "adapted"
+            rec, value = _transferred(name, tensor, found, source_state, ctx)
+            if value is not None:
+                updates[name] = value
         records.append(rec)
 
     unmatched = [p for p in exclude if p not in used_patterns]
     if unmatched:
         raise ValueError(
             f"exclude pattern(s) {unmatched} match no tensor of the target (nor a source tensor matched to one); "
-            f"target tensors are named like {next(iter(targets), '(none)')!r}"
+            f"target tensors are named like {next(iter(target_state), '(none)')!r}"
         )
     used = {matches[r.target][0] for r in records if r.state in ("copied", "adapted")}
-    report = GraftReport(records, sorted(set(src.state) - used), src.name, dry_run)
-    unexpected = [r for r in records if r.state == "skipped" and r.source is not None and r.reason.startswith("shape")]
-    if strict and unexpected:
+    report = GraftReport(records, sorted(set(source_state) - used), source_name)
+    if strict:
+        _check_strict(report, updates)
+    return updates, report
+
+
+def apply(target: nn.Module, updates: Mapping[str, torch.Tensor]) -> None:
+    """Copy a plan's updates into ``target``'s tensors in place (each cast to the tensor's dtype and device)."""
+    targets = target.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, value in updates.items():
+            targets[name].copy_(value.to(dtype=targets[name].dtype, device=targets[name].device))
+
+
+def _left_out(name, tensor, found, source_state, excluded: str | None, unselected_reason: str) -> TensorRecord:
+    """The record of a target tensor an exclude pattern (the first that matched) or ``select`` left out."""
+    rec = TensorRecord(name, "skipped", list(tensor.shape), reason=unselected_reason, excluded_by=excluded)
+    if excluded is not None:
+        rec.reason = f"excluded by pattern {excluded!r}"
+    if found:
+        rec.source, rec.source_shape, rec.matched_by = found[0], list(source_state[found[0]].shape), found[1]
+    return rec
+
+
+def _transferred(name, tensor, found, source_state, ctx: Context) -> tuple[TensorRecord, torch.Tensor | None]:
+    """A matched target tensor: its record (copied, adapted or skipped with why) and its new value, if any."""
+    src_name, how = found
+    value, shape = source_state[src_name], list(tensor.shape)
+    rec = TensorRecord(name, "copied", shape, src_name, list(value.shape), matched_by=how)
+    # Rows that follow label or token names are placed by name even when the shapes agree.
+    by_name = adapt(name, value, tensor, ctx, keys=BY_NAMES)
+    if by_name is not None:
+        (new, rec.reason), rec.state = by_name, "adapted"
+        return rec, new
+    head_refusal = _head_refusal(name, src_name, ctx)
+    if head_refusal is not None:
+        rec.state, rec.reason = "skipped", head_refusal
+        return rec, None
+    if value.shape == tensor.shape:
+        return rec, value
+    adapted = adapt(name, value, tensor, ctx)
+    if adapted is None:
+        rec.state, rec.reason = "skipped", f"shape {list(value.shape)} vs {shape}"
+        return rec, None
+    (new, rec.reason), rec.state = adapted, "adapted"
+    return rec, new
+
+
+def _check_strict(report: GraftReport, updates: Mapping[str, torch.Tensor]) -> None:
+    """Strict mode: a matched tensor skipped for its shape, or nothing transferred at all, is a GraftError."""
+    unexpected = [
+        r for r in report.records if r.state == "skipped" and r.source is not None and r.reason.startswith("shape")
+    ]
+    if unexpected:
         raise GraftError(
-            f"strict graft from {src.name}: {len(unexpected)} tensor(s) matched but not transferred:\n"
+            f"strict graft from {report.source}: {len(unexpected)} tensor(s) matched but not transferred:\n"
             + "\n".join(f"  {r.target} <- {r.source}: {r.reason}" for r in unexpected)
         )
-    if strict and not updates:
+    if not updates:
         raise GraftError(
-            f"strict graft from {src.name}: nothing transferred; no source tensor matched a target name "
+            f"strict graft from {report.source}: nothing transferred; no source tensor matched a target name "
             "(names differ? give rules, or structure=True)"
         )
-    if not dry_run:
-        with torch.no_grad():
-            for name, value in updates.items():
-                targets[name].copy_(value.to(dtype=targets[name].dtype, device=targets[name].device))
-    return report
 
 
 def _excluded_by(patterns: list[str], target: str, source: str | None) -> list[str]:
@@ -348,7 +326,7 @@ def first_convs(targets: Mapping[str, torch.Tensor]) -> frozenset[str]:
 
 
 def _match(
-    src: Source,
+    source_state: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
     rules: list[tuple[re.Pattern, str, str]],
     structure: bool,
@@ -357,18 +335,18 @@ def _match(
     """target name -> (source name, how it was matched)."""
     matches: dict[str, tuple[str, str]] = {}
     taken: set[str] = set()
-    for name in src.state:
+    for name in source_state:
         renamed = rename(name, rules) if rules else None
         if renamed:
             taken.add(name)  # a rule said where it goes: never also by its own name
             if renamed[0] in targets and renamed[0] not in matches:
                 matches[renamed[0]] = (name, renamed[1])
     for name in targets:
-        if name not in matches and name in src.state and name not in taken:
+        if name not in matches and name in source_state and name not in taken:
             matches[name] = (name, "name")
             taken.add(name)
     if structure:
-        _match_structure(src, {t: v for t, v in targets.items() if t not in left_out}, matches, taken)
+        _match_structure(source_state, {t: v for t, v in targets.items() if t not in left_out}, matches, taken)
     return matches
 
 
@@ -376,7 +354,7 @@ def _module_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _match_structure(src: Source, targets, matches: dict, taken: set) -> None:
+def _match_structure(source_state: Mapping[str, torch.Tensor], targets, matches: dict, taken: set) -> None:
     """Pair modules, in order, whose unmatched tensors have the same shapes in the same order; then pair their
     tensors one by one. A source module left out of one pairing stays available for the next."""
 
@@ -386,7 +364,7 @@ def _match_structure(src: Source, targets, matches: dict, taken: set) -> None:
             out.setdefault(_module_of(n), []).append(n)
         return [(m, ns, [tuple(shape_of(n)) for n in ns]) for m, ns in out.items()]
 
-    pool = modules([s for s in src.state if s not in taken], lambda n: src.state[n].shape)
+    pool = modules([s for s in source_state if s not in taken], lambda n: source_state[n].shape)
     for module, names, shapes in modules([t for t in targets if t not in matches], lambda n: targets[n].shape):
         k = next((i for i, (_, _, src_shapes) in enumerate(pool) if src_shapes == shapes), None)
         if k is None:

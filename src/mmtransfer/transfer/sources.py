@@ -17,8 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmtransfer.artifact import read_labels, verify
 from mmtransfer.checkpoint import load_state_file, load_weights
+from mmtransfer.encoders.hf import resolve_model_path
+from mmtransfer.encoders.timm_backbone import build_timm
 from mmtransfer.hub import ModelFolderError, from_pretrained, why_not_loaded
+from mmtransfer.modalities.base import InputSpec
 
 
 @dataclass
@@ -42,8 +46,6 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
         return _hf(text[3:], local_files_only)
     path = Path(text)
     if path.is_dir() and (path / "config.yaml").is_file():  # a run folder of ours (an HF folder has config.json)
-        from mmtransfer.artifact import read_labels, verify
-
         verify(path)  # a run folder's files match its manifest, and its fit finished
         classes = read_labels(path / "labels.json")  # every run folder lists one; names checked
         return Source(load_weights(path), str(path), classes)
@@ -59,9 +61,7 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
 
 
 def _hf(name: str, local_files_only: bool) -> Source:
-    from transformers import AutoModel
-
-    from mmtransfer.encoders.hf import resolve_model_path
+    from transformers import AutoModel  # imported here: transformers takes seconds to import
 
     path = resolve_model_path(name)
     try:
@@ -74,8 +74,5 @@ def _hf(name: str, local_files_only: bool) -> Source:
 
 
 def _timm(name: str, local_files_only: bool) -> Source:
-    from mmtransfer.encoders.timm_backbone import build_timm
-    from mmtransfer.modalities.base import InputSpec
-
     encoder = build_timm(InputSpec("image", (3, 224, 224)), 1, name=name, local_files_only=local_files_only)
     return Source(dict(encoder.backbone.state_dict()), f"timm:{name}")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from mmtransfer.config import StrategyConfig
-from mmtransfer.encoders.hf import HFEncoder
+from mmtransfer.encoders import encoder_info
 
 # The attention query and value projections: BERT, RoBERTa, ViT (query, value); CLIP, wav2vec 2.0 (q_proj, v_proj).
 DEFAULT_LORA_TARGETS = ("query", "value", "q_proj", "v_proj")
@@ -120,7 +120,7 @@ def trainable_in_epoch(
     model: nn.Module, strategy: StrategyConfig, epoch: int, allowed: Collection[str] | None = None
 ) -> set[str]:
     """Names of the parameters the strategy trains in ``epoch`` (1-based), within ``allowed``; changes nothing."""
-    lora_prefixes = tuple(f"{prefix}." for prefix in hf_backbones(model))
+    lora_prefixes = tuple(f"{prefix}." for prefix in lora_backbones(model))
     if strategy.name == "lora" and not any(is_lora(n) for n, _ in model.named_parameters()):
         raise ValueError("strategy lora: the model has no LoRA adapters; call prepare(model, strategy) first")
     names: set[str] = set()
@@ -160,15 +160,10 @@ def schedule(
 
 
 def pretrained(encoders: dict) -> list[str]:
-    """The inputs whose encoder config starts from pretrained weights: a Hugging Face model, or an
-    EfficientNet-Lite or timm model with its pretrained weights or a weights file. A module given in Python
-    (custom) is not known to be."""
-    names = []
-    for name, enc in sorted(encoders.items()):
-        kind = getattr(enc, "type", None)
-        if kind == "hf" or (kind in ("efficientnet_lite", "timm") and (enc.pretrained or enc.weights)):
-            names.append(name)
-    return names
+    """The inputs whose encoder config starts from pretrained weights, as each encoder type's registry entry
+    says (a Hugging Face model; an EfficientNet-Lite or timm model with its pretrained weights or a weights
+    file). A module given in Python (custom) is not known to be."""
+    return [name for name, enc in sorted(encoders.items()) if encoder_info(enc).pretrained(enc)]
 
 
 def changes_over_epochs(strategy: StrategyConfig) -> bool:
@@ -220,10 +215,15 @@ def is_lora(name: str) -> bool:
     return "lora_" in name  # PEFT's own test for adapter parameters (lora_A, lora_B, lora_embedding_A, ...)
 
 
-def hf_backbones(model: nn.Module) -> dict[str, nn.Module]:
-    """``encoders.{input}.backbone`` -> the backbone, for every Hugging Face encoder."""
+def lora_backbones(model: nn.Module) -> dict[str, nn.Module]:
+    """``encoders.{input}.backbone`` -> the backbone, for every encoder that names one for LoRA (its
+    ``lora_module``: a Hugging Face encoder's transformer)."""
     encoders = getattr(model, "encoders", None) or {}
-    return {f"encoders.{n}.backbone": e.backbone for n, e in sorted(encoders.items()) if isinstance(e, HFEncoder)}
+    return {
+        f"encoders.{n}.{e.lora_module}": getattr(e, e.lora_module)
+        for n, e in sorted(encoders.items())
+        if isinstance(getattr(e, "lora_module", None), str)
+    }
 
 
 def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
@@ -233,7 +233,7 @@ def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
     ``...{target}.base_layer.weight`` and the adapters sit beside it as ``...{target}.lora_A.default.weight``,
     so a LoRA checkpoint loads into a model built from the same config and passed through ``apply_lora``.
     """
-    backbones = hf_backbones(model)
+    backbones = lora_backbones(model)
     if not backbones:
         kinds = {n: type(e).__name__ for n, e in sorted((getattr(model, "encoders", None) or {}).items())}
         raise ValueError(
@@ -241,7 +241,7 @@ def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
             f"none (encoders: {kinds}); use full, discriminative or gradual_unfreeze"
         )
     try:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # an optional extra: imported where used
         from peft.tuners.lora import LoraLayer
     except ImportError:
         raise ImportError("strategy lora needs PEFT: pip install peft") from None
