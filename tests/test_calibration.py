@@ -101,7 +101,7 @@ def test_fit_weights_the_loss_and_calibrates_and_the_artifact_applies_the_temper
     assert seen[0].tolist() == pytest.approx((counts.sum() / (2 * counts)).tolist(), rel=1e-6)
     assert metrics["test"]["balanced_accuracy"] == pytest.approx(np.mean(metrics["test"]["recall_per_class"]))
 
-    c = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    c = json.loads((tmp_path / "run" / "task.json").read_text())["calibration"]
     assert c == metrics["calibration"] and c["fitted_on"] == "val" and c["n_val"] == len(data.val)
     assert c["val"]["nll_after"] <= c["val"]["nll_before"] + 1e-12
     assert (tmp_path / "run" / "reliability.png").stat().st_size > 10_000
@@ -145,7 +145,7 @@ def test_export_carries_the_temperature(tmp_path):
 def test_no_calibration_when_off_or_without_a_validation_split(tmp_path, small_run):
     off = small_run.model_copy(update={"train": small_run.train.model_copy(update={"calibrate": False})})
     assert "calibration" not in fit_run(off, tmp_path / "off", make_console(quiet=True))
-    assert not (tmp_path / "off" / "calibration.json").exists()
+    assert "calibration" not in json.loads((tmp_path / "off" / "task.json").read_text())
     assert artifact.load(tmp_path / "off").model.temperature == 1.0
     console = make_console(record=True, width=200)
     none = small_run.model_copy(update={"train": small_run.train.model_copy(update={"validation": "none"})})

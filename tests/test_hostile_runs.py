@@ -121,18 +121,18 @@ def test_a_symlinked_file_or_folder_is_refused(run, tmp_path):
 @pytest.mark.parametrize(
     "file,value,field",
     [
-        ("calibration.json", 0, "temperature is 0"),
-        ("calibration.json", float("nan"), "temperature is nan"),
-        ("calibration.json", 1e9, "temperature is 1000000000.0"),
-        ("calibration.json", "2", "temperature is '2'"),
+        ("task.json", 0, "temperature is 0"),
+        ("task.json", float("nan"), "temperature is nan"),
+        ("task.json", 1e9, "temperature is 1000000000.0"),
+        ("task.json", "2", "temperature is '2'"),
         ("labels.json", ["0", "1", "2", "3", "4", "5", "6", "7", "8", "8"], "'8' is given twice"),
         ("labels.json", ["0", "1", "2", "3", "4", "5", "6", "7", "8", ""], "name 9 is ''"),
     ],
 )
 def test_an_edited_and_redigested_value_out_of_range_is_refused(run, tmp_path, file, value, field):
-    if file == "calibration.json":
+    if file == "task.json":
         record = json.loads((run / file).read_text())
-        record["temperature"] = value
+        record["calibration"]["temperature"] = value
         (run / file).write_text(json.dumps(record))
     else:
         (run / file).write_text(json.dumps(value))
@@ -155,20 +155,21 @@ def test_an_edited_and_redigested_value_out_of_range_is_refused(run, tmp_path, f
     ],
 )
 def test_a_target_out_of_range_is_refused(tmp_path, task, target, field):
-    (tmp_path / "target.json").write_text(json.dumps(target))
-    with pytest.raises(artifact.ArtifactError, match="target.json: ") as err:
-        artifact.read_target(tmp_path, task, ["a", "b"])
+    (tmp_path / "task.json").write_text(json.dumps(target))
+    with pytest.raises(artifact.ArtifactError, match="task.json: ") as err:
+        artifact.read_task(tmp_path, task, ["a", "b"])
     assert field in str(err.value)
 
 
 def test_a_target_json_missing_from_a_regression_run_is_refused(tmp_path):
-    with pytest.raises(artifact.ArtifactError, match="target.json: missing; config.yaml says data.task is regression"):
-        artifact.read_target(tmp_path, "regression", ["y"])
-    (tmp_path / "target.json").write_text(json.dumps({"task": "regression", "mean": 1.0, "std": 2.0}))
-    assert artifact.read_target(tmp_path, "regression", ["y"])["std"] == 2.0
-    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 1.5}))
+    with pytest.raises(artifact.ArtifactError, match="task.json: missing; this run folder was made by an older"):
+        artifact.read_task(tmp_path, "regression", ["y"])
+    (tmp_path / "task.json").write_text(json.dumps({"task": "regression", "mean": 1.0, "std": 2.0}))
+    assert artifact.read_task(tmp_path, "regression", ["y"]).std == 2.0
+    state = {"task": "regression", "mean": 1.0, "std": 2.0, "calibration": {"temperature": 1.5}}
+    (tmp_path / "task.json").write_text(json.dumps(state))
     with pytest.raises(artifact.ArtifactError, match="a temperature in a regression run"):
-        artifact.read_temperature(tmp_path, artifact.read_target(tmp_path, "regression", ["y"]))
+        artifact.read_task(tmp_path, "regression", ["y"])
 
 
 # ---------------------------------------------------------------- failure 10: a manifest nested too deeply
@@ -374,7 +375,7 @@ def test_a_fit_killed_at_any_of_ten_stages_resumes_to_the_same_weights_or_is_com
     record = json.loads((tmp_path / "stages.json").read_text())
     assert record["whole"] == 0, done.stderr[-3000:]
     whole = load_weights(tmp_path / "whole")
-    temperature = json.loads((tmp_path / "whole" / "calibration.json").read_text())["temperature"]
+    temperature = json.loads((tmp_path / "whole" / "task.json").read_text())["calibration"]["temperature"]
     for i, stage in enumerate(STAGES):
         entry, out = record[str(i)], tmp_path / f"stage{i}"
         assert entry["killed"] == -signal.SIGKILL, (stage, entry, done.stderr[-3000:])
@@ -386,7 +387,7 @@ def test_a_fit_killed_at_any_of_ten_stages_resumes_to_the_same_weights_or_is_com
         assert "checkpoint.safetensors" not in artifact.verify(out)["files"], stage
         weights = load_weights(out)
         assert all(torch.equal(whole[k], weights[k]) for k in whole), stage
-        assert json.loads((out / "calibration.json").read_text())["temperature"] == temperature, stage
+        assert json.loads((out / "task.json").read_text())["calibration"]["temperature"] == temperature, stage
 
 
 def test_resume_of_a_run_with_no_checkpoint_starts_again_and_says_so(finished, tmp_path):

@@ -75,7 +75,7 @@ def test_a_multilabel_run_learns_chooses_thresholds_and_predicts_label_sets(tmp_
     assert metrics["classes"] == ["big", "plain", "red", "round"] and "calibration" not in metrics
     assert metrics["test"]["micro_f1"] > 0.85 and metrics["test"]["map"] > 0.9
     # the stored thresholds are the ones the validation rows choose
-    target = json.loads((run / "target.json").read_text())
+    target = json.loads((run / "task.json").read_text())
     assert target["task"] == "multilabel" and target["separator"] == ";"
     assert cli("predict", run, table, "--out", tmp_path / "p.csv", cwd=tmp_path).returncode == 0
     pred = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)

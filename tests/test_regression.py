@@ -84,7 +84,7 @@ def test_a_regression_run_learns_and_reports_in_the_targets_units(regression_run
     test = metrics["test"]
     assert test["r2"] > 0.9 and test["rmse"] < 12 and set(test) >= {"n", "rmse", "mae", "r2", "loss"}
     assert "accuracy" not in test and metrics["classes"] == ["price"] and "calibration" not in metrics
-    target = json.loads((run / "target.json").read_text())
+    target = json.loads((run / "task.json").read_text())
     train_rows = json.loads((run / "splits.json").read_text())["rows"]["train"]
     y = pd.read_csv(table)["price"].to_numpy()
     assert target["mean"] == pytest.approx(y[train_rows].mean()) and target["std"] == pytest.approx(

@@ -302,7 +302,7 @@ def test_two_processes_train_one_run(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run folder:") == 1  # one process printed the result
     assert two.stdout.count("calibration: temperature") == 1  # both computed it (gathered logits), one wrote it
-    assert json.loads((tmp_path / "two" / "calibration.json").read_text())["n_val"] == 216
+    assert json.loads((tmp_path / "two" / "task.json").read_text())["calibration"]["n_val"] == 216
     assert two.stdout.count("epoch 5/5") == 1
     assert "processes: 2 (MULTI_CPU, gloo backend, cpu); each takes batches of 32, 64 examples per" in two.stdout
     run_folder = str(tmp_path / "two")

@@ -7,6 +7,8 @@
     RUN/preprocessing.json   tables: column bindings and the fitted state of each modality
     RUN/assets/...           what a pretrained backbone needs besides weights: its config.json, a tokenizer's
                              files, an audio feature extractor's settings (copied in; never a path outside)
+    RUN/task.json            what it predicts and the task's fitted state (temperature, target mean and std,
+                             thresholds): mmtransfer.tasks
     RUN/splits.json          which rows were train / validation / test (a table's row numbers and SHA-256)
     RUN/versions.json        mmtransfer, torch, transformers and Python that wrote it
     RUN/history.json, metrics.json, transfer_report.json / .md
@@ -16,17 +18,16 @@ Loading verifies the manifest first: a missing, truncated or changed file, any f
 (other than what commands write into a finished run: export's ``model.onnx`` and ``model.json``, and a
 ``checkpoint.safetensors`` a kill left between the final manifest and its removal, which nothing reads), a
 symlink anywhere in the folder, or a manifest whose own digest no longer matches is refused with the file
-named. Every value loading uses is range-checked (class names, temperature, thresholds, a target's mean and
-std). The manifest guards against damage and accidental edits (integrity), not against someone who rewrites
-files and manifest together (authenticity): zeroed weights or relabelled classes, re-digested, cannot be told
-from a real run. Weights are read as safetensors, JSON and YAML as data: nothing is ever unpickled.
+named. Every value loading uses is range-checked (class names, and task.json's temperature, thresholds, a
+target's mean and std). The manifest guards against damage and accidental edits (integrity), not against someone
+who rewrites files and manifest together (authenticity): zeroed weights or relabelled classes, re-digested, cannot
+be told from a real run. Weights are read as safetensors, JSON and YAML as data: nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -38,6 +39,7 @@ from mmtransfer.config import RunConfig, load_config
 from mmtransfer.errors import UserError
 from mmtransfer.outputs import final_name
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
+from mmtransfer.tasks import TASKS, Task, TaskStateError, task_from_state
 
 MANIFEST = "manifest.json"
 ASSETS = "assets"
@@ -45,7 +47,8 @@ CORE_FILES = ("config.yaml", "model.safetensors", "labels.json", "inputs.json", 
 CHECKPOINT = "checkpoint.safetensors"  # the resumable state of a fit (mmtransfer.resume); never part of a finished run
 # Written into a finished run folder by later commands (export's default --out); loading never reads them.
 LATER_OUTPUTS = ("model.onnx", "model.json", ".model.onnx.tmp")
-TEMPERATURE_RANGE = (0.05, 20.0)  # the search range of calibration.fit_temperature
+TASK_FILE = "task.json"  # the task and its fitted state (mmtransfer.tasks)
+OLD_TASK_FILES = ("target.json", "calibration.json")  # what an older mmtransfer kept the task's state in
 
 
 class ArtifactError(UserError):
@@ -403,18 +406,12 @@ def load(
     cfg = load_config(run_dir / "config.yaml")
     classes = read_labels(run_dir / "labels.json")
     specs = read_specs(run_dir / "inputs.json")
-    target = read_target(run_dir, cfg.data.task, classes)
-    temperature = read_temperature(run_dir, target)
+    task = read_task(run_dir, cfg.data.task, classes)
     model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False, modules=modules)
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
     weights = run_dir / "model.safetensors"
     load_into(model, load_weights(weights), where=str(weights))
-    if target is not None and target["task"] == "multilabel":  # label sets: each label's threshold
-        model.task, model.thresholds = "multilabel", [float(t) for t in target["thresholds"]]
-    elif target is not None:  # a regression run: the output in the target's units
-        model.task, model.target_mean, model.target_std = "regression", float(target["mean"]), float(target["std"])
-    if temperature is not None:  # temperature scaling fitted after training
-        model.temperature = temperature
+    model.task = task  # its fitted state: a temperature, a target's mean and std, thresholds
     model.eval()
     preprocessor = None
     if (run_dir / "preprocessing.json").is_file():
@@ -422,13 +419,6 @@ def load(
 
         preprocessor = TablePreprocessor.from_state(read_json(run_dir / "preprocessing.json"), base=run_dir)
     return Run(run_dir, cfg, model, classes, specs, preprocessor, manifest, version_differences(run_dir))
-
-
-def _number(value) -> float | None:
-    """``value`` as a finite float, or None (a bool, a string, NaN, an infinity)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def read_labels(path: Path) -> list[str]:
@@ -447,56 +437,33 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-def read_target(run_dir: Path, task: str, classes: list[str]) -> dict | None:
-    """target.json, checked against the config's task: a regression's mean and std (finite, std > 0), or a
-    multi-label run's labels and thresholds (one per label, in [0, 1]); None for a classification run."""
-    path = run_dir / "target.json"
+def read_task(run_dir: Path, task: str, classes: list[str]) -> Task:
+    """task.json, checked against the config's task: a classification run's temperature (finite, in
+    TEMPERATURE_RANGE), a regression's mean and std (finite, std > 0), a multi-label run's labels and thresholds
+    (one per label, in [0, 1]). A run folder without one was made by an older mmtransfer (target.json and
+    calibration.json) and must be fitted again."""
+    path = run_dir / TASK_FILE
     if not path.is_file():
-        if task in ("regression", "multilabel"):
-            raise ArtifactError(f"{path}: missing; config.yaml says data.task is {task}, which needs it")
-        return None
-    if task == "classification":
-        raise ArtifactError(f"{path}: a target in a classification run (config.yaml data.task); it does not belong")
-    target = read_json(path)
-    kind = target.get("task") if isinstance(target, dict) else None
-    if kind not in ("regression", "multilabel"):
-        raise ArtifactError(f"{path}: task is {kind!r:.60}; expected regression or multilabel")
-    if task in ("regression", "multilabel") and kind != task:
+        raise ArtifactError(
+            f"{path}: missing; this run folder was made by an older version of mmtransfer (before task.json "
+            "replaced target.json and calibration.json) and must be fitted again"
+        )
+    for old in OLD_TASK_FILES:
+        if (run_dir / old).is_file():
+            raise ArtifactError(
+                f"{run_dir / old}: a file of an older mmtransfer (task.json holds what it held); this {task} run does "
+                "not read it: remove it, or fit the run again"
+            )
+    state = read_json(path)
+    kind = state.get("task") if isinstance(state, dict) else None
+    if kind not in TASKS:
+        raise ArtifactError(f"{path}: task is {kind!r:.60}; expected one of {', '.join(TASKS)}")
+    if kind != task:
         raise ArtifactError(f"{path}: task is {kind}, but config.yaml says data.task is {task}")
-    if kind == "regression":
-        mean, std = _number(target.get("mean")), _number(target.get("std"))
-        if mean is None:
-            raise ArtifactError(f"{path}: mean is {target.get('mean')!r:.60}; expected a finite number")
-        if std is None or std <= 0:
-            raise ArtifactError(f"{path}: std is {target.get('std')!r:.60}; expected a finite number above 0")
-        return target
-    thresholds = target.get("thresholds")
-    if not isinstance(thresholds, list) or len(thresholds) != len(classes):
-        count = len(thresholds) if isinstance(thresholds, list) else thresholds
-        raise ArtifactError(f"{path}: thresholds: {count!r:.60}; expected one per label ({len(classes)})")
-    for name, value in zip(classes, thresholds, strict=True):
-        number = _number(value)
-        if number is None or not 0 <= number <= 1:
-            raise ArtifactError(f"{path}: thresholds: {value!r:.60} for {name!r}; expected a number in [0, 1]")
-    if "labels" in target and target["labels"] != classes:
-        raise ArtifactError(f"{path}: labels differ from labels.json")
-    return target
-
-
-def read_temperature(run_dir: Path, target: dict | None) -> float | None:
-    """calibration.json's temperature: finite and within the range calibration searches; None without one."""
-    path = run_dir / "calibration.json"
-    if not path.is_file():
-        return None
-    if target is not None:
-        raise ArtifactError(f"{path}: a temperature in a {target['task']} run, which has none (added?)")
-    record = read_json(path)
-    value = record.get("temperature") if isinstance(record, dict) else None
-    t = _number(value)
-    low, high = TEMPERATURE_RANGE
-    if t is None or not low <= t <= high:
-        raise ArtifactError(f"{path}: temperature is {value!r:.60}; expected a finite number in [{low:g}, {high:g}]")
-    return t
+    try:
+        return task_from_state(state, classes)
+    except TaskStateError as err:
+        raise ArtifactError(f"{path}: {err}") from None
 
 
 def write_specs(specs: dict, path: Path) -> None:

@@ -3,8 +3,8 @@
 After training, one scalar T is fitted on the validation split: the temperature that minimises the negative
 log-likelihood of softmax(logits / T). Dividing every logit by the same T > 0 never changes which class is
 largest, so the predicted classes (and accuracy, F1) stay exactly as they were; only the probabilities move.
-The run folder records T in ``calibration.json``; loading the run applies it, so ``predict``, ``evaluate``
-and ``export`` all give the calibrated probabilities.
+The run folder records T in ``task.json`` (its calibration section); loading the run applies it, so ``predict``,
+``evaluate`` and ``export`` all give the calibrated probabilities.
 
 ECE: the predictions are put into ``bins`` equal-width bins by their confidence (the largest probability);
 ECE = sum over bins of (rows in the bin / all rows) * |accuracy in the bin - mean confidence in the bin|.
@@ -21,6 +21,7 @@ import torch
 from mmtransfer.errors import UserError
 
 BINS = 15
+TEMPERATURE_RANGE = (0.05, 20.0)  # where fit_temperature searches; a loaded temperature must lie in it
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -37,7 +38,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     check_finite(logits, "the validation")
     result = minimize_scalar(
         lambda log_t: nll(logits, labels, math.exp(log_t)),
-        bounds=(math.log(0.05), math.log(20.0)),
+        bounds=(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])),
         method="bounded",
         options={"xatol": 1e-6},
     )

@@ -278,7 +278,7 @@ def evaluate(
         else:
             run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
             _notes(run)
-            kind = "predicted_vs_true" if getattr(run.model, "task", "") == "regression" else "confusion"
+            kind = run.model.task.plot_kind or "confusion"
             png = png or Path(f"{data.stem or data.name}_{kind}.png")
             metrics = evaluate_data(run, data, png, encoding=encoding, console=console)
             title = f"metrics of {run_dir} on {data}"
@@ -423,6 +423,7 @@ def _notes(run) -> None:
 
 
 def _print_info(run) -> None:
+    from mmtransfer import artifact
     from mmtransfer.artifact import read_json
     from mmtransfer.transfer.freeze import count_parameters
 
@@ -453,31 +454,11 @@ def _print_info(run) -> None:
         f"fusion {run.cfg.model.fusion}, embedding {run.cfg.model.embed_dim}; {total} parameters in all",
         markup=False,
     )
-    target = path / "target.json"
-    if target.is_file():
-        t = read_json(target)
-        if t.get("task") == "multilabel":
-            shown = ", ".join(f"{c} ({th:.2f})" for c, th in zip(t["labels"], t["thresholds"], strict=True))
-            console.print(f"task: multilabel of {t['label']!r}, labels separated by {t['separator']!r}; "
-                          f"{len(t['labels'])} labels (threshold): {shown}", markup=False)  # fmt: skip
-        else:
-            console.print(f"task: regression of {t['label']!r} (train mean {t['mean']:.4g}, std {t['std']:.4g}; "
-                          f"loss {t.get('loss', 'mse')}); predictions are in its units", markup=False)  # fmt: skip
-    else:
-        console.print(f"task: classification; classes ({len(run.classes)}): {', '.join(run.classes)}", markup=False)
+    task = run.model.task if run.model is not None else artifact.read_task(path, run.cfg.data.task, run.classes)
+    console.print(task.info(run.classes), markup=False)
     if metrics:
         test, labels = metrics.get("test", {}), metrics.get("labels", {})
-        if "micro_f1" in test:  # a multi-label run
-            scores = (f"test micro-F1 {test['micro_f1']:.4f}, macro-F1 {test['macro_f1']:.4f}, subset accuracy "
-                      f"{test['subset_accuracy']:.4f}, mAP {test['map']:.4f} (n={test.get('n')})")  # fmt: skip
-        elif "r2" in test:  # a regression run
-            scores = f"test RMSE {test['rmse']:.4g}, MAE {test['mae']:.4g}, R² {test['r2']:.4f} (n={test.get('n')})"
-        else:
-            scores = f"test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
-            scores += f"{test.get('macro_f1', float('nan')):.4f}"
-            if "balanced_accuracy" in test:
-                scores += f", balanced accuracy {test['balanced_accuracy']:.4f}"
-            scores += f" (n={test.get('n')})"
+        scores = task.summary(test)
         epochs = f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
         used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
         console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
@@ -492,17 +473,8 @@ def _print_info(run) -> None:
         console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
     elif not pretrained:
         console.print("transferred from: nothing (trained from scratch)", markup=False)
-    calibration = path / "calibration.json"
-    if calibration.is_file():
-        c = read_json(calibration)
-        before, after = (100 * c.get("test", {}).get(k, float("nan")) for k in ("ece_before", "ece_after"))
-        console.print(
-            f"calibrated: temperature {c['temperature']:.4f}, fitted on {c.get('n_val')} validation labels; test "
-            f"ECE {before:.2f} % -> {after:.2f} %",
-            markup=False,
-        )
-    elif not target.is_file():
-        console.print("calibrated: no (probabilities as the model gives them)", markup=False)
+    for note in task.notes():  # the post-fit step: a temperature fitted, or none
+        console.print(note, markup=False)
     versions = read_json(path / "versions.json") if (path / "versions.json").is_file() else {}
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
     for difference in run.differences:
@@ -717,10 +689,10 @@ def graft(
 
 
 def _print_metrics(metrics: dict, title: str, classes: list[str] | None = None) -> None:
+    from mmtransfer.tasks import METRICS  # here, as every import of the CLI's commands: --help stays fast
+
     rows = []
-    keys = ("n", "accuracy", "micro_f1", "macro_f1", "subset_accuracy", "map", "balanced_accuracy", "rmse", "mae",
-            "r2", "loss")  # fmt: skip
-    for key in keys:
+    for key in ("n", *METRICS, "loss"):
         if key not in metrics:
             continue
         value = metrics[key]

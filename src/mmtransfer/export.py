@@ -99,11 +99,11 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
             {"name": n, "dtype": str(batch[n].dtype).removeprefix("torch."), "shape": ["batch", *batch[n].shape[1:]]}
             for n in names
         ],
-        "outputs": [{"name": "logits", "shape": ["batch", len(run.classes)]}],
+        "outputs": None,
         "classes": run.classes,
-        "task": getattr(run.model, "task", "classification"),
-        "temperature": getattr(run.model, "temperature", 1.0),  # already applied: the logits are divided by it
-        "thresholds": getattr(run.model, "thresholds", None),  # multilabel: sigmoid(logit) >= threshold, per label
+        # the task's decoding: "task", "temperature" (already applied in the graph: the logits are divided by
+        # it), "thresholds" (multilabel: sigmoid(logit) >= threshold, per label) and what "outputs" are
+        **run.model.task.describe(run.classes),
         "preprocessing": json.loads((run.path / "preprocessing.json").read_text())
         if (run.path / "preprocessing.json").is_file()
         else {"dataset": run.cfg.data.dataset},
@@ -111,8 +111,6 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         "checked_rows": checked,
         "max_abs_diff": diff,
     }
-    if description["task"] == "regression":  # one value per row, in the target's units
-        description["outputs"] = [{"name": "logits", "shape": ["batch"], "meaning": f"predicted {run.classes[0]}"}]
     write_json(final.with_suffix(".json"), description)
     return description
 

@@ -23,6 +23,7 @@ from mmtransfer.config import did_you_mean
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.outputs import atomic_path, save_figure
 from mmtransfer.preprocess import RowSplit
+from mmtransfer.tasks import plot_predicted_vs_true
 
 
 @dataclass
@@ -139,41 +140,11 @@ def read_rows(
     cells, bad = pre.check(df, base, name, console)
     ids = df.index.to_numpy()
     label_ids = np.full(len(df), -1)
-    if has_labels and getattr(run.model, "task", "classification") == "regression":
-        from mmtransfer.tasks import parse_number
-
-        label_ids = np.full(len(df), np.nan, dtype=np.float32)
-        for i, value in enumerate(df[label].tolist()):
-            text = "" if is_missing(value) else str(value).strip()
-            number = parse_number(text) if text else None
-            if number is not None and np.isfinite(number):
-                label_ids[i] = number
-            elif need_labels:
-                reason = "missing label" if not text else f"{text!r} is not a finite number (a regression target)"
-                bad.append(BadCell(int(ids[i]), label, reason))
-    elif has_labels and getattr(run.model, "task", "classification") == "multilabel":
-        from mmtransfer.tasks import parse_set
-
-        separator = run.cfg.data.label_separator
-        label_ids = np.zeros((len(df), len(run.classes)), dtype=np.float32)
-        where = {c: j for j, c in enumerate(run.classes)}
-        for i, value in enumerate(df[label].tolist()):
-            names = [] if is_missing(value) else parse_set(str(value), separator)
-            unknown = [n for n in names if n not in where]
-            if names and not unknown:
-                label_ids[i, [where[n] for n in names]] = 1.0
-            elif need_labels:
-                reason = f"label {unknown[0]!r} is not one of the run's labels" if unknown else "missing label set"
-                bad.append(BadCell(int(ids[i]), label, reason))
-    elif has_labels:
-        where = {c: i for i, c in enumerate(run.classes)}
-        for i, value in enumerate(df[label].tolist()):
-            text = "" if is_missing(value) else str(value).strip()
-            if text in where:
-                label_ids[i] = where[text]
-            elif need_labels:
-                reason = "missing label" if not text else f"label {text!r} is not one of the run's classes"
-                bad.append(BadCell(int(ids[i]), label, reason))
+    if has_labels:  # the targets as the run's task reads them (numbers, label sets, class indices)
+        texts = ["" if is_missing(value) else str(value) for value in df[label].tolist()]
+        label_ids, unreadable = run.model.task.parse_labels(texts, run.classes)
+        if need_labels:
+            bad += [BadCell(int(ids[i]), label, reason) for i, reason in unreadable]
     if not pre.tab_cols:
         flagged = {b.row for b in bad}
         for i, row in enumerate(ids):
@@ -241,16 +212,10 @@ def probabilities(model, split, batch_size: int = 32) -> Iterator[tuple[np.ndarr
     from mmtransfer.train import inference
 
     device = next(model.parameters()).device
-    task = getattr(model, "task", "classification")
+    task = model.task  # decodes: softmax, one sigmoid per label, or the numbers in the target's units
     with inference(model):
         for index, inputs in batches(split, batch_size):
-            logits = model({k: v.to(device) for k, v in inputs.items()})
-            if task == "regression":
-                yield index, logits.float().cpu()  # the predicted numbers, [B]
-            elif task == "multilabel":
-                yield index, torch.sigmoid(logits.float()).cpu()  # one probability per label
-            else:
-                yield index, torch.softmax(logits.float(), dim=-1).cpu()
+            yield index, task.decode(model({k: v.to(device) for k, v in inputs.items()})).cpu()
 
 
 def predict(
@@ -272,13 +237,8 @@ def predict(
     rows = read_rows(run, source, on_bad_rows=on_bad_rows, id_column=id_column, encoding=encoding, console=console)
     id_column = rows.id_column
     out = Path(out)
-    label = run.cfg.data.label
-    regression = getattr(run.model, "task", "classification") == "regression"
-    multilabel = getattr(run.model, "task", "classification") == "multilabel"
-    if multilabel:
-        separator = run.cfg.data.label_separator
-        thresholds = np.asarray(run.model.thresholds or [0.5] * len(run.classes))
-    header = [id_column or "row", "prediction", *([] if regression else [f"p_{c}" for c in run.classes])]
+    label, task = run.cfg.data.label, run.model.task
+    header = [id_column or "row", "prediction", *task.columns(run.classes)]
     labels = rows.table[label].to_numpy()[np.asarray(rows.split.rows)] if rows.has_labels else None
     header += [label] if rows.has_labels else []
     show = progress and console is not None and console.is_terminal
@@ -287,21 +247,12 @@ def predict(
     with atomic_path(out) as tmp, tmp.open("w", newline="") as f, progress_bar(show, console) as bar:
         writer = csv.writer(f)
         writer.writerow(header)
-        task = bar.add_task("predict", total=len(rows.split), status="")
+        progress_task = bar.add_task("predict", total=len(rows.split), status="")
         for index, p in probabilities(run.model, rows.split, batch_size):
-            best = p.argmax(-1).tolist() if not regression else None
-            for j, i in enumerate(index):
-                if regression:  # the value in the target's units
-                    line = [_plain(rows.ids[i]), f"{float(p[j]):.6g}"]
-                elif multilabel:  # the label set: every label at or above its threshold
-                    chosen = separator.join(c for c, q, t in zip(run.classes, p[j].tolist(), thresholds, strict=True)
-                                            if q >= t)  # fmt: skip
-                    line = [_plain(rows.ids[i]), chosen, *[f"{v:.6g}" for v in p[j].tolist()]]
-                else:
-                    line = [_plain(rows.ids[i]), run.classes[best[j]], *[f"{v:.6g}" for v in p[j].tolist()]]
-                writer.writerow(line + ([labels[i]] if labels is not None else []))
+            for i, cells in zip(index, task.rows(p.numpy(), run.classes), strict=True):
+                writer.writerow([_plain(rows.ids[i]), *cells] + ([labels[i]] if labels is not None else []))
             written += len(index)
-            bar.update(task, advance=len(index))
+            bar.update(progress_task, advance=len(index))
     rejected_path = out.with_name(f"{out.stem}.rejected.csv")
     if rows.rejected:
         names = rows.table[id_column] if id_column else None
@@ -343,13 +294,12 @@ def evaluate_data(run, source, png: str | Path | None = None, encoding: str | No
 
     rows = read_rows(run, source, need_labels=True, encoding=encoding, console=console, skippable=False)
     metrics = evaluate(run.model, rows.split, cpu=run.cfg.train.cpu)
-    if png is not None and "r2" in metrics:  # regression: predicted against true
-        from mmtransfer.tasks import plot_predicted_vs_true
-
+    kind = run.model.task.plot_kind
+    if png is not None and kind == "predicted_vs_true":
         pred = torch.cat([p for _, p in probabilities(run.model, rows.split)]).numpy()
         plot_predicted_vs_true(pred, rows.split.labels.numpy(), png, f"{run.path.name} on {Path(str(source)).name}")
         metrics["plot_png"] = str(png)
-    elif png is not None and "confusion" in metrics:
+    elif png is not None and kind == "confusion":
         plot_confusion(metrics["confusion"], run.classes, png, f"{run.path.name} on {Path(str(source)).name}")
         metrics["confusion_png"] = str(png)
     return metrics

@@ -17,6 +17,7 @@ from mmtransfer.encoders import ENCODERS, encoder_info
 from mmtransfer.fusion import FUSIONS, drop_inputs
 from mmtransfer.limits import check_model_size
 from mmtransfer.modalities.base import InputSpec
+from mmtransfer.tasks import Task, get_task
 
 
 class ClassificationHead(nn.Module):
@@ -55,10 +56,27 @@ class Classifier(nn.Module):
         self.head = head
         self.modality_dropout = modality_dropout
         self.classes = list(classes) if classes is not None else None
-        self.temperature = 1.0  # temperature scaling (mmtransfer.calibration): logits / T; 1 until calibrated
-        # regression (mmtransfer.tasks): the one output is the head's value * target_std + target_mean, [B]
-        self.task, self.target_mean, self.target_std = "classification", 0.0, 1.0
-        self.thresholds: list[float] | None = None  # multilabel: each label's threshold on its probability
+        # what it predicts, with its fitted state (mmtransfer.tasks): forward ends with the task's output step
+        self.task: Task = get_task()
+
+    @property
+    def task(self) -> Task:
+        return self._task
+
+    @task.setter
+    def task(self, task: Task | str) -> None:
+        self._task = get_task(task) if isinstance(task, str) else task  # a name: that task, its state unfitted
+
+    # The task's fitted state under the names it had when it was four attributes of the model (read and set
+    # through, so code written against them keeps working): temperature, thresholds, target_mean, target_std.
+    temperature = property(lambda self: getattr(self.task, "temperature", 1.0),
+                           lambda self, value: setattr(self.task, "temperature", value))  # fmt: skip
+    thresholds = property(lambda self: getattr(self.task, "thresholds", None),
+                          lambda self, value: setattr(self.task, "thresholds", value))  # fmt: skip
+    target_mean = property(lambda self: getattr(self.task, "mean", 0.0),
+                           lambda self, value: setattr(self.task, "mean", float(value)))  # fmt: skip
+    target_std = property(lambda self: getattr(self.task, "std", 1.0),
+                          lambda self, value: setattr(self.task, "std", float(value)))  # fmt: skip
 
     def encode(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         cached = inputs.get(f"{name}.features")
@@ -80,12 +98,7 @@ class Classifier(nn.Module):
         return self.fusion({name: self.encode(name, inputs) for name in names}, present)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.head(self.embed(inputs))
-        if self.task == "regression":
-            return logits[..., 0] * self.target_std + self.target_mean
-        if self.task == "multilabel":  # one logit per label: sigmoid, not softmax, reads them
-            return logits
-        return logits if self.temperature == 1.0 else logits / self.temperature
+        return self.task.output(self.head(self.embed(inputs)))
 
 
 def check_encoder(name: str, module: nn.Module) -> nn.Module:

@@ -33,13 +33,14 @@ from mmtransfer.inference import probabilities, read_rows
 from mmtransfer.outputs import write_error
 from mmtransfer.runs import fit_run
 from mmtransfer.tables import AUDIO_SUFFIXES, IMAGE_SUFFIXES, read_folder, read_table
+from mmtransfer.tasks import TASKS, Task
 from mmtransfer.train import evaluate
 from mmtransfer.transfer.distill import embed_all
 
 BUILTIN = ("digits", "mnist1d")
 SECTIONS = ("data", "model", "train", "transfer")
 NAMED = ("label", "config", "encoders", "path", "verbose")  # __init__'s named arguments, in order
-SCORES = {"classification": "accuracy", "regression": "r2", "multilabel": "subset_accuracy"}  # score by task
+SCORES = {name: task.score for name, task in TASKS.items()}  # score's metric by task, as each task says
 
 
 class NotFitted(NotFittedError, RuntimeError):
@@ -193,8 +194,8 @@ class Predictor(BaseEstimator):
             raise NotFitted("this Predictor is not fitted yet: call fit(data) or Predictor.load(path)")
         return self.run_
 
-    def _task(self) -> str:
-        return getattr(self._fitted().model, "task", "classification")
+    def _task(self) -> Task:
+        return self._fitted().model.task
 
     def _split(self, data, need_labels: bool = False):
         """(split, row ids) of ``data`` through the fitted preprocessing."""
@@ -212,8 +213,8 @@ class Predictor(BaseEstimator):
     def predict_proba(self, data) -> pd.DataFrame:
         """One row per row of ``data`` (indexed by its row id), one probability column per class (per label for
         a multi-label run, each its own sigmoid)."""
-        if self._task() == "regression":
-            raise ValueError("a regression run predicts numbers, not probabilities: use predict")
+        if self._task().probabilities is not None:  # a task whose outputs are not probabilities says why
+            raise ValueError(self._task().probabilities)
         probs, ids = self._outputs(data)
         probs = probs if probs is not None else np.zeros((0, len(self.classes_)))
         return pd.DataFrame(probs, index=pd.Index(ids, name="row"), columns=self.classes_)
@@ -227,18 +228,9 @@ class Predictor(BaseEstimator):
     def predict(self, data) -> np.ndarray:
         """The predicted class name of every row of ``data``; for a regression run the number (in the target's
         units); for a multi-label run the list of labels at or above their thresholds."""
-        model, task = self._fitted().model, self._task()
-        if task == "regression":
-            values, _ = self._outputs(data)
-            return values if values is not None else np.zeros(0)
-        probs = self.predict_proba(data)
-        if task == "multilabel":
-            on = probs.to_numpy() >= np.asarray(model.thresholds or [0.5] * len(self.classes_))
-            sets = np.empty(len(on), dtype=object)  # one list per row, whatever their lengths
-            for i, row in enumerate(on):
-                sets[i] = [c for c, hit in zip(self.classes_, row, strict=True) if hit]
-            return sets
-        return np.asarray(self.classes_, dtype=object)[probs.to_numpy().argmax(1)]
+        values, _ = self._outputs(data)
+        values = values if values is not None else np.zeros((0, len(self.classes_)))
+        return self._task().predictions(values, self.classes_)
 
     def evaluate(self, data) -> dict:
         """Accuracy, macro-F1, loss, confusion matrix and per-class precision / recall / F1 on labelled ``data``
@@ -257,7 +249,7 @@ class Predictor(BaseEstimator):
         for a multi-label run."""
         run = self._fitted()
         data = _with_labels(data, y, run.cfg.data.label, run.cfg.data.label_separator)
-        return float(self.evaluate(data)[SCORES[self._task()]])
+        return float(self.evaluate(data)[self._task().score])
 
     # ------------------------------------------------------------ saving
 

@@ -20,7 +20,8 @@ from mmtransfer.display import make_console
 from mmtransfer.limits import check_machine
 from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
 from mmtransfer.resume import CHECKPOINT
-from mmtransfer.train import Multilabel, Regression, evaluate, process_state, scalar_metrics
+from mmtransfer.tasks import get_task, task_class
+from mmtransfer.train import evaluate, logits_of, process_state, scalar_metrics
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.auto import train_with_strategy
 from mmtransfer.transfer.distill import transfer_across
@@ -120,19 +121,10 @@ def _fit_run(
             markup=False,
             highlight=False,
         )
-    objective, target = None, None
-    if data.task == "regression":  # standardised with the labels that train; the output stays in the units
-        train_y = data.train.labels.double()
-        std = float(train_y.std()) if len(train_y) > 1 and float(train_y.std()) > 0 else 1.0
-        target = {"task": "regression", "label": cfg.data.label, "mean": float(train_y.mean()), "std": std,
-                  "loss": cfg.train.regression_loss, "fitted_on": f"{len(train_y)} train labels"}  # fmt: skip
-        model.task, model.target_mean, model.target_std = "regression", target["mean"], target["std"]
-        objective = Regression(target["mean"], target["std"], cfg.train.regression_loss)
-    elif data.task == "multilabel":  # one sigmoid output per label; thresholds chosen on validation after training
-        model.task, objective = "multilabel", Multilabel()
-        target = {"task": "multilabel", "label": cfg.data.label, "separator": cfg.data.label_separator,
-                  "labels": data.classes, "thresholds": [0.5] * len(data.classes)}  # fmt: skip
-    if data.task != "classification" and cfg.train.class_weights != "none":
+    task = get_task(data.task, label=cfg.data.label)
+    task.fit(data, cfg)  # the state the train rows give (a regression target's mean and std)
+    model.task = task  # its loss, its output step, its metrics: train.fit and evaluate ask the model's task
+    if not task.one_class_per_row and cfg.train.class_weights != "none":
         console.print(f"note: train.class_weights applies to one class per row; a {data.task} target is not that",
                       markup=False)  # fmt: skip
     if resume:
@@ -152,8 +144,7 @@ def _fit_run(
         if preprocessing:
             (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
         artifact.write_splits(out, cfg, data if in_place_of_test is None else _no_test_rows(data))
-        if target is not None:
-            (out / "target.json").write_text(json.dumps(target, indent=1))
+        (out / "task.json").write_text(json.dumps(task.state(), indent=1))
         (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
         if transferred is not None:
             record, report = transferred
@@ -163,15 +154,13 @@ def _fit_run(
 
     strategies.prepare(model, cfg.train.strategy)  # lora adapters go in after grafting, before training
     # a solved probe, LP-FT, auto's choice between them, or the strategy's epochs (mmtransfer.transfer.auto)
-    trained = train_with_strategy(model, data, cfg, out, console, objective=objective, resume=resume, state=state)
+    trained = train_with_strategy(model, data, cfg, out, console, objective=None, resume=resume, state=state)
     result = trained.result
-    calibration = None
-    if data.task == "classification":
-        calibration = _calibrate(model, data, cfg, out, console, write=state.is_main_process)
-    elif data.task == "multilabel":
-        target = _tune_thresholds(model, data, cfg, target, console)
-        if state.is_main_process:
-            (out / "target.json").write_text(json.dumps(target, indent=1))
+    # the task's post-fit step: a temperature (classification), thresholds (multilabel), a plot (regression)
+    fitted = task.after_fit(lambda split: logits_of(model, split, cpu=cfg.train.cpu), data, cfg, out, console,
+                            write=state.is_main_process)  # fmt: skip
+    if state.is_main_process:
+        (out / "task.json").write_text(json.dumps(task.state(), indent=1))
     metrics = {
         "classes": data.classes,
         "labels": data.labels.to_dict(),
@@ -185,8 +174,7 @@ def _fit_run(
         metrics["probe"] = trained.probe
     if trained.strategy is not None:
         metrics["strategy"] = trained.strategy
-    if calibration is not None:
-        metrics["calibration"] = calibration
+    metrics.update(fitted)
     if transferred is not None and "before_training" in transferred[0]:
         metrics["before_training"] = transferred[0]["before_training"]
     if selection_only:
@@ -196,13 +184,6 @@ def _fit_run(
         if in_place_of_test == "val" and data.val is None:  # a solved probe trained on them too
             which = "rows that were held out to select the model but joined training (the probe uses every label)"
         metrics["scored"] = f"no test rows were held out: 'test' scores the {which}, not held-out data"
-    if data.task == "regression":
-        from mmtransfer.tasks import plot_predicted_vs_true
-        from mmtransfer.train import logits_of
-
-        pred, true = logits_of(model, data.test, cpu=cfg.train.cpu)  # every process: the outputs are gathered
-        if state.is_main_process:
-            plot_predicted_vs_true(pred.numpy(), true.numpy(), out / "predicted_vs_true.png", f"{out.name}: test")
     if ablate and len(model.encoders) > 1:
         metrics["ablation"] = {
             name: scalar_metrics(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
@@ -223,32 +204,11 @@ class Masked(torch.nn.Module):
     def __init__(self, model, name: str):
         super().__init__()
         self.model, self.name = model, name
-        self.classes = getattr(model, "classes", None)
-        self.task = getattr(model, "task", "classification")
-        self.thresholds = getattr(model, "thresholds", None)
-        self.target_mean, self.target_std = getattr(model, "target_mean", 0.0), getattr(model, "target_std", 1.0)
+        self.classes, self.task = getattr(model, "classes", None), getattr(model, "task", None)
 
     def forward(self, inputs: dict) -> torch.Tensor:
         some = next(iter(inputs.values()))
         return self.model({**inputs, f"{self.name}.present": torch.zeros(len(some), dtype=torch.bool)})
-
-
-def _tune_thresholds(model: Classifier, data: Dataset, cfg: RunConfig, target: dict, console) -> dict:
-    """Each label's threshold: the best F1 on the validation split (0.5 without one); the model keeps them."""
-    from mmtransfer.tasks import tune_thresholds
-    from mmtransfer.train import logits_of
-
-    if data.val is None:
-        console.print("thresholds: 0.5 for every label (no validation split to choose them on)", markup=False)
-        model.thresholds = target["thresholds"]
-        return target
-    logits, labels = logits_of(model, data.val, cpu=cfg.train.cpu)
-    thresholds = tune_thresholds(torch.sigmoid(logits).numpy(), labels.numpy())
-    model.thresholds = [float(t) for t in thresholds]
-    shown = ", ".join(f"{c} {t:.2f}" for c, t in zip(data.classes[:12], thresholds, strict=False))
-    console.print(f"thresholds chosen on {len(labels)} validation rows (best F1 per label): {shown}"
-                  + (" ..." if len(data.classes) > 12 else ""), markup=False, highlight=False)  # fmt: skip
-    return {**target, "thresholds": model.thresholds, "thresholds_chosen_on": f"{len(labels)} validation rows"}
 
 
 def resolve_run(cfg: RunConfig, *, source=None, console: Console | None = None) -> RunConfig:
@@ -279,52 +239,6 @@ def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) 
             "data": cfg.data.model_copy(update=data_update),
         }
     )
-
-
-def _calibrate(model: Classifier, data: Dataset, cfg: RunConfig, out: Path, console, write: bool) -> dict | None:
-    """Temperature scaling on the validation split: ``calibration.json`` and ``reliability.png`` in ``out``
-    (where ``write``: the main process); the model keeps the temperature. None when it is off or there is no
-    validation split. Every process computes it (the logits are gathered from all of them)."""
-    from mmtransfer import calibration as cal
-    from mmtransfer.train import logits_of
-
-    if not cfg.train.calibrate:
-        return None
-    if data.val is None:
-        console.print("calibration: skipped (no validation split to fit a temperature on)", markup=False)
-        return None
-    val_logits, val_labels = logits_of(model, data.val, cpu=cfg.train.cpu)
-    if bool((val_logits.argmax(-1) == val_labels).all()):  # nothing wrong to calibrate against: any T < 1 wins
-        console.print(f"calibration: skipped (all {len(val_labels)} validation rows are classified right, so they "
-                      "cannot say how sure the model should be)", markup=False, highlight=False)  # fmt: skip
-        return None
-    test_logits, test_labels = logits_of(model, data.test, cpu=cfg.train.cpu)
-    t = cal.fit_temperature(val_logits, val_labels)
-    record = {"temperature": t, "method": "temperature scaling: one scalar, fitted on the validation split by "
-              "minimising its negative log-likelihood", "fitted_on": "val", "n_val": len(val_labels)}  # fmt: skip
-    for split, logits, labels in (("val", val_logits, val_labels), ("test", test_logits, test_labels)):
-        before, after = cal.reliability(cal.softmax(logits), labels), cal.reliability(cal.softmax(logits, t), labels)
-        record[split] = {"nll_before": cal.nll(logits, labels), "nll_after": cal.nll(logits, labels, t),
-                         "ece_before": before["ece"], "ece_after": after["ece"]}  # fmt: skip
-        if split == "test" and write:
-            cal.plot_reliability(before, after, t, "test", out / "reliability.png")
-    model.temperature = t
-    if write:
-        (out / "calibration.json").write_text(json.dumps(record, indent=1))
-    v, s = record["val"], record["test"]
-    console.print(
-        f"calibration: temperature {t:.3f} fitted on {len(val_labels)} validation labels (NLL {v['nll_before']:.4f} "
-        f"-> {v['nll_after']:.4f}); test ECE {100 * s['ece_before']:.2f} % -> {100 * s['ece_after']:.2f} % "
-        f"(reliability.png)"
-        + (
-            f"; note: {len(val_labels)} labels are few to fit it on, so it may help little or hurt"
-            if len(val_labels) < 50
-            else ""
-        ),
-        markup=False,
-        highlight=False,
-    )
-    return record
 
 
 def _without_test(data: Dataset, cfg: RunConfig) -> Dataset:
@@ -443,13 +357,13 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     """
     t = cfg.transfer
     exclude = list(t.exclude)
-    source_task = "classification"  # a weights file or a Hugging Face folder: no task of its own
+    source_task = get_task()  # a weights file or a Hugging Face folder: no task of its own (a head of labels)
     if (Path(t.source) / "config.yaml").is_file():  # a run folder of ours (verified by load_source): its task, checked
-        source_task = load_config(Path(t.source) / "config.yaml").data.task
-        artifact.read_target(Path(t.source), source_task, artifact.read_labels(Path(t.source) / "labels.json"))
-    # a head predicts its own task's outputs: a regression head never moves to or from a head of labels (a
-    # classification or multi-label head moves by label name, as between classification heads)
-    across_tasks = (source_task == "regression") != (data.task == "regression")
+        name = load_config(Path(t.source) / "config.yaml").data.task
+        source_task = artifact.read_task(Path(t.source), name, artifact.read_labels(Path(t.source) / "labels.json"))
+    # a head predicts its own task's outputs: a head of values (regression) never moves to or from a head of
+    # labels (a classification or multi-label head moves by label name, as between classification heads)
+    across_tasks = source_task.head_kind != task_class(data.task).head_kind
     if across_tasks:
         exclude.append("head.*")
     source_vocab = target_vocab = None
@@ -475,7 +389,8 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     if across_tasks:  # say why the head stayed new, not only which pattern left it out
         for record in report.records:
             if record.excluded_by == "head.*" and "head.*" not in t.exclude:
-                record.reason = f"a {data.task} head is never grafted from a {source_task} head: newly initialised"
+                record.reason = (f"a {data.task} head is never grafted from a {source_task.name} head: newly "
+                                 "initialised")  # fmt: skip
     return report
 
 

@@ -17,18 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmtransfer import limits
 from mmtransfer.config import ConfigError, apply_override, read_config_file, read_mapping, resolve_paths, validate
+from mmtransfer.tasks import METRICS as REGISTERED
 
 Budget = int | float | Literal["all"]
-METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "micro_f1", "subset_accuracy", "map", "r2", "rmse", "mae")
-FRACTIONS = (
-    "accuracy",
-    "macro_f1",
-    "balanced_accuracy",
-    "micro_f1",
-    "subset_accuracy",
-    "map",
-)  # shown in percent, gains in percentage points
-LOWER_BETTER = ("rmse", "mae")  # regression errors, in the target's units
+METRICS = tuple(REGISTERED)  # the metrics registry's names (mmtransfer.tasks.METRICS)
+FRACTIONS = tuple(m for m in METRICS if REGISTERED[m].fraction)  # shown in percent, gains in percentage points
+LOWER_BETTER = tuple(m for m in METRICS if REGISTERED[m].direction == "min")  # errors, in the target's units
 
 
 class StudyConfig(BaseModel):
@@ -59,9 +53,7 @@ class StudyConfig(BaseModel):
         "{source.NAME}; with data.pool: first_half here and second_half in the arms, no labelled row is shared.",
     )
     reference: str | None = Field(None, description="The arm gains are measured against (default: the first).")
-    metric: Literal[
-        "accuracy", "macro_f1", "balanced_accuracy", "micro_f1", "subset_accuracy", "map", "r2", "rmse", "mae"
-    ] = Field(
+    metric: Literal[METRICS] = Field(  # type: ignore[valid-type]  (the registry's names)
         "accuracy",
         description="The metric tables and plots show, and --auto ranks by (balanced_accuracy: the mean of the "
         "classes' recalls, for imbalanced classes; micro_f1, subset_accuracy, map: label sets; r2, rmse, mae: a "

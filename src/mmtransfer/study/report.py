@@ -18,13 +18,14 @@ import numpy as np
 
 from mmtransfer.display import Grid
 from mmtransfer.study.plan import FRACTIONS, LOWER_BETTER, Budget, StudyConfig, budget_label, budget_name, cell_id
+from mmtransfer.tasks import METRICS
 
 
 def _value(metric: str, x: float | None) -> str:
     """A metric as the tables show it: fractions in percent, R² as it is, errors in the target's units."""
     if x is None:
         return "-"
-    return f"{100 * x:.1f}" if metric in FRACTIONS else f"{x:.3f}" if metric == "r2" else f"{x:.4g}"
+    return f"{100 * x:.1f}" if metric in FRACTIONS else format(x, METRICS[metric].fmt)
 
 
 def _cell(entry: dict | None, metric: str) -> str:

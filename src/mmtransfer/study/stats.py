@@ -10,10 +10,11 @@ import math
 import numpy as np
 
 from mmtransfer.study.plan import FRACTIONS, METRICS, StudyConfig, budget_name
+from mmtransfer.tasks import METRICS as REGISTERED
 
 # Where each metric can lie: an interval is clipped to it (a mean of accuracies near 1 with a wide t interval
 # would otherwise reach past 100 %); a difference of fractions lies in [-1, 1].
-BOUNDS = {**{m: (0.0, 1.0) for m in FRACTIONS}, "r2": (None, 1.0), "rmse": (0.0, None), "mae": (0.0, None)}
+BOUNDS = {name: metric.bounds for name, metric in REGISTERED.items()}
 GAIN_BOUNDS = {m: (-1.0, 1.0) for m in FRACTIONS}
 
 STATS_METHOD = (

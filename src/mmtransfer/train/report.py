@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mmtransfer.config import TrainConfig
+from mmtransfer.tasks import METRICS
 
 
 def progress_bar(enabled: bool, console: Console | None = None) -> Progress:
@@ -56,10 +57,11 @@ def epoch_line(row: dict, epochs: int, seconds: float, best: bool, desc: str = "
 
 
 def _val_score(row: dict) -> tuple[str, float]:
-    """The validation score an epoch shows: accuracy, or R² (regression), or micro-F1 (multilabel)."""
-    for key, name in (("val_accuracy", "accuracy"), ("val_r2", "R²"), ("val_micro_f1", "micro-F1")):
-        if row.get(key) is not None:
-            return name, row[key]
+    """The validation score an epoch shows: accuracy, or the task's own (R² for regression, micro-F1 for
+    multilabel), labelled as the metrics registry names it."""
+    for name, metric in METRICS.items():
+        if row.get(f"val_{name}") is not None:
+            return metric.label, row[f"val_{name}"]
     return "score", float("nan")
 
 

@@ -34,7 +34,6 @@ from mmtransfer.config import StrategyConfig
 from mmtransfer.data import LabelUse, make_loader
 from mmtransfer.resume import CHECKPOINT
 from mmtransfer.train import (
-    Classification,
     FitResult,
     evaluate,
     fit,
@@ -170,7 +169,7 @@ class _Run:
         z_all = torch.cat([z["train"], *([z["val"]] if "val" in z else [])])  # in the order of ``joined``
         result = self.solve(z_all, y, getattr(joined, "row_ids", None))  # a table's rows are named by number
         record = result.record
-        if record["task"] == "regression":
+        if record["probe"] == "ridge":
             how = f"alpha chosen by {record['cv']['folds']}-fold cross-validation" if record["cv"] else "alpha fixed"
         elif record["cv"]:
             kind = "grouped " if record["cv"]["grouped"] else ""
@@ -259,7 +258,7 @@ class _Run:
         probe_val = scalar_metrics(evaluate(model, parts["val"], cpu=cfg.train.cpu))
         lp_ft = self.lp_ft(train_probe)
         lp_ft_val = scalar_metrics(evaluate(model, data.val, cpu=cfg.train.cpu))
-        key = "r2" if data.task == "regression" else "accuracy"
+        key = model.task.selection  # the metric the probe and LP-FT are compared by (higher is better)
         record.update(selection_labels=len(data.val), probe_val=probe_val, lp_ft_val=lp_ft_val,
                       lp_ft_best_epoch=lp_ft.result.best_epoch, lp_ft_epochs_run=lp_ft.result.epochs_run,
                       lp_ft_seconds=round(lp_ft.result.seconds, 1))  # fmt: skip
@@ -287,7 +286,7 @@ class _Run:
         train_mode(trial)
         # No optimiser: its step is elementwise (milliseconds), and building AdamW first imports torch's compiler
         # stack (7 s on a busy 2-core machine), a cost a run whose probe wins would never pay otherwise.
-        objective = self.objective or Classification()
+        objective = self.objective or self.model.task.objective(data.train.labels, len(data.classes), None)
 
         def seconds_per_row(inputs: dict, labels: torch.Tensor) -> float:
             start = time.perf_counter()

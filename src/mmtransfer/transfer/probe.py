@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmtransfer.tasks import DEFAULT, TASKS, task_class
+
 # C (inverse L2 strength): decades over CLIP's central range, then the half-decades beside the best one.
 CS = tuple(10.0**e for e in range(-3, 4))
 EDGES = (1e-6, 1e6)  # CLIP's range: where the best C is at an end of CS, the grid goes on to these
@@ -45,7 +47,7 @@ class ProbeResult:
     def line(self) -> str:
         """One line for the console: solver, convergence, the strength chosen and on what."""
         r = self.record
-        if r["task"] == "regression":
+        if r["probe"] == "ridge":
             how = f"alpha={r['alpha']:g} " + (f"chosen by {r['cv']['folds']}-fold CV" if r["cv"] else "(fixed)")
             score = f" (CV R² {r['cv']['best_r2']:.3f})" if r["cv"] else ""
             return f"linear probe solved (ridge, closed form): {how} on {r['n_labels']} labels{score}"
@@ -63,7 +65,7 @@ def solve_probe(
     features: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,
     *,
-    task: str = "classification",
+    task: str = DEFAULT,
     seed: int = 0,
     groups: np.ndarray | None = None,
     cs: tuple[float, ...] | None = None,
@@ -83,8 +85,9 @@ def solve_probe(
     y = _numpy(labels)
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"solve_probe: features {x.shape} and labels {y.shape} do not pair up row by row")
-    if task not in ("classification", "regression"):
-        raise ValueError(f"solve_probe: a {task} target has no solved probe (classification or regression)")
+    solver = task_class(task).probe
+    if solver is None:
+        raise ValueError(f"solve_probe: a {task} target has no solved probe ({_probed()})")
     _check_finite(x, row_ids)
     import sklearn.linear_model  # noqa: F401  (loads SciPy's BLAS, so that the limit below reaches it)
     from threadpoolctl import threadpool_limits
@@ -93,11 +96,11 @@ def solve_probe(
     # One BLAS thread: these are many small problems, and on a busy machine OpenBLAS threads waiting for each
     # other made each L-BFGS iteration ~100x slower (0.35 s against 3 ms for 60 rows of 20 features).
     with threadpool_limits(limits=1, user_api="blas"):
-        if task == "regression":
+        if solver == "ridge":
             result = _ridge(x, y.astype(np.float64), seed, groups)
         else:
             result = _logistic(x, y.astype(np.int64), seed, groups, tuple(cs or CS), num_classes, class_weight)
-    result.record.update(n_labels=len(y), features=x.shape[1], seconds=round(time.perf_counter() - start, 3))
+    result.record.update(task=task, n_labels=len(y), features=x.shape[1], seconds=round(time.perf_counter() - start, 3))
     return result
 
 
@@ -140,7 +143,7 @@ def _logistic(x, y, seed, groups, cs, num_classes, class_weight) -> ProbeResult:
     k = min(5, int(counts.min()))
     if groups is not None:
         k = min(k, len(np.unique(groups)))
-    record: dict = {"task": "classification", "method": "multinomial logistic regression (scikit-learn)",
+    record: dict = {"probe": "logistic", "method": "multinomial logistic regression (scikit-learn)",
                     "solver": "lbfgs", "tol": TOL, "max_iter": MAX_ITER, "class_weight": class_weight}  # fmt: skip
     if k < 2:
         c, record["cv"] = FIXED_C, None
@@ -229,7 +232,7 @@ def _ridge(x, y, seed, groups) -> ProbeResult:
     mean, std = float(y.mean()), float(y.std()) or 1.0
     z = (y - mean) / std
     k = min(5, len(y) if groups is None else len(np.unique(groups)))
-    record: dict = {"task": "regression", "method": "ridge regression on standardised targets (scikit-learn)",
+    record: dict = {"probe": "ridge", "method": "ridge regression on standardised targets (scikit-learn)",
                     "solver": "closed form (Cholesky)", "n_iter": None, "converged": True}  # fmt: skip
     if k < 2:
         alpha, record["cv"] = 1.0, None
@@ -249,6 +252,12 @@ def _ridge(x, y, seed, groups) -> ProbeResult:
     return ProbeResult(model.coef_[None] * std, np.array([model.intercept_ * std + mean]), record)
 
 
+def _probed() -> str:
+    """The tasks a probe can be solved for, in words."""
+    names = [name for name, task in TASKS.items() if task.probe is not None]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 # ---------------------------------------------------------------- the probe in a model
 
 
@@ -257,8 +266,8 @@ def solvable(model: nn.Module, task: str) -> str | None:
     be a concatenation (no parameters) and the head one linear layer, on a classification or regression target."""
     from mmtransfer.fusion import ConcatFusion
 
-    if task not in ("classification", "regression"):
-        return f"a {task} target (the solved probe is for classification and regression)"
+    if task_class(task).probe is None:
+        return f"a {task} target (the solved probe is for {_probed()})"
     if not isinstance(getattr(model, "fusion", None), ConcatFusion):
         fusion = type(model.fusion).__name__
         return f"fusion {fusion} has parameters of its own (the solved probe needs model.fusion: concat)"
@@ -287,8 +296,7 @@ def put_in_head(model: nn.Module, result: ProbeResult) -> None:
     out = model.head.out
     weight = torch.as_tensor(result.weight, dtype=torch.float64)
     bias = torch.as_tensor(result.bias, dtype=torch.float64)
-    if getattr(model, "task", "classification") == "regression":
-        weight, bias = weight / model.target_std, (bias - model.target_mean) / model.target_std
+    weight, bias = model.task.probe_to_head(weight, bias)  # in the units the task's output step reads
     if tuple(weight.shape) != tuple(out.weight.shape):
         raise ValueError(f"the probe has shape {list(weight.shape)}, the head {list(out.weight.shape)}")
     with torch.no_grad():
@@ -300,7 +308,7 @@ def training_loss(result: ProbeResult, features: torch.Tensor, labels: torch.Ten
     """The probe's loss on the rows it was fitted on: cross-entropy, or the MSE of standardised targets."""
     z = features.double().numpy() @ result.weight.T + result.bias
     y = labels.numpy()
-    if result.record["task"] == "regression":
+    if result.record["probe"] == "ridge":
         std = float(y.std()) or 1.0
         return float((((z[:, 0] - y) / std) ** 2).mean())
     z = z - z.max(1, keepdims=True)

@@ -1,72 +1,74 @@
-"""What a run predicts: one class per row (classification), a number (regression), or a set of labels
-(multilabel: cells like ``cat;dog``, split on ``data.label_separator``).
+"""The metrics of every task, and ``METRICS``: one registry of each metric's name, direction and label, which
+evaluation, the study, the CLI and ``info`` read.
 
-``data.task: auto`` reads the label column: cells holding the separator are label sets; numbers with more than
-``MANY`` distinct values are a regression target; anything else names classes. The guess is printed with the
-column binding, so it can be overridden.
-
-Multi-label: one sigmoid output per label and binary cross-entropy; after training each label's threshold is
-chosen on the validation split (the best F1 of 0.05 ... 0.95), kept in ``target.json`` and used by ``predict``.
-
-Regression: the targets are standardised with the train labels' mean and std (recorded in the run folder's
-``target.json``); the model's output is in the original units (the head's value * std + mean), so ``predict``
-and the export give values a person can read. Metrics: RMSE, MAE (original units) and R^2 = 1 - SS_res / SS_tot.
+Regression: RMSE, MAE (original units) and R^2 = 1 - SS_res / SS_tot. Multi-label: micro- and macro-F1, subset
+accuracy, mAP; each label's threshold is chosen on the validation split (the best F1 of 0.05 ... 0.95).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-MANY = 20  # a number column with more distinct values than this is read as a regression target
-
-
-def parse_number(text: str) -> float | None:
-    """The number a label cell holds (None when it is not a number)."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
+from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 
-def infer_task(labels: list[str], task: str, label: str, separator: str = ";") -> tuple[str, str]:
-    """(task, why) for the non-empty label cells ``labels``: the configured one, or the guess for ``auto``."""
-    if task != "auto":
-        return task, f"data.task {task}"
-    sets = sum(separator in t for t in labels)
-    if sets:
-        return "multilabel", (
-            f"inferred: {sets} cell(s) of column {label!r} hold several labels separated by {separator!r} "
-            "(data.label_separator); set data.task: classification to read each cell as one class"
+@dataclass(frozen=True)
+class Metric:
+    """A metric's ``direction`` ("max": higher is better, "min": lower), ``label`` for people, whether it is a
+    ``fraction`` (shown in percent, gains in points), the ``bounds`` its values lie in, and its ``fmt``."""
+
+    direction: str
+    label: str
+    fraction: bool = False
+    bounds: tuple[float | None, float | None] = (0.0, 1.0)
+    fmt: str = ".4g"
+
+
+# Every metric a task's evaluation reports as one number, in the order tables show them.
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("max", "accuracy", fraction=True),
+    "macro_f1": Metric("max", "macro-F1", fraction=True),
+    "balanced_accuracy": Metric("max", "balanced accuracy", fraction=True),
+    "micro_f1": Metric("max", "micro-F1", fraction=True),
+    "subset_accuracy": Metric("max", "subset accuracy", fraction=True),
+    "map": Metric("max", "mAP", fraction=True),
+    "r2": Metric("max", "R²", bounds=(None, 1.0), fmt=".3f"),
+    "rmse": Metric("min", "RMSE", bounds=(0.0, None)),
+    "mae": Metric("min", "MAE", bounds=(0.0, None)),
+}
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The mean of each class's recall, over the classes present in ``y_true``."""
+    present = np.unique(y_true)
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in present]))
+
+
+def classification_metrics(logits: np.ndarray, y_true: np.ndarray, loss: float, detail: bool = False) -> dict:
+    """n, ``loss`` (as the caller averaged it), accuracy, macro-F1 and balanced accuracy of logits [N, C]; with
+    ``detail`` the confusion matrix and each class's precision, recall, F1 and support."""
+    y_pred, y_true = np.asarray(logits).argmax(-1), np.asarray(y_true)
+    classes = np.arange(np.asarray(logits).shape[-1])
+    out = {
+        "n": int(len(y_true)),
+        "loss": loss,
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
+    }
+    if detail:
+        out["confusion"] = confusion_matrix(y_true, y_pred, labels=classes).tolist()
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=classes, zero_division=0
         )
-    numbers = [parse_number(t) for t in labels]
-    distinct = len(set(labels))
-    if labels and all(n is not None for n in numbers) and distinct > MANY:
-        return "regression", (
-            f"inferred: column {label!r} holds numbers with {distinct} distinct values; set data.task: "
-            "classification to read them as classes"
-        )
-    return "classification", (
-        f"inferred: column {label!r} holds {distinct} distinct value(s)"
-        + ("; set data.task: regression to predict them as numbers" if all(n is not None for n in numbers) else "")
-    )
-
-
-def strata(values: np.ndarray, bins: int = 5) -> np.ndarray:
-    """Groups for stratified splitting: integer class ids as they are; numbers in quantile bins (at most
-    ``bins``, and about 10 rows each at least), so every split spans the target's range."""
-    values = np.asarray(values)
-    if values.ndim == 2:  # label sets: one stratum (no stratification)
-        return np.zeros(len(values), dtype=np.int64)
-    if not np.issubdtype(values.dtype, np.floating):
-        return values
-    q = max(1, min(bins, len(values) // 10))
-    if q == 1:
-        return np.zeros(len(values), dtype=np.int64)
-    edges = np.quantile(values, np.linspace(0, 1, q + 1)[1:-1])
-    return np.searchsorted(edges, values, side="right").astype(np.int64)
+        out["f1_per_class"] = f1.tolist()
+        out["precision_per_class"] = precision.tolist()
+        out["recall_per_class"] = recall.tolist()
+        out["support_per_class"] = support.tolist()
+    return out
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, std: float = 1.0) -> dict:
@@ -84,7 +86,7 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray, std: float = 1.0) -> 
 
 
 def plot_predicted_vs_true(pred, true, path: str | Path, title: str) -> Path:
-    import matplotlib
+    import matplotlib  # lazily on purpose: only a regression run draws, and matplotlib takes a second to load
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -106,16 +108,9 @@ def plot_predicted_vs_true(pred, true, path: str | Path, title: str) -> Path:
     return Path(path)
 
 
-def parse_set(text: str, separator: str) -> list[str]:
-    """The labels of a multi-label cell: split on ``separator``, stripped, empty parts dropped, sorted, unique."""
-    return sorted({part.strip() for part in str(text).split(separator) if part.strip()})
-
-
 def multilabel_metrics(probs: np.ndarray, true: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict:
     """n, loss (mean binary cross-entropy), micro- and macro-F1, subset accuracy (every label right) and mean
     average precision (over the labels with a positive row) of probabilities [N, L] against 0/1 targets [N, L]."""
-    from sklearn.metrics import average_precision_score, f1_score
-
     probs, true = np.asarray(probs, dtype=np.float64), np.asarray(true, dtype=np.int64)
     pred = (probs >= np.asarray(thresholds)).astype(np.int64)
     eps = 1e-12
