@@ -23,7 +23,7 @@ from mmtransfer.tasks import strata
 class Examples(Protocol):
     """What training, evaluation, caching and distillation need of a split: labels [N] in memory, and the inputs
     of any rows as one batch. :class:`Split` holds its tensors; a table's
-    :class:`~mmtransfer.preprocess.RowSplit` makes them per batch."""
+    :class:`~mmtransfer.data.preprocess.RowSplit` makes them per batch."""
 
     labels: torch.Tensor
 

@@ -151,6 +151,7 @@ class AudioModality:
         return modality
 
     def load(self, value: Any, base: Path) -> torch.Tensor:
+        # Imported here, on purpose: soundfile and scipy.signal are slow to import and only audio columns need them.
         import soundfile as sf
         from scipy.signal import resample_poly
 
