@@ -1,6 +1,6 @@
 """mmtransfer: transfer learning on multimodal data."""
 
-__version__ = "0.1.0"
+from mmtransfer.version import __version__ as __version__
 
 
 def __getattr__(name: str):

@@ -40,6 +40,7 @@ from mmtransfer.errors import UserError
 from mmtransfer.outputs import final_name
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
 from mmtransfer.tasks import TASKS, Task, TaskStateError, task_from_state
+from mmtransfer.version import __version__
 
 MANIFEST = "manifest.json"
 ASSETS = "assets"
@@ -61,9 +62,7 @@ class ArtifactError(UserError):
 def versions() -> dict[str, str]:
     import torch
 
-    import mmtransfer
-
-    out = {"mmtransfer": mmtransfer.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"mmtransfer": __version__, "torch": torch.__version__, "python": platform.python_version()}
     try:  # the installed version, without importing transformers (2 s) in runs that never use it
         from importlib.metadata import version
 
@@ -415,7 +414,7 @@ def load(
     model.eval()
     preprocessor = None
     if (run_dir / "preprocessing.json").is_file():
-        from mmtransfer.preprocess import TablePreprocessor
+        from mmtransfer.data.preprocess import TablePreprocessor
 
         preprocessor = TablePreprocessor.from_state(read_json(run_dir / "preprocessing.json"), base=run_dir)
     return Run(run_dir, cfg, model, classes, specs, preprocessor, manifest, version_differences(run_dir))

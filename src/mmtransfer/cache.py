@@ -10,7 +10,9 @@ any of them computes anew. Files are safetensors under ``$MMTRANSFER_CACHE`` (de
 ``~/.cache/mmtransfer/features``), one per computation: the rows' keys and features, with the row count and a
 checksum; a damaged file is deleted with a warning and its rows computed again, never used. The cache stays
 under ``MMTRANSFER_CACHE_MAX_GB`` (default 10): the least recently used files go first. ``mmtransfer cache info``
-/ ``cache clear`` show and free it (this module imports torch only when features are computed or read).
+/ ``cache clear`` show and free it. On purpose, this module imports torch, safetensors and the modules that need
+torch (data, train, transfer.freeze) inside the functions that compute or read features: ``import mmtransfer.cache``
+stays free of torch, so those two commands answer at once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mmtransfer.outputs import write_error
 
 if TYPE_CHECKING:
     import torch
@@ -250,8 +254,6 @@ def _write(path: Path, keys: list[str], features: torch.Tensor) -> None:
     """Keys and features with their row count and checksum in the file's metadata, so a damaged file is
     recognised; written to a temporary name and renamed, so a killed write leaves no partial entry."""
     from safetensors.torch import save_file
-
-    from mmtransfer.outputs import write_error
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # machines sharing a cache folder never collide
     key_tensor = _key_tensor(keys)

@@ -67,7 +67,7 @@ def table_columns(path: str | Path, cfg: DataConfig) -> list[str]:
     """The column names ``path`` has once read as ``cfg`` says (header, names, sep), as ``tables.read_table``
     gives them: ``names`` where set, else the header's cells, else 0, 1, 2, ... (a table without a header)."""
     if table_format(path, cfg.sep) == "parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # here, on purpose: the command line checks headers before anything heavy loads
 
         found = [str(c) for c in pq.read_schema(path).names if not str(c).startswith("__index_level_")]
     else:

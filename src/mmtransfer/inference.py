@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from mmtransfer.config import did_you_mean
+from mmtransfer.config import DataConfig, did_you_mean
+from mmtransfer.data.preprocess import RowSplit
+from mmtransfer.data.sources import open_source
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
 from mmtransfer.outputs import atomic_path, save_figure
-from mmtransfer.preprocess import RowSplit
 from mmtransfer.tasks import plot_predicted_vs_true
 
 
@@ -41,45 +42,10 @@ class Rows:
 
 def read_data(source, data=None, columns=(), encoding: str | None = None) -> tuple[pd.DataFrame, Path, str]:
     """(table, folder that relative paths resolve against, name): a CSV / TSV / Parquet file, a folder of class
-    subfolders (``data.folder`` layout, its class folders named in column ``data.label``), or a DataFrame.
-
-    A text table is read as the run's data config says (``data``: sep, header, names) unless its first line
-    names the run's input ``columns``: then it is a table with a header (in the run's separator, or its own
-    suffix's). So the run's own headerless file reads as it trained, and a new table with a header reads as a
-    person wrote it. A headerless table without the label column takes ``data.names`` less the label."""
-    from mmtransfer.config import DataConfig
-    from mmtransfer.headers import first_row, table_format
-    from mmtransfer.tables import read_folder, read_table
-
-    data = data or DataConfig()
-    encoding = encoding or data.encoding
-    if isinstance(source, pd.DataFrame):
-        return read_table(source)
-    if Path(source).is_dir():
-        return read_folder(source, data.label)
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"table not found: {path}")
-    try:
-        text = table_format(path, data.sep) == "text"
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    if not text:
-        return read_table(path, encoding, names=data.names)
-    own = DataConfig().separator(path)
-    for sep in dict.fromkeys([data.separator(path), own]):
-        try:
-            header = first_row(path, sep, encoding)
-        except (OSError, LookupError):
-            break  # read_table says why
-        if columns and set(columns) <= set(header):
-            return read_table(path, encoding, sep=sep)
-    names = data.names
-    if names is not None and not data.header and data.label in names:
-        found = len(first_row(path, data.separator(path), encoding))
-        if found == len(names) - 1:  # new rows to predict, without the label column
-            names = [n for n in names if n != data.label]
-    return read_table(path, encoding, sep=data.sep, header=data.header, names=names)
+    subfolders (``data.folder`` layout, its class folders named in column ``data.label``), or a DataFrame, read as
+    new rows for a run whose input columns are ``columns`` (:func:`~mmtransfer.data.sources.read_new_rows`)."""
+    found = open_source(source, data or DataConfig(), columns=list(columns), encoding=encoding)
+    return found.df, found.base, found.name
 
 
 def read_rows(

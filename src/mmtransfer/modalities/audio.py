@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mmtransfer.config import AudioColumn
+from mmtransfer.hub import from_pretrained, offline, resolve_model_path
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
 
 LOG_FLOOR = 1e-6  # keeps log() finite on digital silence (padding, placeholders)
@@ -150,6 +151,7 @@ class AudioModality:
         return modality
 
     def load(self, value: Any, base: Path) -> torch.Tensor:
+        # Imported here, on purpose: soundfile and scipy.signal are slow to import and only audio columns need them.
         import soundfile as sf
         from scipy.signal import resample_poly
 
@@ -227,10 +229,7 @@ class AudioModality:
     def extract(self, examples: list[torch.Tensor]) -> torch.Tensor:
         """The pretrained model's own feature extractor, loaded offline once, on a list of clips."""
         if self._extractor is None:
-            from transformers import AutoFeatureExtractor
-
-            from mmtransfer.encoders.hf import resolve_model_path
-            from mmtransfer.hub import from_pretrained, offline
+            from transformers import AutoFeatureExtractor  # imported here: transformers takes seconds to import
 
             folder = resolve_model_path(self.cfg.extractor)
             try:

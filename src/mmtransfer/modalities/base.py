@@ -16,7 +16,7 @@ The contract (:class:`Modality`), in the order the table loader calls it:
 
 ``fit`` receives an iterable: for image and audio columns a stream that reads one file at a time, so fitting
 on a large table does not hold it in memory. Image and audio cells are decoded again for every batch
-(:mod:`mmtransfer.preprocess`).
+(:mod:`mmtransfer.data.preprocess`).
 
 """
 
@@ -101,7 +101,7 @@ def is_missing(value: Any) -> bool:
     if value is None:
         return True
     try:
-        import pandas as pd
+        import pandas as pd  # here, on purpose: encoders import this module for InputSpec and need no pandas
 
         return bool(pd.isna(value)) if not isinstance(value, (str, bytes)) else False
     except (TypeError, ValueError):  # array-like values are not cells

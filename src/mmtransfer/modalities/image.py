@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from mmtransfer.config import ImageColumn
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
@@ -49,8 +50,6 @@ class ImageModality:
 
     def _open(self, value: Any, base: Path, then):
         """``then(image)`` on the opened file, converted to the column's channels; a bad file is a BadValue."""
-        from PIL import Image, UnidentifiedImageError
-
         path = resolve_path(value, base)
         mode = "L" if self.cfg.channels == 1 else "RGB"
         try:
@@ -148,8 +147,6 @@ def fit_image(img, cfg: ImageColumn, draft: bool = False):
     ``draft``: ``img`` is a file not yet decoded; a JPEG is decoded at the smallest scale (1/2, 1/4, 1/8) whose
     image still covers the resize's target on both sides, so the resize only ever shrinks what it would have.
     """
-    from PIL import Image
-
     h, w = cfg.size
     iw, ih = img.size
     mode = "L" if cfg.channels == 1 else "RGB"

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mmtransfer.config import TextColumn
+from mmtransfer.hub import from_pretrained, offline, resolve_model_path, why_not_loaded
 from mmtransfer.modalities.base import BadValue, InputSpec
 
 TOKEN = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks
@@ -112,20 +113,12 @@ class TextModality:
         return {"vocab": list(self.vocab)}
 
 
-def resolve_model_path(name: str) -> str:
-    from mmtransfer.encoders.hf import resolve_model_path  # here, not at the top: encoders import modalities
-
-    return resolve_model_path(name)
-
-
 def load_tokenizer(name: str, lowercase: bool = True):
     """A pretrained tokenizer from a folder, the local hub cache or the packaged MiniLM; never downloads.
 
     A folder holding only ``vocab.txt`` is read as a BERT WordPiece vocabulary.
     """
-    from transformers import AutoTokenizer, BertTokenizer
-
-    from mmtransfer.hub import from_pretrained, offline, why_not_loaded
+    from transformers import AutoTokenizer, BertTokenizer  # imported here: transformers takes seconds to import
 
     folder = resolve_model_path(name)
     path = Path(folder)

@@ -1,0 +1,137 @@
+"""Tables in: read a CSV / Parquet file, a DataFrame or a folder of class folders, bind columns to modalities,
+check every cell, split, fit the preprocessing on the train rows.
+
+Every referenced file is opened before training starts (and decoded again batch by batch while training,
+:mod:`mmtransfer.data.preprocess`). A bad cell (missing or corrupt file, audio holding NaN or inf, empty text,
+NaN or inf in a number column, a number too large to standardise, unknown label) stops the run with an error
+naming the row, column and file, or, with ``on_bad_rows: skip``, its row is dropped and the skips are counted by
+reason. A label column must give something to learn: two classes at least, or numbers that vary.
+
+Rows are numbered as pandas numbers them: from 0, after the header (a file's line numbers can differ, since
+a quoted cell may span lines).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from mmtransfer.backbones import bind_encoders
+from mmtransfer.config import ColumnConfig, DataConfig
+from mmtransfer.data.columns import bind_columns, print_binding
+from mmtransfer.data.dataset import Dataset
+from mmtransfer.data.labels import check_labels, check_target, read_target, refuse_or_skip
+from mmtransfer.data.preprocess import Cells, TablePreprocessor
+from mmtransfer.data.sources import read_source
+from mmtransfer.data.splits import assign_splits
+from mmtransfer.modalities.base import BadCell, DataError
+
+
+def load_table_dataset(
+    cfg: DataConfig,
+    source: str | Path | pd.DataFrame | None = None,
+    console: Console | None = None,
+    hold_out: bool = True,
+    model=None,
+    test: bool = True,
+) -> Dataset:
+    """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
+    :class:`~mmtransfer.data.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at
+    once. ``data.preprocessor`` is the fitted :class:`~mmtransfer.data.preprocess.TablePreprocessor`. Without
+    ``test`` no test rows are drawn, and ``data.test`` is None unless a split column names some."""
+    df, base, name, cfg = read_source(cfg, source)
+    if len(df) == 0:
+        raise DataError(f"{name}: no rows (only a header?); nothing to train on")
+    _say_skipped_files(df, console)
+    columns, how = bind_columns(df, cfg, name)
+    binding = bind_encoders(columns, model)  # every auto setting resolved once, from the encoder reading it
+    columns = binding.columns
+    if console is not None:
+        print_binding(df, cfg, name, how, binding, console)
+    pre = TablePreprocessor(columns)
+    target = read_target(df, cfg, console)
+    cells, bad_cells = pre.check(df, base, name, console)
+    bad = target.bad + bad_cells
+    bad += _empty_rows(pre, cells, columns, len(df), {b.row for b in bad})
+    bad += check_labels(df, target.texts, cfg, {b.row for b in bad}, target.task)
+
+    keep = np.ones(len(df), dtype=bool)
+    if bad:
+        refuse_or_skip(bad, keep, cfg, name, console)
+    check_target(target.texts, target.values, target.sets, keep, cfg)
+    split = np.empty(len(df), dtype=object)
+    split[keep] = assign_splits(df[keep], target.groups(keep), cfg, hold_out=hold_out, console=console, test=test)
+    classes, label_ids = target.encode(keep, split, cfg)
+    pre.fit(cells, np.flatnonzero(keep & (split == "train")))
+    unreadable = pre.check_fitted(cells, np.flatnonzero(keep))  # numbers the train statistics cannot standardise
+    if unreadable:
+        refuse_or_skip(unreadable, keep, cfg, name, console)
+        bad += unreadable
+    parts = _parts(pre, cells, keep, split, label_ids, name, hold_out=hold_out, test=test)
+    augment = {c: pre.modalities[c].augment for c, col in columns.items() if col.modality == "image" and col.augment}
+    data = Dataset(
+        Path(name).stem, classes, parts["train"], parts["val"], parts["test"], specs=pre.specs(), augment=augment
+    )
+    data.preprocessor = pre
+    data.task = target.task
+    data.columns, data.encoders = columns, binding.encoders
+    data.preprocessing = {
+        **pre.state(),
+        "skipped_rows": [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file} for b in bad],
+    }
+    return data
+
+
+def _say_skipped_files(df: pd.DataFrame, console: Console | None) -> None:
+    """A folder's files that are neither images nor audio, named (five of them) on the console."""
+    skipped_files = df.attrs.get("skipped_files", [])
+    if skipped_files and console is not None:
+        console.print(
+            f"skipped {len(skipped_files)} file(s) that are not images or audio: {', '.join(skipped_files[:5])}"
+            + (f", ... {len(skipped_files) - 5} more" if len(skipped_files) > 5 else ""),
+            markup=False,
+        )
+
+
+def _empty_rows(
+    pre: TablePreprocessor, cells: Cells, columns: dict[str, ColumnConfig], n: int, bad_rows: set[int]
+) -> list[BadCell]:
+    """Rows, not bad already, whose every input is empty (a table with number columns has none: they are always
+    present)."""
+    if pre.tab_cols:
+        return []
+    return [
+        BadCell(i, ", ".join(sorted(columns)), "every input of this row is empty")
+        for i in sorted(set(range(n)) - bad_rows)
+        if not any(cells.present[c][i] for c in columns)
+    ]
+
+
+def _parts(
+    pre: TablePreprocessor,
+    cells: Cells,
+    keep: np.ndarray,
+    split: np.ndarray,
+    label_ids: np.ndarray,
+    name: str,
+    *,
+    hold_out: bool,
+    test: bool,
+) -> dict:
+    """The train, val and test splits of the kept rows (val None without ``hold_out``; test None when not drawn
+    and none given); an empty split that should hold rows is refused."""
+    wanted = ("train", "val", "test") if hold_out else ("train", "test")  # without hold_out: no val rows
+    parts = {}
+    for s in wanted:
+        rows = np.flatnonzero(keep & (split == s))
+        if len(rows) == 0 and s == "test" and not test:
+            continue
+        if len(rows) == 0:
+            raise DataError(f"{name}: the {s} split is empty")
+        parts[s] = pre.split(cells, rows, label_ids[rows])
+    parts.setdefault("val", None)
+    parts.setdefault("test", None)
+    return parts
