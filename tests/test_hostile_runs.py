@@ -269,6 +269,7 @@ def _arm(stage: str) -> None:
     """Make this process kill itself with SIGKILL at ``stage`` of a fit."""
     import mmtransfer.resume
     import mmtransfer.runs
+    import mmtransfer.tasks.classification
     import mmtransfer.train
 
     if stage == "data checks":
@@ -293,7 +294,7 @@ def _arm(stage: str) -> None:
 
         mmtransfer.resume.save_file = torn
     elif stage == "calibration":
-        mmtransfer.runs._calibrate = lambda *a, **k: _kill()
+        mmtransfer.tasks.classification.calibrate = lambda *a, **k: _kill()
     elif stage == "manifest write":  # the final manifest, half written to its temporary file
         write = artifact._write_json
 

@@ -34,13 +34,16 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmtransfer.config import RunConfig, load_config
 from mmtransfer.errors import UserError
 from mmtransfer.outputs import final_name
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
-from mmtransfer.tasks import TASKS, Task, TaskStateError, task_from_state
 from mmtransfer.version import __version__
+
+if TYPE_CHECKING:
+    from mmtransfer.tasks import Task
 
 MANIFEST = "manifest.json"
 ASSETS = "assets"
@@ -441,6 +444,9 @@ def read_task(run_dir: Path, task: str, classes: list[str]) -> Task:
     TEMPERATURE_RANGE), a regression's mean and std (finite, std > 0), a multi-label run's labels and thresholds
     (one per label, in [0, 1]). A run folder without one was made by an older mmtransfer (target.json and
     calibration.json) and must be fitted again."""
+    # here, not at the top: the CLI checks an --out folder (check_out) before torch may load, and tasks needs it
+    from mmtransfer.tasks import TASKS, TaskStateError, task_from_state
+
     path = run_dir / TASK_FILE
     if not path.is_file():
         raise ArtifactError(

@@ -12,9 +12,9 @@ run folder (``config.yaml``, ``preprocessing.json``), so ``predict`` applies exa
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 
-from mmtransfer.config import AUTO, IMAGE_DEFAULTS, ColumnConfig, HFConfig, ImageColumn, ModelConfig
+from mmtransfer.config import AUTO, ColumnConfig, HFConfig, ModelConfig
+from mmtransfer.data.columns import Binding, Reader, bind, binding_line, describe_image  # noqa: F401 (re-exported)
 from mmtransfer.encoders import encoder_info, presets
 
 SETTINGS = ("size", "resize", "crop_pct", "mean", "std")
@@ -47,57 +47,31 @@ def preset_encoder(modality: str, preset: str):
     return None, candidates[0].missing
 
 
-@dataclass
-class Binding:
-    """What binding columns to encoders decided: every column resolved (no auto left), the encoder chosen for a
-    column the config does not name (None: the modality's from-scratch default), and, per column, where each
-    setting came from (``origins``: field -> "you" | a backbone | "default") and a note."""
-
-    columns: dict[str, ColumnConfig]
-    encoders: dict[str, object] = field(default_factory=dict)
-    readers: dict[str, object] = field(default_factory=dict)  # every column's encoder where known (None: default)
-    origins: dict[str, dict[str, str]] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
-
-
 def bind_encoders(columns: dict[str, ColumnConfig], model: ModelConfig | None) -> Binding:
     """Resolve every ``auto`` setting of ``columns`` once, from the encoder that will read each column: the one
-    model.encoders names, else the preset's (``model.preset``), else the modality's from-scratch default.
-
-    An image column read by a pretrained backbone takes the backbone's size, resize, crop, mean and std, and
-    random crops and flips in training; a text column read by a Hugging Face model takes its tokenizer. A value
-    the user set is always kept. Without ``model`` (a table loaded on its own) the modality defaults apply.
-    """
-    binding = Binding({})
+    model.encoders names, else the preset's (``model.preset``), else the modality's from-scratch default
+    (:func:`mmtransfer.data.columns.bind` does the resolving). Without ``model`` (a table loaded on its own) the
+    modality defaults apply."""
     configured = dict(model.encoders) if model is not None else {}
     preset = model.preset if model is not None else "scratch"
-    for name, column in columns.items():
-        encoder, why = configured.get(name), "model.encoders"
+
+    def reader(name: str, column: ColumnConfig) -> Reader:
+        encoder, why, chosen = configured.get(name), "model.encoders", False
         if encoder is None and column.modality in ("image", "text", "audio"):
-            encoder, why = _chosen(column, preset)
-            if encoder is not None:
-                binding.encoders[name] = encoder
-        binding.readers[name] = encoder
-        if why:
-            binding.notes[name] = why
-        if column.modality == "image":
-            found = image_preprocessing(encoder) if encoder is not None else None
-            settings, source = found if found is not None else ({}, "")
-            settings = {**settings, "augment": "crop_flip"} if found is not None else {}
-            auto = set(column.auto_fields())
-            binding.columns[name] = column.resolved(settings)
-            binding.origins[name] = {k: ("you" if k not in auto else source if k in settings else "default")
-                                     for k in IMAGE_DEFAULTS}  # fmt: skip
-        elif column.modality == "text":
-            tokenizer = encoder_info(encoder).tokenizer(encoder) if encoder is not None else None
-            binding.columns[name] = column.resolved(tokenizer)
-            binding.origins[name] = {
-                "tokenizer": "you" if column.tokenizer != AUTO else f"{tokenizer}" if tokenizer else "default",
-                "max_length": "you" if column.max_length != AUTO else "default",
-            }
-        else:
-            binding.columns[name] = column
-    return binding
+            (encoder, why), chosen = _chosen(column, preset), True
+        if encoder is None:
+            return Reader(why=why)
+        info = encoder_info(encoder)
+        image = info.preprocessing(encoder) if column.modality == "image" else None
+        tokenizer = info.tokenizer(encoder) if column.modality == "text" else None
+        return Reader(encoder, chosen, why, info.describe(encoder), image, tokenizer)
+
+    return bind(columns, reader)
+
+
+def binder(model: ModelConfig | None):
+    """The binder ``load_dataset`` takes for a run whose model config is ``model``."""
+    return lambda columns: bind_encoders(columns, model)
 
 
 def _chosen(column: ColumnConfig, preset: str):
@@ -109,37 +83,3 @@ def _chosen(column: ColumnConfig, preset: str):
     if column.modality == "image" and column.size != AUTO and min(column.size) < 32 and preset == "auto":
         return None, f"size {list(column.size)} is below a pretrained backbone's stride (32): a CNN from scratch"
     return preset_encoder(column.modality, preset)
-
-
-def binding_line(name: str, column: ColumnConfig, binding: Binding) -> str:
-    """One line per column: its resolved settings and where each came from."""
-    origins = binding.origins.get(name, {})
-    if column.modality == "image":
-        text = describe(column)
-    elif column.modality == "text":
-        text = f"tokenizer {column.tokenizer or 'a word vocabulary'}, {column.max_length} tokens"
-    else:
-        return ""
-    by_source: dict[str, list[str]] = {}
-    for key, source in origins.items():
-        by_source.setdefault(source, []).append(key)
-    parts = [f"{', '.join(keys)} from {'you' if src == 'you' else src}" for src, keys in by_source.items()]
-    return f"{column.modality} column {name}: {text} ({'; '.join(parts)})"
-
-
-def describe(col: ImageColumn) -> str:
-    """An image column's preprocessing in words, e.g. "224x224, shorter side to 256 then centre crop, ..."."""
-    h, w = col.size
-    if col.resize == "crop":
-        how = f"shorter side scaled to {round(min(h, w) / col.crop_pct)} then centre crop"
-    elif col.resize == "pad":
-        how = "fitted inside, aspect kept, padded"
-    else:
-        how = "stretched"
-    aug = {True: "shift", False: "none"}.get(col.augment, col.augment)
-    return f"{h}x{w}, {how}, mean {_values(col.mean)} std {_values(col.std)}, training augmentation {aug}"
-
-
-def _values(value) -> str:
-    """One value, or one per channel joined by '/'."""
-    return "/".join(f"{x:g}" for x in value) if isinstance(value, tuple) else f"{value:g}"

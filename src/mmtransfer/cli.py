@@ -664,13 +664,14 @@ def graft(
             cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update=update)})
     except USER_ERRORS as err:
         _fail(err)
+    from mmtransfer.backbones import binder
     from mmtransfer.checkpoint import save_weights
     from mmtransfer.data import load_dataset
     from mmtransfer.model import build_model
     from mmtransfer.runs import graft_from_config, resolved_config
 
     try:
-        data = load_dataset(cfg.data, console=console, model=cfg.model)
+        data = load_dataset(cfg.data, console=console, binder=binder(cfg.model))
         cfg = resolved_config(cfg, data)  # the columns and encoders exactly as `fit` would bind them
         model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed)
         report = graft_from_config(cfg, model, data, dry_run=dry_run)

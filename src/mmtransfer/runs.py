@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 from mmtransfer import artifact
+from mmtransfer.backbones import binder
 from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
@@ -92,7 +93,7 @@ def _fit_run(
     test: bool = True,
 ) -> dict:
     data = load_dataset(
-        cfg.data, console=console, validation=cfg.train.validation, source=source, model=cfg.model, test=test
+        cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model), test=test
     )
     in_place_of_test = None
     if data.test is None:  # no test rows held out (Predictor.fit): score the selection rows, else the train rows
@@ -214,7 +215,9 @@ class Masked(torch.nn.Module):
 def resolve_run(cfg: RunConfig, *, source=None, console: Console | None = None) -> RunConfig:
     """The config a fit of ``cfg`` would run, every auto setting resolved (it reads and checks the data, as a fit
     does first; nothing is trained or written)."""
-    data = load_dataset(cfg.data, console=console, validation=cfg.train.validation, source=source, model=cfg.model)
+    data = load_dataset(
+        cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model)
+    )
     return resolved_config(cfg, data)
 
 

@@ -8,6 +8,7 @@ from rich.console import Console
 
 from mmtransfer.config import DataConfig
 from mmtransfer.data.builtin import _builtin
+from mmtransfer.data.columns import Binder
 from mmtransfer.data.dataset import Dataset, LabelUse
 from mmtransfer.data.splits import (
     Examples,
@@ -28,7 +29,7 @@ def load_dataset(
     *,
     validation: str = "auto",
     source=None,
-    model=None,
+    binder: Binder | None = None,
     test: bool = True,
 ) -> Dataset:
     """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
@@ -40,10 +41,10 @@ def load_dataset(
     every row that is not a test row; with ``auto`` a stratified part of them (``val_fraction`` of each class,
     at least one) selects the model, so the labels that choose the best epoch come out of the same budget;
     ``none`` selects with nothing; ``split`` holds the validation split out first and selects with it.
-    ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``. ``model`` (the
-    run's ModelConfig) decides the encoder of each table column the config does not name (``model.preset``) and
-    so the settings left auto (an image column's size under a pretrained backbone); without it the modalities'
-    own defaults apply. Without ``test``
+    ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``. ``binder``
+    (:func:`mmtransfer.backbones.binder` of the run's model config) binds each table column to the encoder that
+    will read it, and so resolves the settings left auto (an image column's size under a pretrained backbone);
+    without it the modalities' own defaults apply. Without ``test``
     a table holds no test rows out (``data.test`` is None unless its split column names some); a built-in
     dataset keeps its test split.
     """
@@ -58,7 +59,7 @@ def load_dataset(
     halved = cfg.pool != "all"  # halve every non-test row first, then hold out validation within the half
     if cfg.table is not None or cfg.folder is not None or source is not None:
         data = load_table_dataset(
-            cfg, source, console=console, hold_out=hold_out and not halved, model=model, test=test
+            cfg, source, console=console, hold_out=hold_out and not halved, binder=binder, test=test
         )
     else:
         data = _builtin(cfg, hold_out=hold_out and not halved)

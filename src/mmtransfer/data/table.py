@@ -19,9 +19,8 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from mmtransfer.backbones import bind_encoders
 from mmtransfer.config import ColumnConfig, DataConfig
-from mmtransfer.data.columns import bind_columns, print_binding
+from mmtransfer.data.columns import Binder, bind, bind_columns, print_binding
 from mmtransfer.data.dataset import Dataset
 from mmtransfer.data.labels import check_labels, check_target, read_target, refuse_or_skip
 from mmtransfer.data.preprocess import Cells, TablePreprocessor
@@ -35,7 +34,7 @@ def load_table_dataset(
     source: str | Path | pd.DataFrame | None = None,
     console: Console | None = None,
     hold_out: bool = True,
-    model=None,
+    binder: Binder | None = None,
     test: bool = True,
 ) -> Dataset:
     """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
@@ -47,7 +46,7 @@ def load_table_dataset(
         raise DataError(f"{name}: no rows (only a header?); nothing to train on")
     _say_skipped_files(df, console)
     columns, how = bind_columns(df, cfg, name)
-    binding = bind_encoders(columns, model)  # every auto setting resolved once, from the encoder reading it
+    binding = (binder or bind)(columns)  # every auto setting resolved once, from the encoder reading it
     columns = binding.columns
     if console is not None:
         print_binding(df, cfg, name, how, binding, console)
