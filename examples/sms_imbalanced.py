@@ -80,10 +80,10 @@ def main() -> None:
             rows.append([engine.budget_label(b), arm, f"{cells[0]['labels']['total']}",
                          *[f"{100 * recalls[:, i].mean():.1f} ± {100 * recalls[:, i].std(ddof=1):.1f}"
                            for i in range(len(classes))]])  # fmt: skip
-            # no calibration.json where the validation labels were all classified right: nothing to fit T on
-            files = [Path(c["folder"]) / "calibration.json" for c in cells]
-            calibration = [json.loads(f.read_text()) for f in files if f.is_file()]
-            missing = len(files) - len(calibration)
+            # no calibration where the validation labels were all classified right: nothing to fit T on
+            states = [json.loads((Path(c["folder"]) / "task.json").read_text()) for c in cells]
+            calibration = [s["calibration"] for s in states if "calibration" in s]
+            missing = len(states) - len(calibration)
             if not calibration:
                 ece.append([engine.budget_label(b), arm, "not fitted", "-", "-", f"{missing} of {len(files)}"])
                 continue
