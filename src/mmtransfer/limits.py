@@ -23,6 +23,7 @@ MAX_IMAGE_SIDE = 8_192  # pixels per side an image is resized to
 MAX_TOKENS = 65_536  # text.max_length
 MAX_VOCAB = 2_000_000  # a word vocabulary
 MAX_SAMPLE_RATE = 384_000  # Hz
+MAX_VALUE = 1e150  # a number cell or a regression label: beyond it, squaring for a standard deviation overflows
 MAX_SECONDS = 600.0  # one audio clip: ten minutes, 9.6 M samples at 16 kHz
 MAX_MELS = 1_024
 MAX_FFT = 65_536

@@ -14,6 +14,7 @@ re-exported here, so ``from mmtransfer.config import X`` is the one import path.
 from mmtransfer.config.base import AUTO, ConfigError, Seed, Width
 from mmtransfer.config.data import (
     IMAGE_DEFAULTS,
+    TASK_NAMES,
     AudioColumn,
     ColumnConfig,
     DataConfig,
@@ -51,6 +52,7 @@ from mmtransfer.config.model import (
 from mmtransfer.config.train import DistillConfig, StrategyConfig, TrainConfig, TransferConfig
 
 __all__ = [
+    "TASK_NAMES",
     "AUTO",
     "AttentionConfig",
     "AudioColumn",

@@ -10,6 +10,10 @@ from pydantic import Field, field_validator, model_validator
 from mmtransfer import limits
 from mmtransfer.config.base import AUTO, Seed, _count_or_auto, _Strict
 
+# The names data.task accepts besides auto: the tasks of mmtransfer.tasks.TASKS, named here so that a config is
+# checked without importing them (they need torch); mmtransfer.tasks.register adds a new task's name.
+TASK_NAMES = ["classification", "regression", "multilabel"]
+
 
 class ImageColumn(_Strict):
     """An image column. The fields that say "auto" take, when columns are bound to encoders, the values of the
@@ -189,13 +193,21 @@ class DataConfig(_Strict):
         "when sep is set.",
     )
     label: str = Field("label", description="The label column of the table.")
-    task: Literal["auto", "classification", "regression", "multilabel"] = Field(
+    task: str = Field(
         "auto",
         description="What the label column holds: classes, a number to predict (regression), or a set of labels "
         "per row (multilabel). auto: cells holding label_separator are label sets, numbers with more than 20 "
         "distinct values a regression target, anything else classes; the guess is printed with the column "
         "binding. Built-in datasets are classification.",
     )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value != "auto" and value not in TASK_NAMES:
+            raise ValueError(f"expected auto or one of {', '.join(TASK_NAMES)}, got {value!r:.60}")
+        return value
+
     label_separator: str = Field(";", min_length=1, description="multilabel: what separates the labels in a cell.")
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="Columns bound to modalities; the other columns are inferred."

@@ -11,6 +11,7 @@ import torch
 
 from mmtransfer.data.splits import Examples
 from mmtransfer.modalities.base import InputSpec
+from mmtransfer.tasks import DEFAULT
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Dataset:
     augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     train_pool: Examples | None = None
     labels: LabelUse | None = None
-    task: str = "classification"  # regression: labels are the numbers; multilabel: labels are 0/1 [N, labels]
+    task: str = DEFAULT  # regression: labels are the numbers; multilabel: labels are 0/1 [N, labels]
     preprocessor: Any = None  # tables: the fitted TablePreprocessor, which new rows go through
     columns: dict = field(default_factory=dict)  # tables: every input column as bound, no setting left auto
     encoders: dict = field(default_factory=dict)  # tables: the encoder model.preset chose for a column, by input

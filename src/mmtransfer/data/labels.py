@@ -14,8 +14,7 @@ from rich.console import Console
 from mmtransfer.config import DataConfig
 from mmtransfer.data.splits import split_values
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
-from mmtransfer.modalities.tabular import MAX_VALUE
-from mmtransfer.tasks import infer_task, parse_number, parse_set, strata
+from mmtransfer.tasks import DEFAULT, infer_task, parse_number, strata, task_class
 
 
 @dataclass
@@ -70,37 +69,18 @@ def read_target(df: pd.DataFrame, cfg: DataConfig, console: Console | None = Non
     task, why = infer_task([t for t in texts if t], cfg.task, cfg.label, cfg.label_separator)
     if console is not None:
         console.print(f"task: {task} ({why})", markup=False, highlight=False)
-    values = None
-    if task == "regression":  # every label must be a finite number
-        values = np.full(len(df), np.nan)
-        for i, text in enumerate(texts):
-            if not text:
-                continue
-            number = parse_number(text)
-            if number is None:
-                bad.append(BadCell(i, cfg.label, f"{text!r} is not a number (data.task regression)"))
-            elif not np.isfinite(number):
-                bad.append(BadCell(i, cfg.label, f"{text!r} is not a finite number (data.task regression)"))
-            elif abs(number) > MAX_VALUE:
-                bad.append(BadCell(i, cfg.label, f"{text!r} is too large to standardise (beyond ±{MAX_VALUE:g})"))
-            else:
-                values[i] = number
-    sets = None
-    if task == "multilabel":  # every non-empty cell must name at least one label
-        sets = [parse_set(t, cfg.label_separator) if t else [] for t in texts]
-        for i, text in enumerate(texts):
-            if text and not sets[i]:
-                bad.append(BadCell(i, cfg.label, f"empty label set {text!r} (data.task multilabel)"))
+    values, sets, unusable = task_class(task).read_table_labels(texts, cfg.label, cfg.label_separator)
+    bad += [BadCell(i, cfg.label, reason) for i, reason in unusable]
     return Target(task, texts, values, sets, bad)
 
 
 def check_labels(
-    df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, bad_rows: set[int], task: str = "classification"
+    df: pd.DataFrame, labels: np.ndarray, cfg: DataConfig, bad_rows: set[int], task: str = DEFAULT
 ) -> list[BadCell]:
     """Rows whose split value or label cannot be used, found before any split is drawn."""
     bad = []
     rows = [i for i in range(len(df)) if i not in bad_rows]
-    if task != "classification":  # a number or a label set needs no other row like it: only the split values
+    if not task_class(task).one_class_per_row:  # a number or a label set needs no other row like it
         labels = np.array(["any"] * len(df), dtype=object)
     if cfg.split_column:
         split = split_values(df, cfg.split_column).to_numpy()

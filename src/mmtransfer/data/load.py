@@ -20,7 +20,7 @@ from mmtransfer.data.splits import (
 )
 from mmtransfer.data.table import load_table_dataset
 from mmtransfer.modalities.base import DataError
-from mmtransfer.tasks import strata
+from mmtransfer.tasks import strata, task_class
 
 
 def load_dataset(
@@ -67,7 +67,8 @@ def load_dataset(
     if halved:
         data.train, data.val = _half(data.train, cfg, hold_out)
     note, used = "", "split" if hold_out else "none"
-    if data.task != "classification" and cfg.k_per_class is not None:
+    one_class = task_class(data.task).one_class_per_row
+    if not one_class and cfg.k_per_class is not None:
         raise DataError(
             f"data.k_per_class={cfg.k_per_class}: a {data.task} target has no single class per row to draw k of; "
             "give the budget as data.label_fraction"
@@ -84,7 +85,7 @@ def load_dataset(
                 note = "a class has a single label in the budget, so none is left to select with"
             else:
                 used, (data.train, data.val) = "budget", parts
-                if data.task == "classification":
+                if one_class:
                     per_class = np.bincount(data.val.labels.numpy(), minlength=len(data.classes))
                     note = _per_class_note(per_class, f"data.val_fraction={cfg.val_fraction:g} of each class's labels")
                 else:

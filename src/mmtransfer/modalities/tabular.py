@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmtransfer import limits
 from mmtransfer.config import TabularColumn
 from mmtransfer.modalities.base import BadValue, InputSpec, is_missing
 
 # Beyond this a number cannot be standardised in 64-bit floats: the squares that give a column's standard
 # deviation (1e150 squared is 1e300) would overflow to inf once summed, and every row of the column with them.
-MAX_VALUE = 1e150
+MAX_VALUE = limits.MAX_VALUE
 # A standardised value the model reads (in 32-bit floats) must stay far from overflow: its square, as a
 # normalisation layer takes it, stays finite up to ~1.8e19.
 MAX_STANDARDISED = 1e18

@@ -11,6 +11,7 @@ A new task is one file with a :class:`Task` subclass and one line here (or :func
 
 from __future__ import annotations
 
+from mmtransfer.config import TASK_NAMES
 from mmtransfer.tasks.base import Task, TaskStateError
 from mmtransfer.tasks.classification import Classification
 from mmtransfer.tasks.infer import MANY, infer_task, parse_number, parse_set, strata
@@ -35,7 +36,16 @@ TASKS: dict[str, type[Task]] = {
 def register(task: type[Task]) -> type[Task]:
     """Add a task to the registry under its ``name`` (usable as a class decorator)."""
     TASKS[task.name] = task
+    if task.name not in TASK_NAMES:  # data.task accepts it
+        TASK_NAMES.append(task.name)
     return task
+
+
+def unregister(name: str) -> None:
+    """Take a registered task out again (a test's own task)."""
+    TASKS.pop(name, None)
+    if name in TASK_NAMES:
+        TASK_NAMES.remove(name)
 
 
 def task_class(name: str) -> type[Task]:
@@ -78,6 +88,7 @@ __all__ = [
     "parse_set",
     "plot_predicted_vs_true",
     "register",
+    "unregister",
     "regression_metrics",
     "strata",
     "task_class",

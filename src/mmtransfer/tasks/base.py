@@ -124,6 +124,15 @@ class Task:
 
     # -------------------------------------------------------- labels
 
+    @classmethod
+    def read_table_labels(
+        cls, texts: np.ndarray, column: str, separator: str
+    ) -> tuple[np.ndarray | None, list | None, list[tuple[int, str]]]:
+        """A training table's label cells (stripped; '' where missing) as this task reads them: (the numbers, or
+        None; the label sets, or None; (row, reason) for each non-empty cell that cannot be used). One class per
+        row reads the cells as class names: nothing to parse."""
+        return None, None, []
+
     def parse_labels(self, texts: list[str], classes: list[str]) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """A labelled table's label cells (stripped strings, "" for empty) as the targets the model is scored
         against, and (position, reason) for each cell that is none."""

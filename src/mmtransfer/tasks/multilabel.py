@@ -75,6 +75,12 @@ class Multilabel(Task):
             sets[i] = chosen
         return sets
 
+    @classmethod
+    def read_table_labels(cls, texts, column, separator):
+        sets = [parse_set(t, separator) if t else [] for t in texts]  # a non-empty cell names at least one label
+        bad = [(i, f"empty label set {t!r} (data.task multilabel)") for i, t in enumerate(texts) if t and not sets[i]]
+        return None, sets, bad
+
     def parse_labels(self, texts, classes):
         labels, bad = np.zeros((len(texts), len(classes)), dtype=np.float32), []
         where = {c: j for j, c in enumerate(classes)}

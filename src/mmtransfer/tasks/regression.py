@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from mmtransfer import limits
 from mmtransfer.tasks.base import Task, TaskStateError, finite
 from mmtransfer.tasks.infer import parse_number
 from mmtransfer.tasks.metrics import plot_predicted_vs_true, regression_metrics
@@ -71,6 +72,23 @@ class Regression(Task):
 
     def probe_to_head(self, weight, bias):
         return weight / self.std, (bias - self.mean) / self.std
+
+    @classmethod
+    def read_table_labels(cls, texts, column, separator):
+        values, bad = np.full(len(texts), np.nan), []  # every label must be a finite number within range
+        for i, text in enumerate(texts):
+            if not text:
+                continue
+            number = parse_number(text)
+            if number is None:
+                bad.append((i, f"{text!r} is not a number (data.task regression)"))
+            elif not np.isfinite(number):
+                bad.append((i, f"{text!r} is not a finite number (data.task regression)"))
+            elif abs(number) > limits.MAX_VALUE:
+                bad.append((i, f"{text!r} is too large to standardise (beyond ±{limits.MAX_VALUE:g})"))
+            else:
+                values[i] = number
+        return values, None, bad
 
     def parse_labels(self, texts, classes):
         labels, bad = np.full(len(texts), np.nan, dtype=np.float32), []
