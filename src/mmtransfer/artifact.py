@@ -1,18 +1,5 @@
-"""A run folder is a self-contained artifact: this module alone writes and reads its layout.
-
-    RUN/config.yaml          the validated config that built the model (every encoder named)
-    RUN/model.safetensors    every weight, pretrained backbones included
-    RUN/labels.json          class names in output order
-    RUN/inputs.json          what each encoder was built for (kind and shape of each input)
-    RUN/preprocessing.json   tables: column bindings and the fitted state of each modality
-    RUN/assets/...           what a pretrained backbone needs besides weights: its config.json, a tokenizer's
-                             files, an audio feature extractor's settings (copied in; never a path outside)
-    RUN/task.json            what it predicts and the task's fitted state (temperature, target mean and std,
-                             thresholds): mmtransfer.tasks
-    RUN/splits.json          which rows were train / validation / test (a table's row numbers and SHA-256)
-    RUN/versions.json        mmtransfer, torch, transformers and Python that wrote it
-    RUN/history.json, metrics.json, transfer_report.json / .md
-    RUN/manifest.json        size and SHA-256 of every file above; "complete": false until fit has finished
+"""A run folder is a self-contained artifact: its layout (every file's name, what reads and writes it) is
+:mod:`mmtransfer.runfolder`'s; this module checks the whole and loads it.
 
 Loading verifies the manifest first: a missing, truncated or changed file, any file the manifest does not list
 (other than what commands write into a finished run: export's ``model.onnx`` and ``model.json``, and a
@@ -36,27 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmtransfer.config import RunConfig, load_config
-from mmtransfer.errors import UserError
+from mmtransfer.config import RunConfig
 from mmtransfer.outputs import final_name
+from mmtransfer.runfolder import (  # noqa: F401 (the layout's names, re-exported: artifact.MANIFEST, ...)
+    ASSETS,
+    CHECKPOINT,
+    CONFIG,
+    CORE_FILES,
+    INPUTS,
+    LABELS,
+    LATER_OUTPUTS,
+    MANIFEST,
+    RUN_FILES,
+    TASK,
+    ArtifactError,
+    RunFolder,
+    read_json,
+)
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
 from mmtransfer.version import __version__
 
 if TYPE_CHECKING:
     from mmtransfer.tasks import Task
-
-MANIFEST = "manifest.json"
-ASSETS = "assets"
-CORE_FILES = ("config.yaml", "model.safetensors", "labels.json", "inputs.json", "splits.json")
-CHECKPOINT = "checkpoint.safetensors"  # the resumable state of a fit (mmtransfer.resume); never part of a finished run
-# Written into a finished run folder by later commands (export's default --out); loading never reads them.
-LATER_OUTPUTS = ("model.onnx", "model.json", ".model.onnx.tmp")
-TASK_FILE = "task.json"  # the task and its fitted state (mmtransfer.tasks)
-OLD_TASK_FILES = ("target.json", "calibration.json")  # what an older mmtransfer kept the task's state in
-
-
-class ArtifactError(UserError):
-    """A run folder that cannot be trusted or used as it is; the message names the file."""
 
 
 # ---------------------------------------------------------------- versions, manifest
@@ -94,23 +82,8 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-RUN_FILES = ("config.yaml", MANIFEST)  # a folder holding either is a run folder
-
-
 def _contents(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if not is_lock_file(p.name)]
-
-
-def read_json(path: Path):
-    """A run folder's JSON file as data: missing, unreadable or nested too deeply is an ArtifactError naming it."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing from the run folder")
-    try:
-        return json.loads(path.read_text())
-    except RecursionError:
-        raise ArtifactError(f"{path}: not valid JSON (nested too deeply)") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
 
 
 def check_out(run_dir: Path, *, overwrite: bool = False, resume: bool = False) -> bool:
@@ -147,14 +120,14 @@ def _resumable(run_dir: Path) -> bool:
     if not _contents(run_dir):
         return False  # killed while its data was checked: nothing written but the lock
     if not any((run_dir / name).is_file() for name in RUN_FILES):
-        raise ArtifactError(f"--resume: {run_dir} holds no run to continue (no config.yaml)")
+        raise ArtifactError(f"--resume: {run_dir} holds no run to continue (no {CONFIG})")
     manifest = read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else {}
     if isinstance(manifest, dict) and manifest.get("complete"):
         raise ArtifactError(f"--resume: the run in {run_dir} finished; nothing to continue (--overwrite redoes it)")
     if not (run_dir / CHECKPOINT).is_file():
         return False  # killed before its first checkpoint: nothing of its training was kept
-    if not (run_dir / "config.yaml").is_file():
-        raise ArtifactError(f"--resume: {run_dir} has a {CHECKPOINT} but no config.yaml; start again with --overwrite")
+    if not (run_dir / CONFIG).is_file():
+        raise ArtifactError(f"--resume: {run_dir} has a {CHECKPOINT} but no {CONFIG}; start again with --overwrite")
     return True
 
 
@@ -211,7 +184,9 @@ def finish(run_dir: Path) -> dict:
         path = run_dir / name
         if name == MANIFEST or _transient(name):
             continue
-        if path.name.startswith(".") and path.name.endswith(".tmp"):  # a killed write's leftover
+        if final_name(path.name) is not None or (
+            path.name.startswith(".") and path.name.endswith(".tmp")
+        ):  # a killed write's leftover
             path.unlink(missing_ok=True)
             continue
         os.chmod(path, 0o666 & ~umask)
@@ -226,8 +201,8 @@ def verify(run_dir: str | Path, *, allow_unfinished: bool = False) -> dict:
     """Check the manifest and every file it lists, and that the folder holds nothing else; return the manifest.
     Raises :class:`ArtifactError`."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ArtifactError(f"{run_dir} is not a run folder: no config.yaml")
+    if not (run_dir / CONFIG).is_file():
+        raise ArtifactError(f"{run_dir} is not a run folder: no {CONFIG}")
     path = run_dir / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; this run folder was not written by a finished `mmtransfer fit`")
@@ -283,12 +258,7 @@ def _listed(manifest: dict, path: Path) -> dict:
 
 def version_differences(run_dir: Path) -> list[str]:
     """'torch: run 2.13.0, here 2.14.1' for each package whose version differs from the one that wrote the run."""
-    path = run_dir / "versions.json"
-    if not path.is_file():
-        return []
-    written, here = read_json(path), versions()
-    if not isinstance(written, dict):
-        raise ArtifactError(f"{path}: expected a table of package versions")
+    written, here = RunFolder(run_dir).versions(), versions()
     return [f"{k}: run {v}, here {here.get(k, 'not installed')}" for k, v in written.items() if here.get(k) != v]
 
 
@@ -370,7 +340,7 @@ def write_splits(run_dir: Path, cfg: RunConfig, data) -> None:
         record["dataset"] = cfg.data.dataset
         record["seed"] = cfg.data.seed
         record["labels_sha256"] = {k: labels_hash(p.labels) for k, p in parts.items() if p is not None}
-    _write_json(run_dir / "splits.json", record)
+    RunFolder(run_dir).write_splits(record)
 
 
 def labels_hash(labels) -> str:
@@ -405,22 +375,30 @@ def load(
 
     run_dir = Path(run_dir)
     manifest = verify(run_dir, allow_unfinished=allow_unfinished) if verify_files else {}
-    cfg = load_config(run_dir / "config.yaml")
-    classes = read_labels(run_dir / "labels.json")
-    specs = read_specs(run_dir / "inputs.json")
+    folder = RunFolder(run_dir)
+    cfg = folder.read_config()
+    classes = read_labels(folder.file(LABELS))
+    specs = read_specs(folder.file(INPUTS))
     task = read_task(run_dir, cfg.data.task, classes)
     model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False, modules=modules)
     strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
-    weights = run_dir / "model.safetensors"
-    load_into(model, load_weights(weights), where=str(weights))
+    load_into(model, load_weights(folder.weights), where=str(folder.weights))
     model.task = task  # its fitted state: a temperature, a target's mean and std, thresholds
     model.eval()
-    preprocessor = None
-    if (run_dir / "preprocessing.json").is_file():
+    preprocessor, state = None, folder.preprocessing()
+    if state is not None:
         from mmtransfer.data.preprocess import TablePreprocessor
 
-        preprocessor = TablePreprocessor.from_state(read_json(run_dir / "preprocessing.json"), base=run_dir)
+        preprocessor = TablePreprocessor.from_state(state, base=run_dir)
     return Run(run_dir, cfg, model, classes, specs, preprocessor, manifest, version_differences(run_dir))
+
+
+def load_description(run_dir: str | Path) -> Run:
+    """A run folder's config, classes and inputs, checked, without its model (``info`` on a run whose encoder is
+    a module given in Python)."""
+    folder = RunFolder(run_dir)
+    cfg = folder.read_config()
+    return Run(folder.path, cfg, None, read_labels(folder.file(LABELS)), read_specs(folder.file(INPUTS)))
 
 
 def read_labels(path: Path) -> list[str]:
@@ -447,19 +425,20 @@ def read_task(run_dir: Path, task: str, classes: list[str]) -> Task:
     # here, not at the top: the CLI checks an --out folder (check_out) before torch may load, and tasks needs it
     from mmtransfer.tasks import TASKS, TaskStateError, task_from_state
 
-    path = run_dir / TASK_FILE
+    folder = RunFolder(run_dir)
+    path = folder.file(TASK)
     if not path.is_file():
         raise ArtifactError(
             f"{path}: missing; this run folder was made by an older version of mmtransfer (before task.json "
             "replaced target.json and calibration.json) and must be fitted again"
         )
-    for old in OLD_TASK_FILES:
-        if (run_dir / old).is_file():
+    for old in folder.old_task_files():
+        if old:
             raise ArtifactError(
-                f"{run_dir / old}: a file of an older mmtransfer (task.json holds what it held); this {task} run does "
+                f"{old}: a file of an older mmtransfer (task.json holds what it held); this {task} run does "
                 "not read it: remove it, or fit the run again"
             )
-    state = read_json(path)
+    state = folder.task_state()
     kind = state.get("task") if isinstance(state, dict) else None
     if kind not in TASKS:
         raise ArtifactError(f"{path}: task is {kind!r:.60}; expected one of {', '.join(TASKS)}")
@@ -469,10 +448,6 @@ def read_task(run_dir: Path, task: str, classes: list[str]) -> Task:
         return task_from_state(state, classes)
     except TaskStateError as err:
         raise ArtifactError(f"{path}: {err}") from None
-
-
-def write_specs(specs: dict, path: Path) -> None:
-    path.write_text(json.dumps({name: spec.to_dict() for name, spec in specs.items()}, indent=1))
 
 
 def read_specs(path: Path) -> dict:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtransfer.outputs import write_error
+from mmtransfer.runfolder import RunFolder
 
 
 def save_weights(state: Mapping[str, torch.Tensor] | nn.Module, path: str | Path) -> Path:
@@ -73,7 +74,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, or the ``model.safetensors`` of a run folder."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = RunFolder(path).weights
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
     if path.suffix != ".safetensors":

@@ -18,6 +18,7 @@ from rich.text import Text
 from mmtransfer.config import ConfigError, check_files, load_config, read_rules_file
 from mmtransfer.display import Grid, make_console
 from mmtransfer.errors import report_bug
+from mmtransfer.runfolder import CONFIG, RunFolder
 
 app = typer.Typer(
     help="Transfer learning on multimodal data: adapt, fine-tune, evaluate, and compare with training from scratch.",
@@ -368,7 +369,7 @@ def export(
     try:
         run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
         _notes(run)
-        target = out or run_dir / "model.onnx"
+        target = out or RunFolder(run_dir).onnx
         described = export_onnx(run, target, data=data)
     except USER_ERRORS as err:
         _fail(err)
@@ -389,8 +390,8 @@ def info(
     metrics at training time, what was transferred from where, versions, and whether the manifest verifies."""
     from mmtransfer import artifact
 
-    if not (run_dir / "config.yaml").is_file():
-        _fail(FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml"))
+    if not RunFolder(run_dir).has(CONFIG):
+        _fail(FileNotFoundError(f"{run_dir} is not a run folder: no {CONFIG}"))
     problem = None
     try:
         manifest = artifact.verify(run_dir, allow_unfinished=True)
@@ -405,9 +406,7 @@ def info(
     except USER_ERRORS as err:
         if "custom module" not in str(err):
             _fail(err)
-        run = artifact.Run(run_dir, artifact.load_config(run_dir / "config.yaml"), None, [], {})
-        run.classes = artifact.read_labels(run_dir / "labels.json")
-        run.specs = artifact.read_specs(run_dir / "inputs.json")
+        run = artifact.load_description(run_dir)  # no model: its config, classes and inputs
         console.print(f"note: {err}", markup=False)
     try:
         _print_info(run)
@@ -424,12 +423,10 @@ def _notes(run) -> None:
 
 def _print_info(run) -> None:
     from mmtransfer import artifact
-    from mmtransfer.artifact import read_json
     from mmtransfer.transfer.freeze import count_parameters
 
-    path = run.path
-    metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
-    metrics = metrics if isinstance(metrics, dict) else {}  # shown only; a changed one fails verification
+    path, folder = run.path, RunFolder(run.path)
+    metrics = folder.metrics()  # shown only; a changed one fails verification
     pre = run.preprocessor
     rows = []
     for name, spec in sorted(run.specs.items()):
@@ -462,12 +459,11 @@ def _print_info(run) -> None:
         epochs = f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
         used = f"{labels.get('train')} labels trained it, {labels.get('selection')} selected it"
         console.print(f"at training time: {scores}; {epochs}; {used}", markup=False)
-    report = path / "transfer_report.json"
+    record = folder.transfer_record()
     pretrained = pretrained_sources(run.cfg.model.encoders)
     for name, source in pretrained.items():
         console.print(f"transferred from {source}: the pretrained backbone of input {name}", markup=False)
-    if report.is_file():
-        record = read_json(report)
+    if record is not None:
         counts = record["graft"]["counts"]
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         console.print(f"transferred from {record['source']}: {summary} tensors", markup=False)
@@ -475,7 +471,7 @@ def _print_info(run) -> None:
         console.print("transferred from: nothing (trained from scratch)", markup=False)
     for note in task.notes():  # the post-fit step: a temperature fitted, or none
         console.print(note, markup=False)
-    versions = read_json(path / "versions.json") if (path / "versions.json").is_file() else {}
+    versions = folder.versions()
     console.print("written with " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
     for difference in run.differences:
         console.print(f"note: version differs here: {difference}", markup=False)

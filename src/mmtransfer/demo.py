@@ -15,8 +15,6 @@ Student t interval.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from rich.text import Text
 
 from mmtransfer.config import CNNConfig, ModelConfig, RNNConfig
 from mmtransfer.display import Grid, make_console
+from mmtransfer.outputs import write_json, write_text
+from mmtransfer.runfolder import RunFolder
 
 # preset scratch: the demo's networks are the small ones, trained here (digits are 8x8: no ImageNet backbone)
 CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64, preset="scratch")
@@ -94,37 +94,7 @@ def run_demo(
                            f"{out / 'study' / 'cells'}")  # fmt: skip
     cells = {(r["arm"], r["seed"]): r for r in results["cells"]}
     sources = {r["seed"]: r for r in results["sources"]}
-    rows = []
-    for seed in spec.seed_list:
-        scratch, transfer, source = cells[("scratch", seed)], cells[("transfer", seed)], sources[seed]
-        report = json.loads((Path(transfer["folder"]) / "transfer_report.json").read_text())
-        metrics = json.loads((Path(transfer["folder"]) / "metrics.json").read_text())
-        shutil.copy(Path(transfer["folder"]) / "transfer_report.json", out / f"graft_report_seed{seed}.json")
-        shutil.copy(Path(transfer["folder"]) / "transfer_report.md", out / f"graft_report_seed{seed}.md")
-        if seed == spec.seed_list[0]:
-            _print_setup(console, source, scratch, report, metrics, seed)
-        rows.append(
-            {
-                "seed": seed,
-                "source_cnn_accuracy": source["test"]["accuracy"],
-                "source_cnn_seconds": source["seconds"],
-                "distill": report["distill"],
-                "graft_counts": report["graft"]["counts"],
-                "transfer_before_finetune_accuracy": metrics["before_training"]["accuracy"],
-                "transfer_accuracy": transfer["test"]["accuracy"],
-                "transfer_macro_f1": transfer["test"]["macro_f1"],
-                "transfer_seconds": transfer["seconds"],
-                "scratch_accuracy": scratch["test"]["accuracy"],
-                "scratch_macro_f1": scratch["test"]["macro_f1"],
-                "scratch_seconds": scratch["seconds"],
-                "gain": transfer["test"]["accuracy"] - scratch["test"]["accuracy"],
-                "finetune_gain": transfer["test"]["accuracy"] - metrics["before_training"]["accuracy"],
-            }
-        )
-        console.print(
-            f"seed {seed}: source CNN {rows[-1]['source_cnn_accuracy']:.3f} | GRU scratch "
-            f"{rows[-1]['scratch_accuracy']:.3f} | GRU transfer {rows[-1]['transfer_accuracy']:.3f}"
-        )
+    rows = [_seed_row(seed, cells, sources, out, console, first=seed == spec.seed_list[0]) for seed in spec.seed_list]
     keys = [k for k in rows[0] if k.endswith(("accuracy", "seconds", "gain")) and not k.endswith("macro_f1")]
     # an accuracy's interval within [0, 1], a difference of two within [-1, 1]; times at least 0
     bounds = {k: (-1.0, 1.0) if k.endswith("gain") else (0.0, 1.0) if k.endswith("accuracy") else (0.0, None)
@@ -149,9 +119,9 @@ def run_demo(
         "summary": summary,
         "total_seconds": time.perf_counter() - t0,
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    write_json(out / "metrics.json", result)
     _plot(rows, out / "demo.png")
-    (out / "report.md").write_text(_markdown(result))
+    write_text(out / "report.md", _markdown(result))
     console.print(_table(summary, seeds, k, result["setup"]["target_labels"]))
     console.print(
         f"total {result['total_seconds']:.1f} s. Files: {out / 'report.md'}, {out / 'metrics.json'}, "
@@ -159,6 +129,38 @@ def run_demo(
         markup=False,
     )
     return result
+
+
+def _seed_row(seed: int, cells: dict, sources: dict, out: Path, console, first: bool) -> dict:
+    """One seed's line of the demo: the source CNN, the GRU from scratch and the GRU transferred into; its graft
+    report copied beside the demo's report."""
+    scratch, transfer, source = cells[("scratch", seed)], cells[("transfer", seed)], sources[seed]
+    folder = RunFolder(transfer["folder"])
+    report, metrics = folder.transfer_record(), folder.metrics()
+    folder.copy_transfer_report(out / f"graft_report_seed{seed}")
+    if first:
+        _print_setup(console, source, scratch, report, metrics, seed)
+    row = {
+        "seed": seed,
+        "source_cnn_accuracy": source["test"]["accuracy"],
+        "source_cnn_seconds": source["seconds"],
+        "distill": report["distill"],
+        "graft_counts": report["graft"]["counts"],
+        "transfer_before_finetune_accuracy": metrics["before_training"]["accuracy"],
+        "transfer_accuracy": transfer["test"]["accuracy"],
+        "transfer_macro_f1": transfer["test"]["macro_f1"],
+        "transfer_seconds": transfer["seconds"],
+        "scratch_accuracy": scratch["test"]["accuracy"],
+        "scratch_macro_f1": scratch["test"]["macro_f1"],
+        "scratch_seconds": scratch["seconds"],
+        "gain": transfer["test"]["accuracy"] - scratch["test"]["accuracy"],
+        "finetune_gain": transfer["test"]["accuracy"] - metrics["before_training"]["accuracy"],
+    }
+    console.print(
+        f"seed {seed}: source CNN {row['source_cnn_accuracy']:.3f} | GRU scratch "
+        f"{row['scratch_accuracy']:.3f} | GRU transfer {row['transfer_accuracy']:.3f}"
+    )
+    return row
 
 
 def _print_setup(console, source: dict, scratch: dict, report: dict, metrics: dict, seed: int) -> None:

@@ -9,7 +9,6 @@ preprocessing that makes the tensors. LoRA adapters are merged into their base w
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from mmtransfer.outputs import atomic_path, write_json
+from mmtransfer.runfolder import RunFolder
 
 
 class _Positional(nn.Module):
@@ -51,7 +51,7 @@ def sample_batch(run, data=None, rows: int = 16) -> dict[str, torch.Tensor]:
     if run.preprocessor is not None:
         from mmtransfer.inference import read_rows
 
-        record = json.loads((run.path / "splits.json").read_text())
+        record = RunFolder(run.path).splits()
         if data is None and record.get("table") is None:
             raise ValueError(f"{run.path}: trained on a DataFrame given in Python; give --data TABLE to check on")
         source = data if data is not None else record["table"]
@@ -104,9 +104,7 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
         # the task's decoding: "task", "temperature" (already applied in the graph: the logits are divided by
         # it), "thresholds" (multilabel: sigmoid(logit) >= threshold, per label) and what "outputs" are
         **run.model.task.describe(run.classes),
-        "preprocessing": json.loads((run.path / "preprocessing.json").read_text())
-        if (run.path / "preprocessing.json").is_file()
-        else {"dataset": run.cfg.data.dataset},
+        "preprocessing": RunFolder(run.path).preprocessing() or {"dataset": run.cfg.data.dataset},
         "lora_merged": merged,
         "checked_rows": checked,
         "max_abs_diff": diff,

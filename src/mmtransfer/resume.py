@@ -24,8 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmtransfer.artifact import CHECKPOINT as CHECKPOINT  # one name: the run folder's layout is artifact's
 from mmtransfer.outputs import write_error
+from mmtransfer.runfolder import CHECKPOINT as CHECKPOINT  # one name: the run folder's layout is runfolder's
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:

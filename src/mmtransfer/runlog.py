@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from mmtransfer.runfolder import RunFolder
+
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "lr", "trainable", "seconds"]
 
 
@@ -14,7 +16,7 @@ class RunLog:
 
     def __init__(self, folder: Path, *, resume: bool = False):
         self.folder = Path(folder)
-        self.csv = self.folder / "history.csv"
+        self.csv, self.curve, tensorboard = RunFolder(folder).log_files()
         if not resume or not self.csv.is_file():
             with self.csv.open("w", newline="") as f:
                 csv.writer(f).writerow(COLUMNS)
@@ -22,7 +24,7 @@ class RunLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+            self.writer = SummaryWriter(str(tensorboard))
         except ImportError:  # the optional extra is not installed: CSV and PNG only
             pass
 
@@ -45,7 +47,7 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
         if history:
-            plot_curves(history, self.folder / "learning_curve.png")
+            plot_curves(history, self.curve)
 
 
 def _cell(value) -> str:

@@ -15,12 +15,12 @@ from rich.console import Console
 
 from mmtransfer import artifact
 from mmtransfer.backbones import binder
-from mmtransfer.config import CustomConfig, RunConfig, dump_config, load_config
+from mmtransfer.config import CustomConfig, RunConfig
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.limits import check_machine
 from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
-from mmtransfer.resume import CHECKPOINT
+from mmtransfer.runfolder import CONFIG, RunFolder
 from mmtransfer.tasks import get_task, task_class
 from mmtransfer.train import evaluate, logits_of, process_state, scalar_metrics
 from mmtransfer.transfer import strategies
@@ -28,6 +28,7 @@ from mmtransfer.transfer.auto import train_with_strategy
 from mmtransfer.transfer.distill import transfer_across
 from mmtransfer.transfer.freeze import freeze
 from mmtransfer.transfer.graft import GraftReport, graft
+from mmtransfer.transfer.sources import load_source
 
 
 def load_run(run_dir: str | Path, *, allow_unfinished: bool = False) -> tuple[RunConfig, Classifier, list[str]]:
@@ -92,6 +93,7 @@ def _fit_run(
     selection_only: bool = False,
     test: bool = True,
 ) -> dict:
+    folder = RunFolder(out)
     data = load_dataset(
         cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model), test=test
     )
@@ -102,6 +104,46 @@ def _fit_run(
     if selection_only:
         data = _without_test(data, cfg)
     cfg = resolved_config(cfg, data, modules)  # every column and every input's encoder as they were bound
+    model = _build(cfg, data, modules, console)
+    task = get_task(data.task, label=cfg.data.label)
+    task.fit(data, cfg)  # the state the train rows give (a regression target's mean and std)
+    model.task = task  # its loss, its output step, its metrics: train.fit and evaluate ask the model's task
+    if not task.one_class_per_row and cfg.train.class_weights != "none":
+        console.print(f"note: train.class_weights applies to one class per row; a {data.task} target is not that",
+                      markup=False)  # fmt: skip
+    if resume:
+        _check_resumable(cfg, data, out)
+        console.print(f"resuming the run in {out} {_checkpoint_place(out)}", markup=False, highlight=False)
+    transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source and not resume else None
+    if cfg.transfer.freeze:
+        freeze(model, cfg.transfer.freeze)
+
+    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end.
+    if state.is_main_process and not resume:
+        artifact.start(out, overwrite=overwrite)
+        _write_start(folder, cfg, data if in_place_of_test is None else _no_test_rows(data), task, transferred)
+    state.wait_for_everyone()
+
+    strategies.prepare(model, cfg.train.strategy)  # lora adapters go in after grafting, before training
+    # a solved probe, LP-FT, auto's choice between them, or the strategy's epochs (mmtransfer.transfer.auto)
+    trained = train_with_strategy(model, data, cfg, out, console, objective=None, resume=resume, state=state)
+    # the task's post-fit step: a temperature (classification), thresholds (multilabel), a plot (regression)
+    fitted = task.after_fit(lambda split: logits_of(model, split, cpu=cfg.train.cpu), data, cfg, folder, console,
+                            write=state.is_main_process)  # fmt: skip
+    if state.is_main_process:
+        folder.write_task(task.state())
+    metrics = _metrics(model, data, cfg, trained, fitted, transferred, in_place_of_test, selection_only, ablate)
+    if state.is_main_process:
+        folder.write_history(trained.result.history)
+        folder.write_metrics(metrics)
+        artifact.finish(out)  # the manifest first: a kill before it leaves the checkpoint to resume from
+        folder.checkpoint.unlink(missing_ok=True)  # finished: the resumable state is no longer needed
+    state.wait_for_everyone()
+    return metrics
+
+
+def _build(cfg: RunConfig, data: Dataset, modules: dict, console) -> Classifier:
+    """The model of ``cfg`` for ``data``'s inputs, said in one line (each input's encoder, the fusion)."""
     model = build_model(cfg.model, data.specs, data.classes, seed=cfg.train.seed, modules=modules)
     console.print(
         "encoders: "
@@ -122,46 +164,28 @@ def _fit_run(
             markup=False,
             highlight=False,
         )
-    task = get_task(data.task, label=cfg.data.label)
-    task.fit(data, cfg)  # the state the train rows give (a regression target's mean and std)
-    model.task = task  # its loss, its output step, its metrics: train.fit and evaluate ask the model's task
-    if not task.one_class_per_row and cfg.train.class_weights != "none":
-        console.print(f"note: train.class_weights applies to one class per row; a {data.task} target is not that",
-                      markup=False)  # fmt: skip
-    if resume:
-        _check_resumable(cfg, data, out)
-        console.print(f"resuming the run in {out} {_checkpoint_place(out)}", markup=False, highlight=False)
-    transferred = _transfer_in(cfg, model, data, out, console) if cfg.transfer.source and not resume else None
-    if cfg.transfer.freeze:
-        freeze(model, cfg.transfer.freeze)
+    return model
 
-    # Only once the data, the model and the transfer are known to be good; "unfinished" until the end.
-    if state.is_main_process and not resume:
-        artifact.start(out, overwrite=overwrite)
-        dump_config(cfg, out / "config.yaml")
-        (out / "labels.json").write_text(json.dumps(data.classes))
-        artifact.write_specs(data.specs, out / "inputs.json")
-        preprocessing = artifact.write_assets(out, cfg, data)
-        if preprocessing:
-            (out / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
-        artifact.write_splits(out, cfg, data if in_place_of_test is None else _no_test_rows(data))
-        (out / "task.json").write_text(json.dumps(task.state(), indent=1))
-        (out / "versions.json").write_text(json.dumps(artifact.versions(), indent=1))
-        if transferred is not None:
-            record, report = transferred
-            (out / "transfer_report.json").write_text(json.dumps(record, indent=1))
-            (out / "transfer_report.md").write_text(report.markdown())
-    state.wait_for_everyone()
 
-    strategies.prepare(model, cfg.train.strategy)  # lora adapters go in after grafting, before training
-    # a solved probe, LP-FT, auto's choice between them, or the strategy's epochs (mmtransfer.transfer.auto)
-    trained = train_with_strategy(model, data, cfg, out, console, objective=None, resume=resume, state=state)
+def _write_start(folder: RunFolder, cfg: RunConfig, data: Dataset, task, transferred) -> None:
+    """What a run folder holds from the start: everything that rebuilds the model, and the transfer's report."""
+    folder.write_config(cfg)
+    folder.write_labels(data.classes)
+    folder.write_inputs(data.specs)
+    preprocessing = artifact.write_assets(folder.path, cfg, data)
+    if preprocessing:
+        folder.write_preprocessing(preprocessing)
+    artifact.write_splits(folder.path, cfg, data)
+    folder.write_task(task.state())
+    folder.write_versions(artifact.versions())
+    if transferred is not None:
+        record, report = transferred
+        folder.write_transfer(record, report.markdown())
+
+
+def _metrics(model, data, cfg, trained, fitted, transferred, in_place_of_test, selection_only, ablate) -> dict:
+    """metrics.json: the labels used, the epochs, the validation and test scores, and what else the run did."""
     result = trained.result
-    # the task's post-fit step: a temperature (classification), thresholds (multilabel), a plot (regression)
-    fitted = task.after_fit(lambda split: logits_of(model, split, cpu=cfg.train.cpu), data, cfg, out, console,
-                            write=state.is_main_process)  # fmt: skip
-    if state.is_main_process:
-        (out / "task.json").write_text(json.dumps(task.state(), indent=1))
     metrics = {
         "classes": data.classes,
         "labels": data.labels.to_dict(),
@@ -190,12 +214,6 @@ def _fit_run(
             name: scalar_metrics(evaluate(Masked(model, name), data.test, cpu=cfg.train.cpu))
             for name in sorted(model.encoders)
         }
-    if state.is_main_process:
-        (out / "history.json").write_text(json.dumps(result.history, indent=1))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        artifact.finish(out)  # the manifest first: a kill before it leaves the checkpoint to resume from
-        (out / CHECKPOINT).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
-    state.wait_for_everyone()
     return metrics
 
 
@@ -273,7 +291,7 @@ def _checkpoint_place(out: Path) -> str:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(out / CHECKPOINT), "pt") as f:
+        with safe_open(str(RunFolder(out).checkpoint), "pt") as f:
             meta = json.loads((f.metadata() or {})["state"])
         epoch, step = int(meta["epoch"]), int(meta["step_in_epoch"])
     except Exception:  # unreadable here: fit reports it with the file named
@@ -283,13 +301,14 @@ def _checkpoint_place(out: Path) -> str:
 
 def _check_resumable(cfg: RunConfig, data: Dataset, out: Path) -> None:
     """A run continues only with the config and the data it started with."""
-    saved = load_config(out / "config.yaml").model_dump(mode="json")
+    folder = RunFolder(out)
+    saved = folder.read_config().model_dump(mode="json")
     now = cfg.model_dump(mode="json")
     differ = [key for key in _leaves(now) | _leaves(saved) if _get(now, key) != _get(saved, key)]
     if differ:
         shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(now, k)!r})" for k in sorted(differ)[:5])
         raise ValueError(f"--resume: the config differs from the one {out} started with: {shown}")
-    record = json.loads((out / "splits.json").read_text())
+    record = folder.splits()
     table = record.get("table")
     if table and Path(table).exists() and artifact.table_sha256(table) != record.get("table_sha256"):
         raise ValueError(f"--resume: the table {table} changed since the run started; its splits would differ")
@@ -360,22 +379,24 @@ def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_r
     """
     t = cfg.transfer
     exclude = list(t.exclude)
+    source = load_source(t.source)  # a run folder is verified and its labels read once, here
+    folder = RunFolder(t.source) if isinstance(t.source, (str, Path)) else None
+    ours = folder is not None and folder.has(CONFIG)  # a run folder of ours: its task, checked
     source_task = get_task()  # a weights file or a Hugging Face folder: no task of its own (a head of labels)
-    if (Path(t.source) / "config.yaml").is_file():  # a run folder of ours (verified by load_source): its task, checked
-        name = load_config(Path(t.source) / "config.yaml").data.task
-        source_task = artifact.read_task(Path(t.source), name, artifact.read_labels(Path(t.source) / "labels.json"))
+    if ours:
+        source_task = artifact.read_task(folder.path, folder.read_config().data.task, source.classes)
     # a head predicts its own task's outputs: a head of values (regression) never moves to or from a head of
     # labels (a classification or multi-label head moves by label name, as between classification heads)
     across_tasks = source_task.head_kind != task_class(data.task).head_kind
     if across_tasks:
         exclude.append("head.*")
     source_vocab = target_vocab = None
-    source_pre = Path(t.source) / "preprocessing.json"
-    if source_pre.is_file():
-        source_vocab = _single_vocab(json.loads(source_pre.read_text()))
+    source_pre = folder.preprocessing() if ours else None
+    if source_pre is not None:
+        source_vocab = _single_vocab(source_pre)
         target_vocab = _single_vocab(data.preprocessing)
     report = graft(
-        t.source,
+        source,
         model,
         rules=t.rules,
         exclude=exclude,
@@ -411,7 +432,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
-    record = json.loads((Path(run_dir) / "splits.json").read_text())
+    record = RunFolder(run_dir).splits()
     rows = record.get("rows")
     if rows is not None:
         if split not in rows:

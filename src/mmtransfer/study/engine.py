@@ -22,6 +22,7 @@ from pathlib import Path
 from mmtransfer.artifact import versions
 from mmtransfer.config import RunConfig, check_files
 from mmtransfer.display import make_console
+from mmtransfer.runfolder import SPLITS, RunFolder
 from mmtransfer.study.plan import (
     METRICS,
     StudyConfig,
@@ -63,7 +64,7 @@ def run_cell(cfg_json: dict, folder: str, cell: dict, ablate: bool, selection_on
             return {**record, "status": "failed", "error": f"{type(err).__name__}: {message}",
                     "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
     test, before = metrics["test"], metrics.get("before_training")
-    splits = out / "splits.json"
+    splits = RunFolder(out).file(SPLITS)
     return {
         **record,
         "status": "ok",

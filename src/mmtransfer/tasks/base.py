@@ -80,7 +80,8 @@ class Task:
 
     def after_fit(self, outputs_of: Callable, data, cfg, out, console, write: bool) -> dict:
         """The post-fit step (on the validation split); returns what goes into metrics.json. ``outputs_of(split)``
-        gives (outputs before calibration, labels); ``write``: this process writes files into ``out``."""
+        gives (outputs before calibration, labels); ``out`` is the run's :class:`~mmtransfer.runfolder.RunFolder`
+        (``out.figure(kind)`` names a figure's file); ``write``: this process writes files into it."""
         return {}
 
     # -------------------------------------------------------- the model's outputs

@@ -112,7 +112,7 @@ def calibrate(outputs_of, data, cfg, out, console, write: bool) -> dict | None:
         record[split] = {"nll_before": cal.nll(logits, labels), "nll_after": cal.nll(logits, labels, t),
                          "ece_before": before["ece"], "ece_after": after["ece"]}  # fmt: skip
         if split == "test" and write:
-            cal.plot_reliability(before, after, t, "test", out / "reliability.png")
+            cal.plot_reliability(before, after, t, "test", out.figure("reliability"))
     v, s = record["val"], record["test"]
     few = len(val_labels) < 50
     console.print(

@@ -58,7 +58,9 @@ class Regression(Task):
     def after_fit(self, outputs_of, data, cfg, out, console, write):
         pred, true = outputs_of(data.test)  # every process: the outputs are gathered
         if write:
-            plot_predicted_vs_true(pred.numpy(), true.numpy(), out / "predicted_vs_true.png", f"{out.name}: test")
+            plot_predicted_vs_true(
+                pred.numpy(), true.numpy(), out.figure("predicted_vs_true"), f"{out.path.name}: test"
+            )
         return {}
 
     def columns(self, classes):

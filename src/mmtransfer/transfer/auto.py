@@ -32,7 +32,7 @@ from mmtransfer.cache import add_cached_features
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import StrategyConfig
 from mmtransfer.data import LabelUse, make_loader
-from mmtransfer.resume import CHECKPOINT
+from mmtransfer.runfolder import RunFolder
 from mmtransfer.train import (
     FitResult,
     evaluate,
@@ -118,7 +118,7 @@ class _Run:
             self.data.train,
             self.data.val,
             train_cfg,
-            checkpoint=self.out / "model.safetensors",
+            checkpoint=RunFolder(self.out).weights,
             augment=self.data.augment,
             console=self.console,
             num_workers=self.cfg.data.num_workers,
@@ -185,7 +185,7 @@ class _Run:
         _say(self.console, result.line() + (f"; {why}" if why else ""))
         if self.cfg.train.cache_features:  # only now, with the model chosen: the test rows' features
             data.test = add_cached_features(self.model, {"test": data.test}, console=self.console)["test"]
-        path = self.out / "model.safetensors"
+        path = RunFolder(self.out).weights
         if self.state.is_main_process:
             save_weights(self.model.state_dict(), path)
         n_head = sum(p.numel() for p in self.model.head.parameters())
@@ -212,7 +212,7 @@ class _Run:
                            "(train.strategy.ft_lr), the encoders' BatchNorm statistics kept")  # fmt: skip
         strategy = s.model_copy(update={"name": "lp_ft"})
         train_cfg = self.cfg.train.model_copy(update={"lr": s.ft_lr, "strategy": strategy})
-        resume = self.resume and (self.out / CHECKPOINT).is_file()
+        resume = self.resume and RunFolder(self.out).checkpoint.is_file()
         return Trained(self.fit(train_cfg, resume=resume), probe={**probe_result.record, "fitted_on": "train rows"})
 
     # ------------------------------------------------------------ auto
@@ -236,7 +236,7 @@ class _Run:
         limit = cfg.train.time_limit
         limit_s = DEFAULT_TIME_LIMIT if limit is None else float(limit)
         limit_text = f"{limit_s:g} s" + (" (train.time_limit)" if limit is not None else " (train.time_limit none)")
-        resuming = self.resume and (self.out / CHECKPOINT).is_file()  # LP-FT was running: it goes on
+        resuming = self.resume and RunFolder(self.out).checkpoint.is_file()  # LP-FT was running: it goes on
         timing = time.perf_counter()
         estimate = None if resuming else self._shared(self.lp_ft_seconds(limit_s))
         record = {"pretrained": names, "time_limit_s": limit_s, "lp_ft_estimate_s": estimate,

@@ -23,6 +23,7 @@ from mmtransfer.encoders.hf import resolve_model_path
 from mmtransfer.encoders.timm_backbone import build_timm
 from mmtransfer.hub import ModelFolderError, from_pretrained, why_not_loaded
 from mmtransfer.modalities.base import InputSpec
+from mmtransfer.runfolder import CONFIG, LABELS, RunFolder
 
 
 @dataclass
@@ -45,10 +46,11 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
     if text.startswith("hf:"):
         return _hf(text[3:], local_files_only)
     path = Path(text)
-    if path.is_dir() and (path / "config.yaml").is_file():  # a run folder of ours (an HF folder has config.json)
+    folder = RunFolder(path)
+    if path.is_dir() and folder.has(CONFIG):  # a run folder of ours (a Hugging Face folder has config.json)
         verify(path)  # a run folder's files match its manifest, and its fit finished
-        classes = read_labels(path / "labels.json")  # every run folder lists one; names checked
-        return Source(load_weights(path), str(path), classes)
+        classes = read_labels(folder.file(LABELS))  # every run folder lists one; names checked
+        return Source(load_weights(folder.weights), str(path), classes)
     if path.is_dir() and (path / "config.json").is_file():
         return _hf(text, local_files_only)
     if path.is_file() and path.suffix == ".safetensors":
