@@ -26,7 +26,7 @@ def test_a_bug_is_exit_code_1_and_one_line_naming_the_file_with_its_traceback(tm
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
-    monkeypatch.setattr(cli, "load_config", broken)
+    monkeypatch.setattr(cli.fitting, "load_config", broken)  # the fit command's module
     monkeypatch.delenv("MMTRANSFER_DEBUG", raising=False)
     (tmp_path / "c.yaml").write_text("data: {dataset: digits}\n")
     result = run_cli("fit", "c.yaml", "--out", "r", cwd=tmp_path)
@@ -47,7 +47,7 @@ def test_a_users_mistake_is_still_code_2_and_debug_shows_a_bugs_traceback(tmp_pa
     def broken(*args, **kwargs):
         raise TypeError("boom")
 
-    monkeypatch.setattr(cli, "load_config", broken)
+    monkeypatch.setattr(cli.fitting, "load_config", broken)  # the fit command's module
     monkeypatch.setenv("MMTRANSFER_DEBUG", "1")
     (tmp_path / "c.yaml").write_text("data: {dataset: digits}\n")
     with pytest.raises(TypeError, match="boom"):
