@@ -70,39 +70,9 @@ def read_rows(
             f"{run.path}: this run was trained on the built-in {run.cfg.data.dataset} data, not a table; "
             "it reads no table columns (use the Python API on the built-in name)"
         )
-    df, base, name = read_data(source, run.cfg.data, list(pre.columns), encoding)
-    if len(df) == 0:
-        raise DataError(f"{name}: no rows (only a header?); nothing to do")
-    missing = [c for c in pre.columns if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{name}: no column {missing[0]!r}, which the model reads"
-            + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
-            + did_you_mean(missing[0], list(df.columns))
-            + f"; the table has {list(df.columns)}"
-        )
-    if id_column is None and not isinstance(source, pd.DataFrame) and Path(source).is_dir():
-        id_column = next((c for c in ("image", "audio") if c in df.columns), None)  # name rows by their file
-    skipped_files = df.attrs.get("skipped_files", [])
-    if skipped_files and console is not None:
-        console.print(_skipped_note(skipped_files), markup=False)
-    if id_column is not None and id_column not in df.columns:
-        raise DataError(f"{name}: --id-column {id_column!r} is not a column; the table has {list(df.columns)}")
-    if rows is not None:
-        if max(rows, default=-1) >= len(df):
-            raise DataError(f"{name}: has {len(df)} rows, the run recorded row {max(rows)}")
-        df = df.iloc[rows]
+    df, base, name, id_column = _new_rows(run, source, rows, need_labels, id_column, encoding, console)
     label = run.cfg.data.label
     has_labels = label in df.columns
-    if need_labels and not has_labels:
-        raise DataError(
-            f"{name}: no label column {label!r} to evaluate against{did_you_mean(label, list(df.columns))}; the "
-            f"table has {list(df.columns)}"
-        )
-    ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column, "split")]
-    if ignored and console is not None:
-        console.print(f"columns the model does not read, ignored: {', '.join(map(str, ignored))}", markup=False)
-
     cells, bad = pre.check(df, base, name, console)
     ids = df.index.to_numpy()
     label_ids = np.full(len(df), -1)
@@ -118,19 +88,9 @@ def read_rows(
                 bad.append(BadCell(int(row), ", ".join(pre.columns), "every input of this row is empty"))
     bad.sort(key=lambda b: (b.row, b.column))
     if bad and on_bad_rows == "error":
-        lines = [f"  row {b.row}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "") for b in bad]
-        more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
-        raise DataError(
-            f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
-            f"header); nothing was done"
-            + (" (--on-bad-rows skip sets them aside in a file of their own)" if skippable else "")
-            + "\n"
-            + "\n".join(lines[:20])
-            + more
-        )
+        _refuse(bad, name, skippable)
     flagged = {b.row for b in bad}
-    keep = np.array([row not in flagged for row in ids], dtype=bool)
-    positions = np.flatnonzero(keep)
+    positions = np.flatnonzero(np.array([row not in flagged for row in ids], dtype=bool))
     if len(positions) == 0:
         raise DataError(
             f"{name}: every one of its {len(df)} rows has a bad cell, so none is left; the first: row {bad[0].row}, "
@@ -141,6 +101,58 @@ def read_rows(
         _report_missing(pre, cells, positions, console)
     shown = df[id_column].to_numpy()[positions] if id_column else ids[positions]
     return Rows(split, has_labels, list(shown), bad, df, id_column)
+
+
+def _new_rows(run, source, rows, need_labels: bool, id_column, encoding, console):
+    """(table, base folder, name, id column) of new rows for ``run``: every input column the model reads is
+    there, the label too where it is needed, only ``rows`` where given; the columns it does not read are named."""
+    pre, label = run.preprocessor, run.cfg.data.label
+    found = open_source(source, run.cfg.data, columns=list(pre.columns), encoding=encoding)
+    df, name = found.df, found.name
+    if len(df) == 0:
+        raise DataError(f"{name}: no rows (only a header?); nothing to do")
+    missing = [c for c in pre.columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{name}: no column {missing[0]!r}, which the model reads"
+            + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + did_you_mean(missing[0], list(df.columns))
+            + f"; the table has {list(df.columns)}"
+        )
+    if id_column is None and found.kind == "folder":
+        id_column = next((c for c in ("image", "audio") if c in df.columns), None)  # name rows by their file
+    skipped_files = df.attrs.get("skipped_files", [])
+    if skipped_files and console is not None:
+        console.print(_skipped_note(skipped_files), markup=False)
+    if id_column is not None and id_column not in df.columns:
+        raise DataError(f"{name}: --id-column {id_column!r} is not a column; the table has {list(df.columns)}")
+    if rows is not None:
+        if max(rows, default=-1) >= len(df):
+            raise DataError(f"{name}: has {len(df)} rows, the run recorded row {max(rows)}")
+        df = df.iloc[rows]
+    if need_labels and label not in df.columns:
+        raise DataError(
+            f"{name}: no label column {label!r} to evaluate against{did_you_mean(label, list(df.columns))}; the "
+            f"table has {list(df.columns)}"
+        )
+    ignored = [c for c in df.columns if c not in pre.columns and c not in (label, id_column, "split")]
+    if ignored and console is not None:
+        console.print(f"columns the model does not read, ignored: {', '.join(map(str, ignored))}", markup=False)
+    return df, found.base, name, id_column
+
+
+def _refuse(bad: list[BadCell], name: str, skippable: bool) -> None:
+    """--on-bad-rows error: the bad cells (20 of them at most), and nothing done."""
+    lines = [f"  row {b.row}, column {b.column!r}: {b.reason}" + (f" ({b.file})" if b.file else "") for b in bad]
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    raise DataError(
+        f"{name}: {len(bad)} bad cell(s) in {len({b.row for b in bad})} row(s) (rows count from 0 after the "
+        f"header); nothing was done"
+        + (" (--on-bad-rows skip sets them aside in a file of their own)" if skippable else "")
+        + "\n"
+        + "\n".join(lines[:20])
+        + more
+    )
 
 
 def labelled_rows(run, table, rows: list[int]) -> RowSplit:

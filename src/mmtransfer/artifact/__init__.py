@@ -19,11 +19,8 @@ import os
 import platform
 import shutil
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mmtransfer.config import RunConfig
 from mmtransfer.outputs import final_name
 from mmtransfer.runfolder import (  # noqa: F401 (the layout's names, re-exported: artifact.MANIFEST, ...)
     ASSETS,
@@ -42,10 +39,6 @@ from mmtransfer.runfolder import (  # noqa: F401 (the layout's names, re-exporte
 )
 from mmtransfer.runlock import is_lock_file, locked  # noqa: F401 (fit_run takes the lock as artifact.locked)
 from mmtransfer.version import __version__
-
-if TYPE_CHECKING:
-    from mmtransfer.tasks import Task
-
 
 # ---------------------------------------------------------------- versions, manifest
 
@@ -262,213 +255,20 @@ def version_differences(run_dir: Path) -> list[str]:
     return [f"{k}: run {v}, here {here.get(k, 'not installed')}" for k, v in written.items() if here.get(k) != v]
 
 
-# ---------------------------------------------------------------- assets
-
-
-def write_assets(run_dir: Path, cfg: RunConfig, data) -> dict:
-    """Copy into the run folder what its pretrained parts need besides weights (their weights are in
-    model.safetensors): each Hugging Face encoder's config.json, each pretrained tokenizer's files, each audio
-    extractor's settings. Returns the preprocessing state with those files named (relative to the run)."""
-    from mmtransfer.encoders import encoder_info  # imports torch: this module stays light for the study engine
-
-    for name, enc in cfg.model.encoders.items():
-        save = encoder_info(enc).save_assets
-        if save is not None:
-            save(enc, run_dir / ASSETS / "encoders" / name, f"{enc.type} encoder {name}")
-    state = json.loads(json.dumps(data.preprocessing)) if data.preprocessing else {}
-    pre = getattr(data, "preprocessor", None)
-    if pre is not None:
-        for col, modality in pre.modalities.items():
-            tokenizer = getattr(modality, "tokenizer", None) if pre.columns[col].modality == "text" else None
-            if tokenizer is not None:
-                where = Path(ASSETS) / "tokenizers" / col
-                tokenizer.save_pretrained(str(run_dir / where))
-                state["state"][col]["files"] = where.as_posix()
-            if pre.columns[col].modality == "audio" and pre.columns[col].extractor:
-                where = Path(ASSETS) / "extractors" / col
-                modality.extract([modality.placeholder()])  # loaded
-                modality._extractor.save_pretrained(str(run_dir / where))
-                state["state"][col]["files"] = where.as_posix()
-    return state
-
-
-def portable_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
-    """The config with every pretrained encoder pointed at the run's own assets (architecture only: the
-    weights are in model.safetensors), so nothing outside the run folder is needed."""
-    from mmtransfer.encoders import encoder_info  # imports torch: this module stays light for the study engine
-
-    encoders = dict(cfg.model.encoders)
-    for name, enc in encoders.items():
-        info, folder = encoder_info(enc), run_dir / ASSETS / "encoders" / name
-        for file in info.asset_files:
-            if not (folder / file).is_file():
-                raise ArtifactError(f"{folder / file}: missing; the run folder cannot rebuild encoder {name}")
-        update = info.portable(enc, folder)
-        if update:
-            encoders[name] = enc.model_copy(update=update)
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
-
-
-# ---------------------------------------------------------------- splits
-
-
-def table_sha256(path: str | Path) -> str:
-    """A table file's SHA-256; for a folder of class folders, of its listing (every file's path and size)."""
-    path = Path(path)
-    if not path.is_dir():
-        return _sha256(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(f"{f.relative_to(path).as_posix()}\t{f.stat().st_size}\n".encode())
-    return h.hexdigest()
-
-
-def write_splits(run_dir: Path, cfg: RunConfig, data) -> None:
-    """Which rows were train / validation / test: a table's own row numbers and the table's SHA-256, or, for a
-    built-in dataset, the seed and a hash of each split's labels."""
-    record: dict = {"validation": data.labels.validation if data.labels else None}
-    parts = {"train": data.train, "val": data.val, "test": data.test}
-    table = cfg.data.table or cfg.data.folder
-    if table is None and all(hasattr(p, "row_ids") for p in parts.values() if p is not None):
-        record["table"] = None  # a DataFrame given in Python: its rows are recorded, the table itself is not
-        record["rows"] = {k: [int(r) for r in p.row_ids] for k, p in parts.items() if p is not None}
-    elif table is not None and all(hasattr(p, "row_ids") for p in parts.values() if p is not None):
-        record["table"] = str(table)
-        record["table_sha256"] = table_sha256(table)
-        record["rows"] = {k: [int(r) for r in p.row_ids] for k, p in parts.items() if p is not None}
-    else:
-        record["dataset"] = cfg.data.dataset
-        record["seed"] = cfg.data.seed
-        record["labels_sha256"] = {k: labels_hash(p.labels) for k, p in parts.items() if p is not None}
-    RunFolder(run_dir).write_splits(record)
-
-
-def labels_hash(labels) -> str:
-    return hashlib.sha256(labels.numpy().astype("int64").tobytes()).hexdigest()[:32]
-
-
-# ---------------------------------------------------------------- loading
-
-
-@dataclass
-class Run:
-    """A verified run folder, loaded: its config, model (weights in), classes and fitted preprocessing."""
-
-    path: Path
-    cfg: RunConfig
-    model: object
-    classes: list[str]
-    specs: dict
-    preprocessor: object | None = None
-    manifest: dict = field(default_factory=dict)
-    differences: list[str] = field(default_factory=list)
-
-
-def load(
-    run_dir: str | Path, *, allow_unfinished: bool = False, verify_files: bool = True, modules: dict | None = None
-) -> Run:
-    """Verify and load a run folder; nothing outside it is read (pretrained parts come from its assets).
-    ``modules`` supply the encoders a run was given as Python modules (``custom`` in its config)."""
-    from mmtransfer.checkpoint import load_into, load_weights
-    from mmtransfer.model import build_model
-    from mmtransfer.transfer import strategies
-
-    run_dir = Path(run_dir)
-    manifest = verify(run_dir, allow_unfinished=allow_unfinished) if verify_files else {}
-    folder = RunFolder(run_dir)
-    cfg = folder.read_config()
-    classes = read_labels(folder.file(LABELS))
-    specs = read_specs(folder.file(INPUTS))
-    task = read_task(run_dir, cfg.data.task, classes)
-    model = build_model(portable_config(cfg, run_dir).model, specs, classes, pretrained=False, modules=modules)
-    strategies.prepare(model, cfg.train.strategy)  # a LoRA run's weights have the adapters' names
-    load_into(model, load_weights(folder.weights), where=str(folder.weights))
-    model.task = task  # its fitted state: a temperature, a target's mean and std, thresholds
-    model.eval()
-    preprocessor, state = None, folder.preprocessing()
-    if state is not None:
-        from mmtransfer.data.preprocess import TablePreprocessor
-
-        preprocessor = TablePreprocessor.from_state(state, base=run_dir)
-    return Run(run_dir, cfg, model, classes, specs, preprocessor, manifest, version_differences(run_dir))
-
-
-def load_description(run_dir: str | Path) -> Run:
-    """A run folder's config, classes and inputs, checked, without its model (``info`` on a run whose encoder is
-    a module given in Python)."""
-    folder = RunFolder(run_dir)
-    cfg = folder.read_config()
-    return Run(folder.path, cfg, None, read_labels(folder.file(LABELS)), read_specs(folder.file(INPUTS)))
-
-
-def read_labels(path: Path) -> list[str]:
-    """labels.json: the output names, each a non-empty string, none twice."""
-    labels = read_json(path)
-    if not isinstance(labels, list) or not labels:
-        raise ArtifactError(f"{path}: expected a list of class names, got {type(labels).__name__} {labels!r:.60}")
-    for i, name in enumerate(labels):
-        if not isinstance(name, str) or not name.strip():
-            raise ArtifactError(f"{path}: name {i} is {name!r:.60}; every class name is a non-empty string")
-    seen = set()
-    for name in labels:
-        if name in seen:
-            raise ArtifactError(f"{path}: the class name {name!r:.60} is given twice; each output has its own")
-        seen.add(name)
-    return labels
-
-
-def read_task(run_dir: Path, task: str, classes: list[str]) -> Task:
-    """task.json, checked against the config's task: a classification run's temperature (finite, in
-    TEMPERATURE_RANGE), a regression's mean and std (finite, std > 0), a multi-label run's labels and thresholds
-    (one per label, in [0, 1]). A run folder without one was made by an older mmtransfer (target.json and
-    calibration.json) and must be fitted again."""
-    # here, not at the top: the CLI checks an --out folder (check_out) before torch may load, and tasks needs it
-    from mmtransfer.tasks import TASKS, TaskStateError, task_from_state
-
-    folder = RunFolder(run_dir)
-    path = folder.file(TASK)
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path}: missing; this run folder was made by an older version of mmtransfer (before task.json "
-            "replaced target.json and calibration.json) and must be fitted again"
-        )
-    for old in folder.old_task_files():
-        if old:
-            raise ArtifactError(
-                f"{old}: a file of an older mmtransfer (task.json holds what it held); this {task} run does "
-                "not read it: remove it, or fit the run again"
-            )
-    state = folder.task_state()
-    kind = state.get("task") if isinstance(state, dict) else None
-    if kind not in TASKS:
-        raise ArtifactError(f"{path}: task is {kind!r:.60}; expected one of {', '.join(TASKS)}")
-    if kind != task:
-        raise ArtifactError(f"{path}: task is {kind}, but config.yaml says data.task is {task}")
-    try:
-        return task_from_state(state, classes)
-    except TaskStateError as err:
-        raise ArtifactError(f"{path}: {err}") from None
-
-
-def read_specs(path: Path) -> dict:
-    from mmtransfer.modalities.base import InputSpec
-
-    specs = {}
-    raw = read_json(path)
-    if not isinstance(raw, dict) or not raw:
-        raise ArtifactError(f"{path}: expected a table of inputs, got {type(raw).__name__}")
-    for name, d in raw.items():
-        try:
-            d["shape"] = tuple(int(n) for n in d["shape"])
-            d["categorical"] = {int(k): v for k, v in d["categorical"].items()}  # JSON keys are strings
-            specs[name] = InputSpec(**d)
-        except (TypeError, KeyError, ValueError, AttributeError) as err:
-            raise ArtifactError(f"{path}: input {name!r:.60} is not an input's description ({err})") from None
-    return specs
-
-
-def copy_run(src: str | Path, dst: str | Path) -> Path:
-    """Copy a finished run folder elsewhere (it stays valid: nothing in it names its own location)."""
-    verify(src)
-    shutil.copytree(src, dst)
-    return Path(dst)
+# What a run folder is built from and loaded into (they use the manifest's checks above).
+from mmtransfer.artifact.assets import (  # noqa: E402, F401
+    labels_hash,
+    portable_config,
+    table_sha256,
+    write_assets,
+    write_splits,
+)
+from mmtransfer.artifact.load import (  # noqa: E402, F401
+    Run,
+    copy_run,
+    load,
+    load_description,
+    read_labels,
+    read_specs,
+    read_task,
+)
