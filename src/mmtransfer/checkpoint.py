@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmtransfer.hub import refused_pickle
 from mmtransfer.outputs import write_error
 from mmtransfer.runfolder import RunFolder
 
@@ -50,8 +51,6 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a PyTorch state-dict file (``.pt``/``.pth``/``.bin``/``.ckpt``), read with
     ``torch.load(weights_only=True)``: a pickle that holds more than tensors is refused, and nothing in it runs."""
     import pickle
-
-    from mmtransfer.hub import refused_pickle
 
     path = Path(path)
     try:

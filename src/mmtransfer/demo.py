@@ -26,6 +26,8 @@ from mmtransfer.config import CNNConfig, ModelConfig, RNNConfig
 from mmtransfer.display import Grid, make_console
 from mmtransfer.outputs import write_json, write_text
 from mmtransfer.runfolder import RunFolder
+from mmtransfer.study import Study, StudyConfig, mean_interval
+from mmtransfer.transfer.graft import GraftReport, TensorRecord
 
 # preset scratch: the demo's networks are the small ones, trained here (digits are 8x8: no ImageNet backbone)
 CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64, preset="scratch")
@@ -35,8 +37,6 @@ GRU = ModelConfig(encoders={"image": RNNConfig(cell="gru", hidden_size=64)}, emb
 def demo_study(seeds: int = 3, k: int = 10, source_epochs: int = 30, target_epochs: int = 60,
                distill_epochs: int = 40):  # fmt: skip
     """The demo as a study: source ``cnn`` per seed; arms ``scratch`` (the reference) and ``transfer``."""
-    from mmtransfer.study import StudyConfig
-
     train = {"epochs": target_epochs, "batch_size": 32, "lr": 3e-3, "patience": 15}
     base = {"data": {"dataset": "digits"}, "model": GRU.model_dump(mode="json"), "train": train}
     target = {"data.pool": "second_half"}
@@ -78,8 +78,6 @@ def run_demo(
     A demo killed part way goes on from its finished runs when started again with the same ``out``.
     ``workers``: runs at once, each in its own process (``mmtransfer demo`` uses 2 where there are 2 cores or more;
     from Python, more than 1 needs the ``if __name__ == "__main__":`` guard that spawned processes need)."""
-    from mmtransfer.study import Study, mean_interval
-
     console = console or make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,8 +162,6 @@ def _seed_row(seed: int, cells: dict, sources: dict, out: Path, console, first: 
 
 
 def _print_setup(console, source: dict, scratch: dict, report: dict, metrics: dict, seed: int) -> None:
-    from mmtransfer.transfer.graft import GraftReport, TensorRecord
-
     s, t = source["labels"], scratch["labels"]
     console.print(
         f"digits, seed {seed}: the source CNN trains on {s['train']} labelled images of one half of the "

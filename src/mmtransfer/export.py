@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmtransfer.data import load_dataset
+from mmtransfer.inference import read_rows
 from mmtransfer.outputs import atomic_path, write_json
 from mmtransfer.runfolder import RunFolder
 
@@ -46,11 +48,7 @@ def merge_lora(model: nn.Module) -> int:
 
 def sample_batch(run, data=None, rows: int = 16) -> dict[str, torch.Tensor]:
     """Real inputs for the check: the first test rows of the run's own data, or of ``data`` (a table)."""
-    from mmtransfer.data import load_dataset
-
     if run.preprocessor is not None:
-        from mmtransfer.inference import read_rows
-
         record = RunFolder(run.path).splits()
         if data is None and record.get("table") is None:
             raise ValueError(f"{run.path}: trained on a DataFrame given in Python; give --data TABLE to check on")

@@ -20,11 +20,14 @@ import torch
 from rich.console import Console
 
 from mmtransfer.config import DataConfig, did_you_mean
+from mmtransfer.data import batches
 from mmtransfer.data.preprocess import RowSplit
 from mmtransfer.data.sources import open_source
 from mmtransfer.modalities.base import BadCell, DataError, is_missing
+from mmtransfer.modalities.tabular import MISSING
 from mmtransfer.outputs import atomic_path, save_figure
 from mmtransfer.tasks import plot_predicted_vs_true
+from mmtransfer.train import evaluate, inference, progress_bar
 
 
 @dataclass
@@ -170,8 +173,6 @@ def _skipped_note(files: list[str]) -> str:
 
 def _report_missing(pre, cells, positions: np.ndarray, console: Console) -> None:
     """One line per input column with empty cells among the rows used: how many, and what is done with them."""
-    from mmtransfer.modalities.tabular import MISSING
-
     for col in pre.columns:
         if col in pre.tab_cols:
             empty = sum(cells.values[col][r] is MISSING for r in positions)
@@ -186,9 +187,6 @@ def _report_missing(pre, cells, positions: np.ndarray, console: Console) -> None
 def probabilities(model, split, batch_size: int = 32) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(row positions, class probabilities [B, C]) batch by batch, in eval mode, on the model's device: batches of
     32 under inference_mode with channels-last convolutions (as fast per photo as 256, in an eighth of the memory)."""
-    from mmtransfer.data import batches
-    from mmtransfer.train import inference
-
     device = next(model.parameters()).device
     task = model.task  # decodes: softmax, one sigmoid per label, or the numbers in the target's units
     with inference(model):
@@ -210,8 +208,6 @@ def predict(
 ) -> dict:
     """Write ``out`` (CSV): id, predicted class, one probability per class (``p_<class>``), and the true label
     where the data has one; rows set aside go to ``<out stem>.rejected.csv`` with their reasons."""
-    from mmtransfer.train import progress_bar
-
     rows = read_rows(run, source, on_bad_rows=on_bad_rows, id_column=id_column, encoding=encoding, console=console)
     id_column = rows.id_column
     out = Path(out)
@@ -268,8 +264,6 @@ def _plain(value):
 
 def evaluate_data(run, source, png: str | Path | None = None, encoding: str | None = None, console=None) -> dict:
     """Metrics of the run on a new labelled table (its fitted preprocessing), and a confusion-matrix PNG."""
-    from mmtransfer.train import evaluate
-
     rows = read_rows(run, source, need_labels=True, encoding=encoding, console=console, skippable=False)
     metrics = evaluate(run.model, rows.split, cpu=run.cfg.train.cpu)
     kind = run.model.task.plot_kind

@@ -18,6 +18,7 @@ from mmtransfer.backbones import binder
 from mmtransfer.config import CustomConfig, RunConfig
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
+from mmtransfer.inference import labelled_rows
 from mmtransfer.limits import check_machine
 from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
 from mmtransfer.runfolder import RunFolder
@@ -358,8 +359,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
                 f"the recorded {split} rows may not be the held-out ones; evaluate it as new data: "
                 f"mmtransfer evaluate {run_dir} TABLE"
             )
-        from mmtransfer.inference import labelled_rows
-
         part = labelled_rows(run, table, rows=rows[split])
     else:
         data = load_dataset(run.cfg.data, validation=run.cfg.train.validation)

@@ -18,6 +18,7 @@ from rich.text import Text
 from mmtransfer.config import ConfigError
 from mmtransfer.display import Grid, make_console
 from mmtransfer.errors import report_bug
+from mmtransfer.metrics import METRICS
 
 app = typer.Typer(
     help="Transfer learning on multimodal data: adapt, fine-tune, evaluate, and compare with training from scratch.",
@@ -60,7 +61,6 @@ UNFINISHED = typer.Option("--allow-unfinished", help="Use a run folder whose fit
 
 
 def print_metrics(metrics: dict, title: str, classes: list[str] | None = None) -> None:
-    from mmtransfer.tasks import METRICS  # here, as every import of the CLI's commands: --help stays fast
 
     rows = []
     for key in ("n", *METRICS, "loss"):

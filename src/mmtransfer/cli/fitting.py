@@ -1,4 +1,7 @@
-"""``mmtransfer fit``: a config (or a table and its label) in, a run folder out; Ctrl-C says how to resume."""
+"""``mmtransfer fit``: a config (or a table and its label) in, a run folder out; Ctrl-C says how to resume.
+On purpose, each command imports what it runs (torch, the training stack, pandas) inside its body: they load only
+once the command line, the config and the files it names are checked, so a mistake is one line within a
+second. What is light is imported here."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from typing import Annotated
 import typer
 
 from mmtransfer import cli as ui
+from mmtransfer.artifact import check_out
 from mmtransfer.config import ConfigError, check_files, load_config
+from mmtransfer.headers import check_columns, folder_columns, table_columns
+from mmtransfer.runfolder import RunFolder
 
 ConfigFile = Annotated[Path | None, typer.Argument(help="YAML config (sections data, model, train, transfer).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")]
@@ -73,7 +79,6 @@ def fit(
     cross-validation) | lp_ft | full | freeze_then_unfreeze | gradual_unfreeze | discriminative | lora.
     Image and text columns get pretrained encoders by default (model.preset auto).
     """
-    from mmtransfer.artifact import check_out
 
     try:
         cfg = load_config(config, [*(set_ or []), *_data_overrides(data, label)])
@@ -127,7 +132,6 @@ def _data_overrides(data: Path | None, label: str | None) -> list[str]:
 def check_header(cfg, where: str) -> None:
     """The columns the data config names are in the table's header (or the folder's layout), read without
     pandas or torch: a missing label column is one error line at once, with the nearest column named."""
-    from mmtransfer.headers import check_columns, folder_columns, table_columns
 
     if cfg.data.folder is not None:
         check_columns(folder_columns(cfg.data.folder, cfg.data), cfg.data, cfg.data.folder)
@@ -144,16 +148,15 @@ def check_header(cfg, where: str) -> None:
 def _interrupted(out: Path, config: Path | None, data: Path | None, label: str | None, sets: list[str]) -> None:
     """Ctrl-C during a fit: where the run stopped and how to continue it, on stderr; exit code 130."""
 
-    from mmtransfer.resume import CHECKPOINT
-
     words = ["mmtransfer", "fit", *([str(config)] if config else [])]
     words += [*(["--data", str(data)] if data else []), *(["--label", label] if label else [])]
     words += [w for s in sets for w in ("--set", s)] + ["--out", str(out), "--resume"]
-    if (out / CHECKPOINT).is_file():
+    checkpoint = RunFolder(out).checkpoint
+    if checkpoint.is_file():
         from mmtransfer.runs import _checkpoint_place
 
         where = _checkpoint_place(out).removeprefix("from ")
-        message = (f"interrupted: the run in {out} stopped; its last checkpoint ({out / CHECKPOINT}) is {where}. "
+        message = (f"interrupted: the run in {out} stopped; its last checkpoint ({checkpoint}) is {where}. "
                    f"Continue it with: {shlex.join(words)}")  # fmt: skip
     elif out.is_dir() and any(out.iterdir()):
         message = (f"interrupted: the run in {out} stopped before its first checkpoint (the end of its first "

@@ -1,4 +1,7 @@
-"""Many runs and the rest: ``study`` (and ``study --auto``), ``demo``, ``graft`` and ``cache``."""
+"""Many runs and the rest: ``study`` (and ``study --auto``), ``demo``, ``graft`` and ``cache``.
+On purpose, each command imports what it runs (torch, the training stack, pandas) inside its body: they load only
+once the command line, the config and the files it names are checked, so a mistake is one line within a
+second. What is light is imported here."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from typing import Annotated
 
 import typer
 
+from mmtransfer import cache
 from mmtransfer import cli as ui
+from mmtransfer import study as engine
+from mmtransfer.artifact import check_out
 from mmtransfer.cli.fitting import check_header
 from mmtransfer.config import ConfigError, check_files, load_config, read_rules_file
 from mmtransfer.outputs import write_json
@@ -22,7 +28,6 @@ ui.app.add_typer(cache_app, name="cache")
 @cache_app.command("info")
 def cache_info() -> None:
     """Where the feature cache is, how many entries and bytes it holds, and its size limit."""
-    from mmtransfer import cache
 
     try:
         limit = cache.max_bytes()
@@ -42,7 +47,6 @@ def cache_info() -> None:
 @cache_app.command("clear")
 def cache_clear() -> None:
     """Remove every entry of the feature cache (they are computed again when needed)."""
-    from mmtransfer import cache
 
     try:
         count, size = cache.clear()
@@ -115,8 +119,6 @@ def study(
     """
     import sys
 
-    from mmtransfer import study as engine
-
     if (study_file is None) == (auto is None):
         ui.fail(ConfigError("give a study file, or --auto CONFIG (not both)"))
     if backend not in ("local", "ray"):
@@ -131,8 +133,6 @@ def study(
             spec, base, folder = engine.load_study(study_file)
             out = out or Path(study_file.stem)
         if apply is not None:
-            from mmtransfer.artifact import check_out
-
             check_out(apply, overwrite=False, resume=False)
         command = "mmtransfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         previous = out / "results.json"

@@ -1,4 +1,7 @@
-"""Using a run folder: ``evaluate``, ``predict``, ``export`` and ``info``."""
+"""Using a run folder: ``evaluate``, ``predict``, ``export`` and ``info``.
+On purpose, each command imports what it runs (torch, the training stack, pandas) inside its body: they load only
+once the command line, the config and the files it names are checked, so a mistake is one line within a
+second. What is light is imported here."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from mmtransfer import artifact
 from mmtransfer import cli as ui
 from mmtransfer.display import Grid
 from mmtransfer.runfolder import CONFIG, RunFolder
@@ -40,7 +44,6 @@ def evaluate(
     changed since. With DATA (a labelled table or folder with the run's input columns) it scores those rows
     through the run's fitted preprocessing and writes a confusion-matrix PNG.
     """
-    from mmtransfer import artifact
     from mmtransfer.inference import evaluate_data
     from mmtransfer.runs import evaluate_run
 
@@ -87,7 +90,6 @@ def predict(
     plus the true label where DATA has the label column (which is optional). Rows are read and predicted in
     batches, so memory stays bounded on large inputs.
     """
-    from mmtransfer import artifact
     from mmtransfer.inference import predict as run_predict
 
     if on_bad_rows not in ("error", "skip"):
@@ -133,7 +135,6 @@ def export(
     rows of the run's data (the largest difference is printed and must be at most 1e-4) and writes a JSON file
     beside it describing the inputs it expects, the classes and the preprocessing.
     """
-    from mmtransfer import artifact
     from mmtransfer.export import export_onnx
 
     if format_ != "onnx":
@@ -160,7 +161,6 @@ def info(
 ) -> None:
     """What a run folder holds: inputs and their preprocessing, encoders with parameter counts, fusion, classes,
     metrics at training time, what was transferred from where, versions, and whether the manifest verifies."""
-    from mmtransfer import artifact
 
     if not RunFolder(run_dir).has(CONFIG):
         ui.fail(FileNotFoundError(f"{run_dir} is not a run folder: no {CONFIG}"))
@@ -194,7 +194,6 @@ def _notes(run) -> None:
 
 
 def _print_info(run) -> None:
-    from mmtransfer import artifact
     from mmtransfer.transfer.freeze import count_parameters
 
     path, folder = run.path, RunFolder(run.path)

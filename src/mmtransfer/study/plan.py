@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmtransfer import limits
 from mmtransfer.config import ConfigError, apply_override, read_config_file, read_mapping, resolve_paths, validate
-from mmtransfer.tasks import METRICS as REGISTERED
+from mmtransfer.metrics import METRICS as REGISTERED
 
 Budget = int | float | Literal["all"]
-METRICS = tuple(REGISTERED)  # the metrics registry's names (mmtransfer.tasks.METRICS)
+METRICS = tuple(REGISTERED)  # the metrics registry's names (mmtransfer.metrics.METRICS)
 FRACTIONS = tuple(m for m in METRICS if REGISTERED[m].fraction)  # shown in percent, gains in percentage points
 LOWER_BETTER = tuple(m for m in METRICS if REGISTERED[m].direction == "min")  # errors, in the target's units
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mmtransfer.display import Grid
+from mmtransfer.metrics import METRICS
 from mmtransfer.study.plan import FRACTIONS, LOWER_BETTER, Budget, StudyConfig, budget_label, budget_name, cell_id
-from mmtransfer.tasks import METRICS
 
 
 def _value(metric: str, x: float | None) -> str:

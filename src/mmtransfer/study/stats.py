@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
+from mmtransfer.metrics import METRICS as REGISTERED
 from mmtransfer.study.plan import FRACTIONS, METRICS, StudyConfig, budget_name
-from mmtransfer.tasks import METRICS as REGISTERED
 
 # Where each metric can lie: an interval is clipped to it (a mean of accuracies near 1 with a wide t interval
 # would otherwise reach past 100 %); a difference of fractions lies in [-1, 1].

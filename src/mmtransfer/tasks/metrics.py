@@ -1,5 +1,5 @@
-"""The metrics of every task, and ``METRICS``: one registry of each metric's name, direction and label, which
-evaluation, the study, the CLI and ``info`` read.
+"""The metrics of every task (``METRICS``, the registry of their names, directions and labels, is
+:mod:`mmtransfer.metrics`: the study, the CLI and ``info`` read it without importing torch).
 
 Regression: RMSE, MAE (original units) and R^2 = 1 - SS_res / SS_tot. Multi-label: micro- and macro-F1, subset
 accuracy, mAP; each label's threshold is chosen on the validation split (the best F1 of 0.05 ... 0.95).
@@ -8,37 +8,12 @@ accuracy, mAP; each label's threshold is chosen on the validation split (the bes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric's ``direction`` ("max": higher is better, "min": lower), ``label`` for people, whether it is a
-    ``fraction`` (shown in percent, gains in points), the ``bounds`` its values lie in, and its ``fmt``."""
-
-    direction: str
-    label: str
-    fraction: bool = False
-    bounds: tuple[float | None, float | None] = (0.0, 1.0)
-    fmt: str = ".4g"
-
-
-# Every metric a task's evaluation reports as one number, in the order tables show them.
-METRICS: dict[str, Metric] = {
-    "accuracy": Metric("max", "accuracy", fraction=True),
-    "macro_f1": Metric("max", "macro-F1", fraction=True),
-    "balanced_accuracy": Metric("max", "balanced accuracy", fraction=True),
-    "micro_f1": Metric("max", "micro-F1", fraction=True),
-    "subset_accuracy": Metric("max", "subset accuracy", fraction=True),
-    "map": Metric("max", "mAP", fraction=True),
-    "r2": Metric("max", "R²", bounds=(None, 1.0), fmt=".3f"),
-    "rmse": Metric("min", "RMSE", bounds=(0.0, None)),
-    "mae": Metric("min", "MAE", bounds=(0.0, None)),
-}
+from mmtransfer.metrics import METRICS, Metric  # noqa: F401 (the registry, re-exported)
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmtransfer.data import batches
+from mmtransfer.fusion import ConcatFusion
 from mmtransfer.tasks import DEFAULT, TASKS, task_class
 
 # C (inverse L2 strength): decades over CLIP's central range, then the half-decades beside the best one.
@@ -264,8 +266,6 @@ def _probed() -> str:
 def solvable(model: nn.Module, task: str) -> str | None:
     """Why the model's probe cannot be solved on its fused embeddings, or None when it can: the fusion must
     be a concatenation (no parameters) and the head one linear layer, on a classification or regression target."""
-    from mmtransfer.fusion import ConcatFusion
-
     if task_class(task).probe is None:
         return f"a {task} target (the solved probe is for {_probed()})"
     if not isinstance(getattr(model, "fusion", None), ConcatFusion):
@@ -280,8 +280,6 @@ def solvable(model: nn.Module, task: str) -> str | None:
 def embeddings(model: nn.Module, split, batch_size: int = 256) -> torch.Tensor:
     """The fused embedding the head reads, ``model.embed``, of every row of ``split`` [N, D], in eval mode.
     Where the split carries an encoder's cached features, they are read instead of running it."""
-    from mmtransfer.data import batches
-
     was_training = model.training
     model.eval()
     try:
