@@ -35,6 +35,7 @@ def load(
 ) -> Run:
     """Verify and load a run folder; nothing outside it is read (pretrained parts come from its assets).
     ``modules`` supply the encoders a run was given as Python modules (``custom`` in its config)."""
+    # torch and the model stack, here and below: the CLI checks run folders (check_out, verify) before torch loads
     from mmtransfer.checkpoint import load_into, load_weights
     from mmtransfer.model import build_model
     from mmtransfer.transfer import strategies
