@@ -163,7 +163,7 @@ def test_short_clip_is_padded_and_said_once():
 def test_missing_package_gives_the_install_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aisfx" else real(name, *a))
-    with pytest.raises(A.AisfxError, match=r'pip install "mmtransfer\[aisfx\]" && pip install --no-deps aisfx==0.1.2'):
+    with pytest.raises(A.AisfxError, match="not installed; pip install --no-deps aisfx==0.1.2$"):
         A.checkpoint_path()
     with pytest.raises(UserError, match="not installed"):
         A.build_aisfx(InputSpec("waveform", (1, 44100), sample_rate=44100), 16)

@@ -1,4 +1,4 @@
-"""The aisfx sound-effects encoder and its pretrained weights, read offline from the ``aisfx`` package (``[aisfx]``).
+"""The aisfx sound-effects encoder and its pretrained weights, read offline from the ``aisfx`` package.
 
 aisfx 0.1.2 (Ma & Lerch, ISMIR 2022, arXiv 2208.09096; model CC BY 4.0) is a 9-layer CNN trained on nine sound-effects
 libraries by cross-dataset metric learning. Its input is a 44.1 kHz log-mel spectrogram in blocks of 100 frames (about
@@ -40,7 +40,9 @@ BLOCK_HOP = 50  # frames between blocks: the package's default emb_hop_size 0.5
 SPEC_MAX = 9.457798957824707  # spec_norm "original": the maximum over every Essentia spectrogram of the paper
 EMBED_DIM = 512
 BLOCK_SECONDS = (BLOCK - 1) * HOP / SAMPLE_RATE  # 2.30 s: the centres of one block's first and last frames
-INSTALL = 'pip install "mmtransfer[aisfx]" && pip install --no-deps aisfx==0.1.2'
+# Only the checkpoint is read: the package's pins (numpy==1.23.0, librosa==0.9.2, tqdm) are not needed, nor installed.
+INSTALL = "pip install --no-deps aisfx==0.1.2"
+
 # What the checkpoint's pickle holds besides tensors: ds_dict's dataset indices are NumPy int64 scalars.
 NUMPY_GLOBALS = [
     (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),  # the name NumPy 1.x wrote in the pickle
