@@ -7,9 +7,9 @@ Each clip, at its own length (resampled to 44.1 kHz), gives one 512-d embedding 
 1.16 s; a clip under one block is padded); the clip's features are the blocks' mean and maximum (1024). Arms:
 ``aisfx`` (the packaged weights), ``untrained`` (the same network, PyTorch's initialisation, seed 0) and ``logmel``
 (each band's mean and standard deviation over the clip's frames of the same 96-band spectrogram, 192 numbers).
-Each is standardised and fitted with scikit-learn's LogisticRegression (C=1, lbfgs). ESC-50: StratifiedGroupKFold
-(5 folds, shuffled by each seed) keeps clips of one recording on one side; ``--per-class K`` keeps K training
-clips per class (drawn by the seed). Prints accuracy mean ± std over folds and seeds, and the wall times.
+Each is standardised and fitted with scikit-learn's LogisticRegression (``--C``, default 1; lbfgs). ESC-50:
+StratifiedGroupKFold (5 folds, shuffled by each seed) keeps clips of one recording on one side; ``--per-class K``
+keeps K training clips per class (drawn by the seed). Prints accuracy mean ± std over folds and seeds, and wall times.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def embed(paths: list[Path], arm: str) -> np.ndarray:
     return out
 
 
-def probe() -> object:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+def probe(c: float = 1.0) -> object:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
 
 
-def esc50_scores(x, labels, groups, seeds, per_class) -> list[float]:
+def esc50_scores(x, labels, groups, seeds, per_class, c) -> list[float]:
     y = np.asarray(labels)
     scores = []
     for seed in seeds:
@@ -79,7 +79,7 @@ def esc50_scores(x, labels, groups, seeds, per_class) -> list[float]:
         for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(x, y, groups):
             if per_class:
                 train = np.concatenate([rng.permutation(train[y[train] == c])[:per_class] for c in np.unique(y[train])])
-            scores.append(float((probe().fit(x[train], y[train]).predict(x[test]) == y[test]).mean()))
+            scores.append(float((probe(c).fit(x[train], y[train]).predict(x[test]) == y[test]).mean()))
     return scores
 
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", default="aisfx,untrained,logmel")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=0, help="ESC-50: training clips per class (0: all)")
+    parser.add_argument("--C", type=float, default=1.0, help="the logistic regression's inverse regularisation")
+    parser.add_argument("--cache", type=Path, help="a folder to keep each arm's features in (ARM-DATASET.npy)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.dataset == "esc50":
@@ -99,15 +101,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.dataset}: {len(paths)} clips, {len(set(labels))} classes")
     for arm in args.arms.split(","):
         start = time.perf_counter()
-        x = embed(paths, arm)
+        kept = args.cache / f"{arm}-{args.dataset}.npy" if args.cache else None
+        if kept is not None and kept.is_file():
+            x = np.load(kept)
+        else:
+            x = embed(paths, arm)
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                np.save(kept, x)
         embed_s = time.perf_counter() - start
         start = time.perf_counter()
         if args.dataset == "esc50":
-            scores = esc50_scores(x, labels, groups, range(args.seeds), args.per_class)
+            scores = esc50_scores(x, labels, groups, range(args.seeds), args.per_class, args.C)
             result = f"{100 * np.mean(scores):.1f} ± {100 * np.std(scores):.1f} % ({len(scores)} folds x seeds)"
         else:
             y, is_test = np.asarray(labels), np.asarray(test)
-            fitted = probe().fit(x[~is_test], y[~is_test])
+            fitted = probe(args.C).fit(x[~is_test], y[~is_test])
             result = (
                 f"{100 * (fitted.predict(x[is_test]) == y[is_test]).mean():.1f} % on {int(is_test.sum())} test clips"
             )

@@ -43,12 +43,14 @@ BLOCK_SECONDS = (BLOCK - 1) * HOP / SAMPLE_RATE  # 2.30 s: the centres of one bl
 # Only the checkpoint is read: the package's pins (numpy==1.23.0, librosa==0.9.2, tqdm) are not needed, nor installed.
 INSTALL = "pip install --no-deps aisfx==0.1.2"
 
-# What the checkpoint's pickle holds besides tensors: ds_dict's dataset indices are NumPy int64 scalars.
-NUMPY_GLOBALS = [
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),  # the name NumPy 1.x wrote in the pickle
-    np.dtype,
-    np.dtypes.Int64DType,
-]
+
+def numpy_globals() -> list:
+    """What the checkpoint's pickle holds besides tensors, and nothing more: ds_dict's dataset indices are NumPy
+    int64 scalars, which name the scalar constructor, ``numpy.dtype`` and (NumPy >= 1.25) its int64 class."""
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 moved numpy.core; the pickle says numpy.core
+    allowed = [(core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    return allowed + ([dtypes.Int64DType] if dtypes is not None else [])
 
 
 class AisfxError(UserError):
@@ -57,7 +59,7 @@ class AisfxError(UserError):
 
 def preprocessing() -> dict:
     """The audio-column settings the pretrained weights expect (a column's own settings win): waveforms at 44.1 kHz,
-    5 s (an ESC-50 clip; two full blocks and a third that ends in padding)."""
+    5 s (an ESC-50 clip: three blocks, starting at frames 0, 50 and 100 of its 217)."""
     return {"sample_rate": SAMPLE_RATE, "features": "waveform", "seconds": 5.0}
 
 
@@ -208,8 +210,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """``(state_dict, ds_dict)`` of an aisfx checkpoint, read with ``weights_only=True`` and exactly the NumPy types
     it holds allowed; a pickle naming anything else is refused, naming it, and nothing in it runs."""
     path = Path(path)
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise AisfxError(f"aisfx: reading {path} safely needs torch >= 2.5 (torch.serialization.safe_globals)")
     try:
-        with torch.serialization.safe_globals(NUMPY_GLOBALS):
+        with torch.serialization.safe_globals(numpy_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -306,10 +310,11 @@ class AisfxEncoder(nn.Module):
 def embed_clips(
     encoder: AisfxEncoder, waves: list[np.ndarray], rate: int, on_short: Callable[[str], None] | None = None
 ) -> torch.Tensor:
-    """Pooled embeddings [N, hidden] of clips of their own lengths (a probe's path: no padding to one length),
-    resampled to 44.1 kHz first; ``on_short`` hears once that clips shorter than a block were padded."""
+    """Pooled embeddings [N, hidden] (on the CPU) of clips of their own lengths (a probe's path: no padding to one
+    length), resampled to 44.1 kHz first; ``on_short`` hears once that clips shorter than a block were padded."""
     told = False
     out = []
+    device = next(encoder.parameters()).device
     with torch.no_grad():
         for wave in waves:
             wave = resample(np.asarray(wave, dtype=np.float32), rate)
@@ -317,7 +322,7 @@ def embed_clips(
             if note and not told:
                 (on_short or (lambda m: warnings.warn(m, stacklevel=3)))(note)
                 told = True
-            out.append(encoder.pooled(encoder.block_embeddings(torch.from_numpy(wave)[None]))[0])
+            out.append(encoder.pooled(encoder.block_embeddings(torch.from_numpy(wave)[None].to(device)))[0].cpu())
     return torch.stack(out)
 
 
