@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -188,3 +189,66 @@ def test_a_stray_tensor_is_refused_by_name(tmp_path):
     assert ds == {"x": (3, 7)} and torch.equal(state["embedding_net.a"], torch.ones(2))
     with pytest.raises(A.AisfxError, match="holds tensor extra.b"):
         A.encoder_state(state, path)
+
+
+# ---------------------------------------------------------------- as a column's encoder, end to end
+
+
+def _sounds(folder, per_class: int = 6):
+    """A table of 1.5 s clips at 22.05 kHz in three classes: low hum, high whistle, noise bursts."""
+    import pandas as pd
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.5 * 22050)) / 22050
+    rows = []
+    for k, name in enumerate(["hum", "whistle", "noise"]):
+        for i in range(per_class):
+            if k == 0:
+                wave = np.sin(2 * np.pi * (110 + 10 * i) * t)
+            elif k == 1:
+                wave = np.sin(2 * np.pi * (3000 + 200 * i) * t)
+            else:
+                wave = rng.normal(size=t.size) * (t % 0.3 < 0.1)
+            path = folder / f"{name}{i}.wav"
+            sf.write(path, (0.3 * wave + 0.01 * rng.normal(size=t.size)).astype(np.float32), 22050)
+            rows.append({"clip": path.name, "label": name})
+    pd.DataFrame(rows).to_csv(folder / "sounds.csv", index=False)
+    return folder / "sounds.csv"
+
+
+def test_an_audio_column_gets_aisfx_settings_and_says_so():
+    from mmtransfer.backbones import bind_encoders
+    from mmtransfer.config import AisfxConfig, AudioColumn, ModelConfig
+
+    binding = bind_encoders({"clip": AudioColumn(seconds=1.0)}, ModelConfig(encoders={"clip": AisfxConfig()}))
+    column = binding.columns["clip"]
+    assert (column.sample_rate, column.features, column.seconds) == (44100, "waveform", 1.0)  # seconds: the user's
+    assert binding.origins["clip"] == {"sample_rate": "aisfx's settings", "seconds": "you",
+                                       "features": "aisfx's settings"}  # fmt: skip
+    assert "shorter than one block (2.30 s" in binding.notes["clip"]  # said once, with the column
+    scratch = bind_encoders({"clip": AudioColumn()}, ModelConfig(preset="scratch")).columns["clip"]
+    assert (scratch.sample_rate, scratch.features, scratch.seconds) == (16000, "logmel", 1.0)
+
+
+@installed
+def test_preset_auto_reads_a_sound_column_with_aisfx_and_the_run_folder_predicts(tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
+    table = _sounds(tmp_path)
+    (tmp_path / "c.yaml").write_text(
+        f"data: {{table: {table}, columns: {{clip: {{modality: audio, seconds: 2.4}}}}, test_fraction: 0.34, "
+        "val_fraction: 0.3}\n"
+        "model: {preset: auto}\n"
+    )
+    fit = run_cli("fit", "c.yaml", "--out", "run", cwd=tmp_path, env={"MMTRANSFER_PRESET": "auto"})
+    assert fit.returncode == 0, fit.stderr
+    assert "audio column clip: 44100 Hz, 2.4 s, waveform" in fit.stdout
+    assert "model.preset auto: the aisfx sound-effects encoder (pretrained)" in fit.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.8  # three very different sounds, from frozen pretrained features
+    info = run_cli("info", "run", cwd=tmp_path)
+    assert info.returncode == 0 and "aisfx (sound-effects weights, package aisfx 0.1.2" in info.stdout
+    predict = run_cli("predict", "run", str(table), "--out", "p.csv", cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr

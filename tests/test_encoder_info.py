@@ -10,7 +10,7 @@ from torch import nn
 
 from mmtransfer import backbones, model
 from mmtransfer.cli import pretrained_sources
-from mmtransfer.config import CNNConfig, CustomConfig, EfficientNetLiteConfig, HFConfig, TimmConfig
+from mmtransfer.config import AisfxConfig, CNNConfig, CustomConfig, EfficientNetLiteConfig, HFConfig, TimmConfig
 from mmtransfer.encoders import ENCODERS, UNKNOWN, EncoderInfo, Preset, encoder_info, presets
 from mmtransfer.modalities.base import InputSpec
 from mmtransfer.transfer.strategies import lora_backbones, pretrained
@@ -59,6 +59,7 @@ TOY = EncoderInfo(
 @pytest.fixture
 def toy(monkeypatch):
     monkeypatch.setitem(ENCODERS, "toy", TOY)  # one registry line adds an encoder type
+    monkeypatch.delitem(ENCODERS, "aisfx")  # the toy is the one sound preset here
     return TOY
 
 
@@ -105,7 +106,8 @@ def test_a_preset_whose_packages_are_missing_says_so(toy, monkeypatch):
     assert backbones.preset_encoder("audio", "auto") == (None, "no toy")
 
 
-def test_without_an_audio_preset_a_sound_column_trains_from_scratch():
+def test_without_an_audio_preset_a_sound_column_trains_from_scratch(monkeypatch):
+    monkeypatch.delitem(ENCODERS, "aisfx")
     assert backbones.preset_encoder("audio", "auto") == (
         None,
         "model.preset auto: no pretrained sound encoder is packaged yet; a CNN from scratch",
@@ -154,3 +156,15 @@ def test_each_entry_names_its_config_as_a_column_note_does():
         "timm",
         "cnn",
     ]
+
+
+def test_a_sound_column_gets_aisfx_where_it_is_installed_and_the_install_line_where_not(monkeypatch):
+    monkeypatch.setattr(backbones, "_installed", lambda *modules: True)
+    chosen, why = backbones.preset_encoder("audio", "auto")
+    assert chosen == AisfxConfig() and why == "model.preset auto: the aisfx sound-effects encoder (pretrained)"
+    monkeypatch.setattr(backbones, "_installed", lambda *modules: False)
+    assert backbones.preset_encoder("audio", "auto") == (None, "model.preset auto: the aisfx sound encoder is not "
+                                                         "installed (pip install --no-deps aisfx==0.1.2), so a small "
+                                                         "CNN trains from scratch")  # fmt: skip
+    assert ENCODERS["aisfx"].backbone and ENCODERS["aisfx"].pretrained(AisfxConfig())
+    assert ENCODERS["aisfx"].without_weights == {"pretrained": False, "weights": None}

@@ -63,8 +63,11 @@ def bind_encoders(columns: dict[str, ColumnConfig], model: ModelConfig | None) -
             return Reader(why=why)
         info = encoder_info(encoder)
         image = info.preprocessing(encoder) if column.modality == "image" else None
+        audio = info.preprocessing(encoder) if column.modality == "audio" else None
         tokenizer = info.tokenizer(encoder) if column.modality == "text" else None
-        return Reader(encoder, chosen, why, info.describe(encoder), image, tokenizer)
+        note = info.column_note(encoder, column.resolved(audio[0]) if audio else column)
+        why = f"{why}; {note}" if note else why
+        return Reader(encoder, chosen, why, info.describe(encoder), image, tokenizer=tokenizer, audio=audio)
 
     return bind(columns, reader)
 

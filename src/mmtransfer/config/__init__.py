@@ -38,6 +38,7 @@ from mmtransfer.config.load import (
     validate,
 )
 from mmtransfer.config.model import (
+    AisfxConfig,
     AttentionConfig,
     CNNConfig,
     CustomConfig,
@@ -52,6 +53,7 @@ from mmtransfer.config.model import (
 from mmtransfer.config.train import DistillConfig, StrategyConfig, TrainConfig, TransferConfig
 
 __all__ = [
+    "AisfxConfig",
     "TASK_NAMES",
     "AUTO",
     "AttentionConfig",

@@ -149,6 +149,12 @@ class AudioColumn(_Strict):
     n_fft: int = Field(512, ge=16, le=limits.MAX_FFT)
     hop_length: int = Field(160, ge=1, le=limits.MAX_FFT)
 
+    def resolved(self, values: dict | None = None) -> AudioColumn:
+        """A copy whose fields the user did not set take ``values`` (the settings a pretrained encoder reading
+        the column expects: aisfx's 44.1 kHz waveforms of 5 s); the fields the user set are kept."""
+        update = {k: v for k, v in (values or {}).items() if k not in self.model_fields_set}
+        return self.model_copy(update=update) if update else self
+
 
 class TabularColumn(_Strict):
     modality: Literal["tabular"] = "tabular"

@@ -85,6 +85,20 @@ class EfficientNetLiteConfig(_Strict):
     drop_connect: float = Field(0.2, ge=0, lt=1, description="Stochastic depth in training (the reference: 0.2).")
 
 
+class AisfxConfig(_Strict):
+    type: Literal["aisfx"] = "aisfx"
+    pretrained: bool = Field(
+        True,
+        description="The sound-effects weights inside the installed aisfx package (pip install --no-deps "
+        "aisfx==0.1.2): a 9-layer CNN over 44.1 kHz 96-band log-mel blocks of 2.3 s, 512-d per block.",
+    )
+    weights: str | None = Field(None, description="Another aisfx checkpoint file instead.")
+    pool: Literal["meanmax", "mean"] = Field(
+        "meanmax", description="Over the 2.3 s blocks of a clip: their mean and maximum concatenated (1024), or mean."
+    )
+    hop: int = Field(50, ge=1, le=100, description="Frames between blocks (50: one block every 1.16 s).")
+
+
 class MLPConfig(_Strict):
     type: Literal["mlp"] = "mlp"
     hidden: list[Width] = Field([64], max_length=limits.MAX_LAYERS, description="Hidden layer sizes.")
@@ -101,7 +115,15 @@ class CustomConfig(_Strict):
 
 
 EncoderConfig = Annotated[
-    CNNConfig | RNNConfig | AttentionConfig | HFConfig | TimmConfig | EfficientNetLiteConfig | MLPConfig | CustomConfig,
+    CNNConfig
+    | RNNConfig
+    | AttentionConfig
+    | HFConfig
+    | TimmConfig
+    | EfficientNetLiteConfig
+    | AisfxConfig
+    | MLPConfig
+    | CustomConfig,
     Field(discriminator="type"),
 ]
 
@@ -138,7 +160,8 @@ class ModelConfig(_Strict):
     tokens: Literal["pooled", "regions"] = Field(
         "pooled",
         description="attention fusion: one pooled token per input, or one token per region of a pretrained image "
-        "backbone's last feature map (efficientnet_lite: (H/32) x (W/32) tokens); other inputs stay one token.",
+        "backbone's last feature map (efficientnet_lite: (H/32) x (W/32) tokens) or per block of a sound "
+        "(aisfx: one per 2.3 s block); other inputs stay one token.",
     )
 
     @model_validator(mode="after")

@@ -117,6 +117,7 @@ class Reader:
     why: str = ""  # a note on the choice, printed with the column
     name: str = ""  # the encoder in words ("efficientnet_lite lite0"), printed with the column
     image: tuple[dict, str] | None = None  # a pretrained image backbone's (settings, where they come from)
+    audio: tuple[dict, str] | None = None  # a pretrained sound encoder's (settings, where they come from)
     tokenizer: str | None = None  # the tokenizer a Hugging Face text model brings
 
 
@@ -133,6 +134,8 @@ class Binding:
     origins: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
+
+AUDIO_SHOWN = ("sample_rate", "seconds", "features")  # what a sound encoder may ask of its column
 
 Binder = Callable[[dict[str, ColumnConfig]], Binding]  # what load_dataset takes to bind a table's columns
 
@@ -161,6 +164,11 @@ def bind(columns: dict[str, ColumnConfig], reader: Callable[[str, ColumnConfig],
             binding.columns[name] = column.resolved(settings)
             binding.origins[name] = {k: ("you" if k not in auto else source if k in settings else "default")
                                      for k in IMAGE_DEFAULTS}  # fmt: skip
+        elif column.modality == "audio":
+            settings, source = found.audio if found.audio is not None else ({}, "")
+            binding.columns[name] = column.resolved(settings)
+            binding.origins[name] = {k: ("you" if k in column.model_fields_set else source if k in settings
+                                         else "default") for k in AUDIO_SHOWN}  # fmt: skip
         elif column.modality == "text":
             binding.columns[name] = column.resolved(found.tokenizer)
             binding.origins[name] = {
@@ -179,6 +187,8 @@ def binding_line(name: str, column: ColumnConfig, binding: Binding) -> str:
         text = describe_image(column)
     elif column.modality == "text":
         text = f"tokenizer {column.tokenizer or 'a word vocabulary'}, {column.max_length} tokens"
+    elif column.modality == "audio" and column.extractor is None:
+        text = f"{column.sample_rate} Hz, {column.seconds:g} s, {column.features}"
     else:
         return ""
     by_source: dict[str, list[str]] = {}

@@ -43,7 +43,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from mmtransfer.encoders import efficientnet, hf, timm_backbone
+from mmtransfer.encoders import aisfx, efficientnet, hf, timm_backbone
 from mmtransfer.encoders.attention import AttentionEncoder, AttentionPool
 from mmtransfer.encoders.cnn import ConvEncoder
 from mmtransfer.encoders.hf import build_hf
@@ -141,6 +141,7 @@ ENCODERS: dict[str, EncoderInfo] = {
     "hf": hf.INFO,
     "timm": timm_backbone.INFO,
     "efficientnet_lite": efficientnet.INFO,
+    "aisfx": aisfx.INFO,
     "mlp": EncoderInfo(build_mlp),
 }
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtransfer.config import AisfxConfig
+from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, Preset, pretrained_or_file
 from mmtransfer.errors import UserError
 from mmtransfer.modalities.base import InputSpec
 
@@ -360,3 +362,37 @@ def build_aisfx(
         raise FileNotFoundError(f"aisfx: no weights file {weights}")
     net = pretrained_net(weights) if (pretrained or weights) else EmbeddingNet()
     return AisfxEncoder(net, output_dim, pool=pool, hop=hop)
+
+
+def _weights_from(cfg) -> str:
+    return f"aisfx ({cfg.weights or 'sound-effects weights, package aisfx 0.1.2, CC BY 4.0'})"
+
+
+def _audio_settings(cfg) -> tuple[dict, str] | None:
+    """An audio column read by it: waveforms at 44.1 kHz, 5 s, unless the column sets its own."""
+    return (preprocessing(), "aisfx's settings") if pretrained_or_file(cfg) else None
+
+
+INFO = EncoderInfo(
+    build_aisfx,
+    backbone=True,
+    pretrained=pretrained_or_file,
+    without_weights=NO_WEIGHTS,
+    describe=lambda cfg: "aisfx",
+    weights_from=_weights_from,
+    preprocessing=_audio_settings,
+    portable=lambda cfg, folder: dict(NO_WEIGHTS),  # the architecture is code; the weights are the run's
+    column_note=lambda cfg, column: short_clip_note(round(column.seconds * SAMPLE_RATE)),
+    presets=(
+        Preset(
+            "audio",
+            lambda: AisfxConfig(),
+            requires=("aisfx",),
+            chosen="model.preset auto: the aisfx sound-effects encoder (pretrained)",
+            missing=(
+                f"model.preset auto: the aisfx sound encoder is not installed ({INSTALL}), so a small CNN trains "
+                "from scratch"
+            ),
+        ),
+    ),
+)

@@ -55,7 +55,8 @@ class EncoderInfo:
     describe: Callable[[Any], str] = lambda cfg: cfg.type
     # In words, where the weights come from ("timm resnet18 (its pretrained weights, from timm)"); for ``info``.
     weights_from: Callable[[Any], str] = lambda cfg: cfg.type
-    # An image column's preprocessing (settings, where they come from) the pretrained weights expect, or None.
+    # The preprocessing (settings, where they come from) the pretrained weights expect of the column it reads
+    # (an image's size, crop, mean and std; a sound's sample rate, features and length), or None.
     preprocessing: Callable[[Any], tuple[dict, str] | None] = _nothing
     # The tokenizer a text column it reads must use (a pretrained model's own), or None (a word vocabulary).
     tokenizer: Callable[[Any], str | None] = _nothing
@@ -66,6 +67,8 @@ class EncoderInfo:
     # Config fields that point it at a run folder's assets ``folder`` (no download, no weights file).
     portable: Callable[[Any, Path], dict] = _no_update
     presets: tuple[Preset, ...] = ()
+    # A note on the (resolved) column it reads, said once with the column binding (a sound shorter than one block).
+    column_note: Callable[[Any, Any], str | None] = lambda cfg, column: None
 
     def __call__(self, spec, output_dim: int | None, **kwargs) -> nn.Module:
         return self.build(spec, output_dim, **kwargs)
