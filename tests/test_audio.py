@@ -184,3 +184,45 @@ def test_bad_field_combinations_fail_at_construction(fields, message):
 def test_waveform_features_skip_spectrogram_checks():
     modality = AudioModality("a", AudioColumn(**{**SMALL, "seconds": 0.01, "n_mels": 128, "features": "waveform"}))
     assert modality.spec().shape == (1, 80)
+
+
+def test_a_cached_column_decodes_each_file_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    import os
+
+    from mmtransfer import store
+    from mmtransfer.modalities import audio as audio_module
+
+    monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
+    path = write(tmp_path / "a.wav", tone(440, 22050, 0.5), 22050)
+    column = AudioModality("clip", AudioColumn(sample_rate=16000, seconds=1.0, features="waveform", cache=True))
+    plain = AudioModality("clip", AudioColumn(sample_rate=16000, seconds=1.0, features="waveform"))
+    decoded = []
+    real = AudioModality._decode
+    monkeypatch.setattr(AudioModality, "_decode", lambda self, *a: decoded.append(1) or real(self, *a))
+    first = column.load(path.name, tmp_path)
+    again = column.load(path.name, tmp_path)
+    assert len(decoded) == 1 and torch.equal(first, again)  # the second epoch reads the kept clip
+    assert torch.equal(first, plain.load(path.name, tmp_path))  # the same samples as decoding
+    kept = [p for p in store.entries() if p.name.startswith("audio-")]
+    assert len(kept) == 1
+    write(path, tone(880, 22050, 0.5), 22050)  # the file changes in place: a new key
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    changed = column.load(path.name, tmp_path)
+    assert len(decoded) == 3 and not torch.equal(changed, first)
+    kept[0].write_bytes(b"not safetensors")  # a damaged entry is never used: removed, decoded again
+    assert audio_module._read_stored(kept[0]) is None and not kept[0].exists()
+
+
+def test_the_decoded_clips_stay_within_the_cache_bound(tmp_path, monkeypatch):
+    from mmtransfer import store
+    from mmtransfer.modalities import audio as audio_module
+
+    monkeypatch.setenv("MMTRANSFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MMTRANSFER_CACHE_MAX_GB", str(3 * 16000 * 4 / 1e9))  # room for about three clips
+    monkeypatch.setattr(audio_module, "_writes", iter(range(0, 10**6, 64)))  # bring it within bound every write
+    column = AudioModality("clip", AudioColumn(sample_rate=16000, seconds=1.0, features="waveform", cache=True))
+    for i in range(6):
+        write(tmp_path / f"{i}.wav", tone(200 + 50 * i, 16000, 1.0), 16000)
+        column.load(f"{i}.wav", tmp_path)
+    assert 1 <= len(store.entries()) <= 3
+    assert sum(p.stat().st_size for p in store.entries()) <= store.max_bytes()

@@ -148,6 +148,12 @@ class AudioColumn(_Strict):
     n_mels: int = Field(64, ge=1, le=limits.MAX_MELS)
     n_fft: int = Field(512, ge=16, le=limits.MAX_FFT)
     hop_length: int = Field(160, ge=1, le=limits.MAX_FFT)
+    cache: bool = Field(
+        False,
+        description="Keep each clip decoded and resampled on disk (under MMTRANSFER_CACHE, bounded with the feature "
+        "cache by MMTRANSFER_CACHE_MAX_GB), keyed by the file's path, size and modification time and the sample "
+        "rate: later epochs and runs read it instead of decoding and resampling again.",
+    )
 
     def resolved(self, values: dict | None = None) -> AudioColumn:
         """A copy whose fields the user did not set take ``values`` (the settings a pretrained encoder reading

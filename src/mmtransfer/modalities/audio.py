@@ -6,6 +6,7 @@ The mel filter bank is HTK-scale triangles without area normalisation (torchaudi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmtransfer import store
 from mmtransfer.config import AudioColumn
 from mmtransfer.hub import from_pretrained, offline, resolve_model_path
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
+from mmtransfer.outputs import atomic_path
 
 LOG_FLOOR = 1e-6  # keeps log() finite on digital silence (padding, placeholders)
 # Float audio lies within ±1 (a mix clipping a little past it is fine); 1e6 squared and summed over a frame stays
@@ -156,6 +159,19 @@ class AudioModality:
         from scipy.signal import resample_poly
 
         path = resolve_path(value, base)
+        stored = _stored_path(path, self.cfg.sample_rate) if self.cfg.cache else None
+        wave = _read_stored(stored) if stored is not None else None
+        if wave is None:
+            wave = self._decode(path, sf, resample_poly)
+            if stored is not None:
+                _store(stored, wave)
+        out = np.zeros(self.samples, dtype=np.float32)
+        n = min(len(wave), self.samples)
+        out[:n] = wave[:n]  # crop keeps the start: spoken words and events usually begin near it
+        return torch.from_numpy(out)
+
+    def _decode(self, path: Path, sf, resample_poly) -> np.ndarray:
+        """The whole clip, mono, at the column's sample rate (its file checked: readable, finite, not too loud)."""
         try:
             with _quiet_stderr(path):
                 data, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -181,10 +197,7 @@ class AudioModality:
         if rate != self.cfg.sample_rate:
             g = math.gcd(rate, self.cfg.sample_rate)
             wave = resample_poly(wave, self.cfg.sample_rate // g, rate // g).astype(np.float32)
-        out = np.zeros(self.samples, dtype=np.float32)
-        n = min(len(wave), self.samples)
-        out[:n] = wave[:n]  # crop keeps the start: spoken words and events usually begin near it
-        return torch.from_numpy(out)
+        return np.ascontiguousarray(wave, dtype=np.float32)
 
     def log_mel(self, waves: torch.Tensor) -> torch.Tensor:
         """[N, samples] -> unstandardised log-mel [N, n_mels, frames]."""
@@ -265,3 +278,49 @@ class AudioModality:
 
     def state(self) -> dict:
         return {"mean": self.mean, "std": self.std}
+
+
+# ---------------------------------------------------------------- decoded clips on disk (a column's ``cache``)
+
+STORE_VERSION = "audio-v1"  # part of every key: a change to decoding or resampling makes new entries
+_writes = itertools.count()
+
+
+def _stored_path(path: Path, rate: int) -> Path | None:
+    """Where ``path`` decoded at ``rate`` is kept: a key of its resolved path, size, modification time and the
+    rate (a file changed in place gets a new key). None where the file cannot be stat'ed (decoding reports it)."""
+    try:
+        st = path.resolve().stat()
+    except OSError:
+        return None
+    key = f"{STORE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rate}"
+    return store.cache_dir() / f"audio-{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+
+def _read_stored(stored: Path) -> np.ndarray | None:
+    """The kept clip, or None (not there yet; or damaged, then removed and decoded again)."""
+    if not stored.is_file():
+        return None
+    from safetensors.numpy import load_file  # the cache is opt-in: its reader loads only where it is used
+
+    try:
+        wave = load_file(str(stored))["wave"]
+        os.utime(stored)  # recently used: evicted last
+    except Exception:  # truncated or not safetensors: never used, decoded again
+        stored.unlink(missing_ok=True)
+        return None
+    return wave if wave.dtype == np.float32 and wave.ndim == 1 else None
+
+
+def _store(stored: Path, wave: np.ndarray) -> None:
+    """Keep a decoded clip (whole or not at all); every 64 writes, the cache is brought within its bound. A full
+    disk or a read-only cache folder only means the clip is decoded again next time."""
+    from safetensors.numpy import save_file
+
+    try:
+        with atomic_path(stored) as tmp:
+            save_file({"wave": wave}, str(tmp))
+    except Exception:  # noqa: BLE001 (a cache that cannot be written is no error of the run)
+        return
+    if next(_writes) % 64 == 0:
+        store.evict(stored.parent, keep=stored)
