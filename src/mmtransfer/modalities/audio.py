@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mmtransfer.config import AudioColumn
+from mmtransfer.errors import MissingFile, UserError
 from mmtransfer.hub import from_pretrained, offline, resolve_model_path
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
 
@@ -128,16 +129,16 @@ class AudioModality:
         self._window = torch.hann_window(self.cfg.n_fft)
         # AudioColumn checks each field alone; these combinations would fail (or go silently flat) only at collate
         if self.samples < 1:
-            raise ValueError(f"column {name!r}: seconds * sample_rate = {self.samples} samples; expected at least 1")
+            raise UserError(f"column {name!r}: seconds * sample_rate = {self.samples} samples; expected at least 1")
         if self.cfg.features == "logmel" and not self.cfg.extractor:
             if self.samples <= self.cfg.n_fft // 2:  # torch.stft's reflect padding needs this
-                raise ValueError(
+                raise UserError(
                     f"column {name!r}: {self.samples} samples is too short for n_fft={self.cfg.n_fft}; "
                     f"expected more than n_fft / 2 samples"
                 )
             empty = int((self._fb.sum(0) == 0).sum())
             if empty:
-                raise ValueError(
+                raise UserError(
                     f"column {name!r}: n_mels={self.cfg.n_mels} is too many for n_fft={self.cfg.n_fft} at "
                     f"{self.cfg.sample_rate} Hz ({empty} mel bands get no FFT bin); lower n_mels or raise n_fft"
                 )
@@ -236,12 +237,10 @@ class AudioModality:
                 with offline():
                     self._extractor = from_pretrained(AutoFeatureExtractor, folder, what="audio extractor")
             except (OSError, ValueError) as err:
-                raise FileNotFoundError(
-                    f"audio column {self.name}: no feature extractor at {folder!r}: {err}"
-                ) from None
+                raise MissingFile(f"audio column {self.name}: no feature extractor at {folder!r}: {err}") from None
             rate = getattr(self._extractor, "sampling_rate", self.cfg.sample_rate)
             if rate != self.cfg.sample_rate:
-                raise ValueError(
+                raise UserError(
                     f"audio column {self.name}: the extractor of {folder} expects {rate} Hz, set sample_rate: {rate}"
                 )
         waves = [e.numpy() for e in examples]
