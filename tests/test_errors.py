@@ -186,3 +186,13 @@ def test_a_bad_cache_size_limit_through_the_python_api_is_a_user_error(monkeypat
     monkeypatch.setenv("MMTRANSFER_CACHE_MAX_GB", "-1")
     with pytest.raises(UserError, match="MMTRANSFER_CACHE_MAX_GB='-1'"):
         cache.max_bytes()
+
+
+def test_a_missing_transformers_is_exit_2_with_the_pip_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as where the hf extra is not installed
+    (tmp_path / "c.yaml").write_text(
+        "data: {dataset: digits}\nmodel: {encoders: {image: {type: hf, path: some-model}}}\ntrain: {epochs: 1}\n"
+    )
+    result = run_cli("fit", "c.yaml", "--out", "r", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error:") and "pip install 'mmtransfer[hf]'" in result.stderr

@@ -209,7 +209,12 @@ def _likeliest(scripts: list[str]) -> str:
 
 
 def _known_model_type(model_type: str) -> bool:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            "a Hugging Face model folder needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     return model_type in CONFIG_MAPPING
 

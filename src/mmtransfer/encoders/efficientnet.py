@@ -197,7 +197,7 @@ def build_efficientnet_lite(
     try:
         from efficientnet_lite_pytorch import EfficientNet  # an optional extra: imported where used
     except ImportError:
-        raise UserError(
+        raise MissingPackage(
             "efficientnet_lite: the architecture package is not installed; pip install efficientnet-lite-pytorch "
             "(or the extra: pip install 'mmtransfer[effnet]')"
         ) from None

@@ -19,7 +19,7 @@ from torch import nn
 
 from mmtransfer.config import HFConfig
 from mmtransfer.encoders.info import EncoderInfo, Preset, per_channel
-from mmtransfer.errors import MissingFile, UserError
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import PACKAGED_MINILM, from_pretrained, offline, resolve_model_path, why_not_loaded  # noqa: F401 (resolve_model_path moved to hub)
 from mmtransfer.modalities.base import InputSpec
 
@@ -41,7 +41,12 @@ def build_hf(
 
     ``weights=False`` builds the architecture from the folder's config.json alone (a run folder's assets),
     for weights loaded next."""
-    from transformers import AutoConfig, AutoModel  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoConfig, AutoModel  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"hf encoder {path!r} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     if spec.kind not in KINDS:
         raise UserError(f"hf encoder: inputs of kind {spec.kind!r} are not supported; supported: {', '.join(KINDS)}")
@@ -255,7 +260,12 @@ def _size(value) -> tuple[tuple[int, int] | None, int | None]:
 
 def save_assets(cfg: HFConfig, folder: Path, what: str) -> None:
     """The model's config.json into ``folder``: with it, the architecture is rebuilt without the model folder."""
-    from transformers import AutoConfig  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoConfig  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"hf encoder {cfg.path!r} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     with offline(cfg.local_files_only):
         config = from_pretrained(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mmtransfer.config import AudioColumn
-from mmtransfer.errors import MissingFile, UserError
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import from_pretrained, offline, resolve_model_path
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
 
@@ -230,7 +230,13 @@ class AudioModality:
     def extract(self, examples: list[torch.Tensor]) -> torch.Tensor:
         """The pretrained model's own feature extractor, loaded offline once, on a list of clips."""
         if self._extractor is None:
-            from transformers import AutoFeatureExtractor  # imported here: transformers takes seconds to import
+            try:
+                from transformers import AutoFeatureExtractor  # imported here: transformers takes seconds to import
+            except ImportError:  # the hf extra is not installed
+                raise MissingPackage(
+                    f"audio column {self.name}: the extractor needs transformers, which is not installed: "
+                    "pip install 'mmtransfer[hf]'"
+                ) from None
 
             folder = resolve_model_path(self.cfg.extractor)
             try:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mmtransfer.config import TextColumn
-from mmtransfer.errors import MissingFile, UserError
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import from_pretrained, offline, resolve_model_path, why_not_loaded
 from mmtransfer.modalities.base import BadValue, InputSpec
 
@@ -119,7 +119,12 @@ def load_tokenizer(name: str, lowercase: bool = True):
 
     A folder holding only ``vocab.txt`` is read as a BERT WordPiece vocabulary.
     """
-    from transformers import AutoTokenizer, BertTokenizer  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoTokenizer, BertTokenizer  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"text tokenizer {name!r} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     folder = resolve_model_path(name)
     path = Path(folder)

@@ -21,7 +21,7 @@ from mmtransfer.artifact import read_labels, verify
 from mmtransfer.checkpoint import load_state_file, load_weights
 from mmtransfer.encoders.hf import resolve_model_path
 from mmtransfer.encoders.timm_backbone import build_timm
-from mmtransfer.errors import MissingFile, UserError
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import ModelFolderError, from_pretrained, why_not_loaded
 from mmtransfer.modalities.base import InputSpec
 
@@ -62,7 +62,12 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
 
 
 def _hf(name: str, local_files_only: bool) -> Source:
-    from transformers import AutoModel  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoModel  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"graft source hf:{name} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     path = resolve_model_path(name)
     try:
