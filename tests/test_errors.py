@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_cli
 
 import mmtransfer
-from mmtransfer import artifact, cache, calibration, cli, config, hub, runlock
+from mmtransfer import artifact, cache, calibration, cli, config, hub, resume, runlock
 from mmtransfer.errors import BadArgument, MissingFile, MissingPackage, UserError, report_bug
 from mmtransfer.modalities import base
-from mmtransfer.train import objectives
+from mmtransfer.train import objectives, state
 from mmtransfer.transfer import graft
 
 
@@ -196,3 +197,11 @@ def test_a_missing_transformers_is_exit_2_with_the_pip_line(tmp_path, monkeypatc
     result = run_cli("fit", "c.yaml", "--out", "r", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error:") and "pip install 'mmtransfer[hf]'" in result.stderr
+
+
+def test_a_checkpoint_without_its_fields_is_a_user_error_naming_the_file(tmp_path):
+    resume.save(tmp_path / resume.CHECKPOINT, {"x": torch.zeros(1)}, {"epoch": 1})
+    with pytest.raises(
+        UserError, match=r"checkpoint.safetensors: not a training checkpoint this version can resume \(no "
+    ):
+        state.start_state(state.FitState(), tmp_path, True, True, None, None, None, None, [])

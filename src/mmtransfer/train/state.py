@@ -157,5 +157,8 @@ def start_state(state: FitState, state_dir, resume: bool, main: bool, model, opt
     if resume:
         if state_path is None or not state_path.is_file():
             raise UserError(f"nothing to resume: no {resume_mod.CHECKPOINT} in {state_dir}")
-        state.load(state_path, model, optimizer, scheduler, generator, changing)
+        try:
+            state.load(state_path, model, optimizer, scheduler, generator, changing)
+        except KeyError as err:  # a readable checkpoint whose metadata lacks a field: hand-made, or another version's
+            raise UserError(f"{state_path}: not a training checkpoint this version can resume (no {err})") from None
     return state_path if main else None
