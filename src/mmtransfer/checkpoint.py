@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmtransfer.errors import MissingFile, UserError
 from mmtransfer.hub import refused_pickle
 from mmtransfer.outputs import write_error
 from mmtransfer.runfolder import RunFolder
@@ -56,16 +57,16 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # names what it refused, and advice we never repeat
-        raise ValueError(refused_pickle(path, err)) from None
+        raise UserError(refused_pickle(path, err)) from None
     except OSError as err:
         raise OSError(f"{path}: cannot read it ({err.strerror or err})") from None
     except Exception:  # not a torch file at all: a zip or pickle error
-        raise ValueError(f"{path} is not a plain state dict of tensors (damaged, or another format)") from None
+        raise UserError(f"{path} is not a plain state dict of tensors (damaged, or another format)") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # a training checkpoint: take its weights
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
     if not tensors:
-        raise ValueError(f"{path}: holds no tensors by name")
+        raise UserError(f"{path}: holds no tensors by name")
     return tensors
 
 
@@ -75,13 +76,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = RunFolder(path).weights
     if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path}")
+        raise MissingFile(f"no weights at {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected a .safetensors file or a run folder")
+        raise UserError(f"{path}: expected a .safetensors file or a run folder")
     try:
         return load_file(str(path))
     except Exception as err:  # SafetensorError (truncated, corrupt header) derives from Exception directly
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "weights") -> None:
@@ -95,7 +96,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = 
         if state[k].shape != own[k].shape
     ]
     if missing or unexpected or mis_shaped:
-        raise ValueError(
+        raise UserError(
             f"{where} do not fit the model:"
             + (f"\n  missing: {missing}" if missing else "")
             + (f"\n  unexpected: {unexpected}" if unexpected else "")

@@ -88,7 +88,7 @@ def run_demo(
     results = study.run(workers=workers or 1)
     if results["failed"]:
         first = results["failed"][0]
-        raise ValueError(f"demo: {len(results['failed'])} run(s) failed, first {first.get('error')}; logs in "
+        raise RuntimeError(f"demo: {len(results['failed'])} run(s) failed, first {first.get('error')}; logs in "
                            f"{out / 'study' / 'cells'}")  # fmt: skip
     cells = {(r["arm"], r["seed"]): r for r in results["cells"]}
     sources = {r["seed"]: r for r in results["sources"]}

@@ -23,6 +23,18 @@ class UserError(ValueError):
     """A mistake in what the user gave; the message names the file, row, column or field."""
 
 
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder the user named is not there; still a ``FileNotFoundError`` for code that caught one."""
+
+
+class MissingPackage(UserError, ImportError):
+    """An optional package the user's config asks for is not installed; the message gives the pip install line."""
+
+
+class BadArgument(UserError, TypeError):
+    """A Python caller gave an argument of the wrong kind; still a ``TypeError`` for code that caught one."""
+
+
 def report_bug(err: BaseException) -> str:
     """Write ``err``'s traceback to a new file in the temporary folder; return the one line that tells of it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmtransfer.data import load_dataset
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.inference import read_rows
 from mmtransfer.outputs import atomic_path, write_json
 from mmtransfer.runfolder import RunFolder
@@ -51,10 +52,10 @@ def sample_batch(run, data=None, rows: int = 16) -> dict[str, torch.Tensor]:
     if run.preprocessor is not None:
         record = RunFolder(run.path).splits()
         if data is None and record.get("table") is None:
-            raise ValueError(f"{run.path}: trained on a DataFrame given in Python; give --data TABLE to check on")
+            raise UserError(f"{run.path}: trained on a DataFrame given in Python; give --data TABLE to check on")
         source = data if data is not None else record["table"]
         if data is None and not Path(source).exists():
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{run.path}: the run's own table {source} (its test rows check the export) is not there any more; "
                 "give --data TABLE with the run's input columns"
             )
@@ -65,7 +66,7 @@ def sample_batch(run, data=None, rows: int = 16) -> dict[str, torch.Tensor]:
         split = load_dataset(run.cfg.data, validation=run.cfg.train.validation).test
     n = min(rows, len(split))
     if n == 0:
-        raise ValueError("no readable rows to check the export with")
+        raise UserError("no readable rows to check the export with")
     return split.batch(np.arange(n))
 
 
@@ -75,7 +76,7 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
     try:
         import onnxruntime  # noqa: F401 (checked before any work; _export_checked uses it)
     except ImportError:
-        raise ImportError("export needs onnx and onnxruntime: pip install 'mmtransfer[onnx]'") from None
+        raise MissingPackage("export needs onnx and onnxruntime: pip install 'mmtransfer[onnx]'") from None
     final = Path(out)
     model = run.model.eval()
     merged = merge_lora(model)
@@ -86,7 +87,7 @@ def export_onnx(run, out: str | Path, *, data=None, opset: int = 17, atol: float
     with atomic_path(final) as out:  # renamed over ``final`` only once the check has passed
         diff, checked = _export_checked(wrapped, example, names, out, opset)
         if not diff <= atol:
-            raise ValueError(
+            raise UserError(
                 f"{final}: onnxruntime differs from PyTorch by {diff:.2e} (more than {atol:g}); not written"
             )
     description = {

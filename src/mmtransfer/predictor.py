@@ -30,6 +30,7 @@ from mmtransfer.config import RunConfig, load_config, validate
 from mmtransfer.data import load_dataset
 from mmtransfer.data.sources import AUDIO_SUFFIXES, IMAGE_SUFFIXES, open_source
 from mmtransfer.display import make_console
+from mmtransfer.errors import BadArgument, UserError
 from mmtransfer.inference import probabilities, read_rows
 from mmtransfer.outputs import write_error
 from mmtransfer.runs import fit_run
@@ -111,7 +112,7 @@ class Predictor(BaseEstimator):
             elif _override_key(key):
                 self.overrides[key] = value
             else:
-                raise ValueError(
+                raise UserError(
                     f"Invalid parameter {key!r} for Predictor: give one of {', '.join(NAMED)}, a section "
                     f"({', '.join(SECTIONS)}) or a field as section__field"
                 )
@@ -142,7 +143,7 @@ class Predictor(BaseEstimator):
                     node = node.setdefault(part, {})
                 node[last] = value
             else:
-                raise TypeError(
+                raise BadArgument(
                     f"Predictor: unknown argument {key!r}; give a section ({', '.join(SECTIONS)}) or "
                     "a field as section__field"
                 )
@@ -157,7 +158,7 @@ class Predictor(BaseEstimator):
         ``train`` DataFrame that lacks one; the constructor's arguments stay as they were."""
         cfg = self._config()
         if valid is not None and (cfg.train.validation == "none" or cfg.data.k_per_class or cfg.data.label_fraction):
-            raise ValueError(
+            raise UserError(
                 "Predictor.fit: valid rows are given, but with train.validation none or a label budget they would "
                 "not select the model (a budget selects with its own labels); drop valid, or set validation: split"
             )
@@ -214,7 +215,7 @@ class Predictor(BaseEstimator):
         """One row per row of ``data`` (indexed by its row id), one probability column per class (per label for
         a multi-label run, each its own sigmoid)."""
         if self._task().probabilities is not None:  # a task whose outputs are not probabilities says why
-            raise ValueError(self._task().probabilities)
+            raise UserError(self._task().probabilities)
         probs, ids = self._outputs(data)
         probs = probs if probs is not None else np.zeros((0, len(self.classes_)))
         return pd.DataFrame(probs, index=pd.Index(ids, name="row"), columns=self.classes_)
@@ -291,13 +292,13 @@ def _with_labels(data, y, label: str, separator: str):
     if y is None:
         return data
     if isinstance(y, (pd.DataFrame, str, Path)):
-        raise TypeError("Predictor: the second argument is y, the labels; give validation rows as valid=...")
+        raise BadArgument("Predictor: the second argument is y, the labels; give validation rows as valid=...")
     if not isinstance(data, pd.DataFrame):
-        raise TypeError("Predictor: with y given, the data must be a DataFrame of the inputs")
+        raise BadArgument("Predictor: with y given, the data must be a DataFrame of the inputs")
     if label in data.columns:
-        raise ValueError(f"Predictor: the data has a column {label!r} and y is given too; give the labels once")
+        raise UserError(f"Predictor: the data has a column {label!r} and y is given too; give the labels once")
     if len(y) != len(data):
-        raise ValueError(f"Predictor: {len(y)} labels in y for {len(data)} rows of data")
+        raise UserError(f"Predictor: {len(y)} labels in y for {len(data)} rows of data")
     values = [separator.join(v) if isinstance(v, (list, tuple, set, np.ndarray)) else v for v in y]
     return data.assign(**{label: values})
 

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mmtransfer.errors import UserError
 from mmtransfer.outputs import write_error
 from mmtransfer.runfolder import CHECKPOINT as CHECKPOINT  # one name: the run folder's layout is runfolder's
 
@@ -108,7 +109,7 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             meta = json.loads((f.metadata() or {})["state"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # SafetensorError, a missing "state", bad JSON
-        raise ValueError(f"{path}: not a readable training checkpoint ({err})") from None
+        raise UserError(f"{path}: not a readable training checkpoint ({err})") from None
     return tensors, meta
 
 

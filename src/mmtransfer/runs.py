@@ -18,6 +18,7 @@ from mmtransfer.backbones import binder
 from mmtransfer.config import CustomConfig, RunConfig
 from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
 from mmtransfer.display import make_console
+from mmtransfer.errors import MissingFile, UserError
 from mmtransfer.inference import labelled_rows
 from mmtransfer.limits import check_machine
 from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
@@ -264,13 +265,13 @@ def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) 
 def _without_test(data: Dataset, cfg: RunConfig) -> Dataset:
     """Validation becomes the scored split; a stratified part of train selects the epoch; test is dropped."""
     if data.val is None:
-        raise ValueError(
+        raise UserError(
             "study --auto scores strategies on the validation split, and this config has none "
             "(train.validation: none, or a label budget too small to hold one selection label per class)"
         )
     parts = split_budget(data.train, cfg.data.val_fraction, cfg.train.seed)
     if parts is None:
-        raise ValueError("study --auto: a class has a single train example, so none is left to select the epoch")
+        raise UserError("study --auto: a class has a single train example, so none is left to select the epoch")
     scored = len(data.val)
     data.test, (data.train, data.val) = data.val, parts
     note = f"{scored} validation labels score the strategies; the test split is not read"
@@ -306,11 +307,11 @@ def _check_resumable(cfg: RunConfig, data: Dataset, out: Path) -> None:
     differ = [key for key in _leaves(now) | _leaves(saved) if _get(now, key) != _get(saved, key)]
     if differ:
         shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(now, k)!r})" for k in sorted(differ)[:5])
-        raise ValueError(f"--resume: the config differs from the one {out} started with: {shown}")
+        raise UserError(f"--resume: the config differs from the one {out} started with: {shown}")
     record = folder.splits()
     table = record.get("table")
     if table and Path(table).exists() and artifact.table_sha256(table) != record.get("table_sha256"):
-        raise ValueError(f"--resume: the table {table} changed since the run started; its splits would differ")
+        raise UserError(f"--resume: the table {table} changed since the run started; its splits would differ")
 
 
 def _leaves(tree: dict, prefix: str = "") -> set[str]:
@@ -337,24 +338,24 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
     Built-in data is rebuilt from the run's seed and checked against the recorded labels.
     """
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        raise UserError(f"split must be train, val or test, got {split!r}")
     run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
     record = RunFolder(run_dir).splits()
     rows = record.get("rows")
     if rows is not None:
         if split not in rows:
             if split == "test":
-                raise ValueError(f"{run_dir}: no test rows were held out of its data (Predictor.fit trains and "
+                raise UserError(f"{run_dir}: no test rows were held out of its data (Predictor.fit trains and "
                                  f"selects on every row it is given); evaluate it on new data: mmtransfer "
                                  f"evaluate {run_dir} TABLE")  # fmt: skip
-            raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no {split} split")
+            raise UserError(f"{run_dir}: no labels selected this run's model, so it has no {split} split")
         if record.get("table") is None:
-            raise ValueError(f"{run_dir}: trained on a DataFrame given in Python; give the data to score")
+            raise UserError(f"{run_dir}: trained on a DataFrame given in Python; give the data to score")
         table = Path(record["table"])
         if not table.exists():
-            raise FileNotFoundError(f"{run_dir}: its table {table} is not there any more; give the data to score")
+            raise MissingFile(f"{run_dir}: its table {table} is not there any more; give the data to score")
         if artifact.table_sha256(table) != record["table_sha256"]:
-            raise ValueError(
+            raise UserError(
                 f"{run_dir}: the table {table} changed since training (its SHA-256 differs from splits.json), so "
                 f"the recorded {split} rows may not be the held-out ones; evaluate it as new data: "
                 f"mmtransfer evaluate {run_dir} TABLE"
@@ -364,7 +365,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, allow_unfinished: 
         data = load_dataset(run.cfg.data, validation=run.cfg.train.validation)
         part = getattr(data, split)
         if part is None:
-            raise ValueError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
+            raise UserError(f"{run_dir}: no labels selected this run's model, so it has no validation split")
         if artifact.labels_hash(part.labels) != record["labels_sha256"].get(split):
-            raise ValueError(f"{run_dir}: the built-in {run.cfg.data.dataset} {split} split is not the recorded one")
+            raise UserError(f"{run_dir}: the built-in {run.cfg.data.dataset} {split} split is not the recorded one")
     return evaluate(run.model, part, cpu=run.cfg.train.cpu)

@@ -2,7 +2,7 @@
 (:mod:`mmtransfer.cache`) and decoded audio clips (an audio column's ``cache``). Files are safetensors under
 ``$MMTRANSFER_CACHE`` (default ``~/.cache/mmtransfer/features``); together they stay under
 ``MMTRANSFER_CACHE_MAX_GB`` (default 10), the least recently used going first. ``mmtransfer cache info`` / ``clear``
-show and free them. This module imports nothing heavy: every layer may use it.
+show and free them. This module imports nothing heavy (only the errors): every layer above the errors may use it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import math
 import os
 import time
 from pathlib import Path
+
+from mmtransfer.errors import UserError
 
 MAX_GB = 1e6  # a petabyte: any larger limit is a typo
 
@@ -27,7 +29,7 @@ def max_bytes() -> int:
     except ValueError:
         gigabytes = math.nan
     if not 0 <= gigabytes <= MAX_GB:  # also nan and inf
-        raise ValueError(
+        raise UserError(
             f"MMTRANSFER_CACHE_MAX_GB={text!r}: the feature cache's size limit must be a number of gigabytes "
             f"from 0 to {MAX_GB:,.0f} (default 10)"
         )

@@ -15,9 +15,8 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from mmtransfer.config import ConfigError
 from mmtransfer.display import Grid, make_console
-from mmtransfer.errors import report_bug
+from mmtransfer.errors import UserError, report_bug
 from mmtransfer.metrics import METRICS
 
 app = typer.Typer(
@@ -31,9 +30,10 @@ console = make_console()
 errors = make_console(stderr=True)
 
 
-# What a user's input or environment can cause: a bad value, a missing or unreadable file, a missing optional
-# package, a tensor that does not fit. Each becomes one error line; MMTRANSFER_DEBUG=1 shows the traceback.
-USER_ERRORS = (ConfigError, ValueError, OSError, ImportError, KeyError, RuntimeError)
+# What a user's input or environment can cause: a mistake in what they gave (every mmtransfer error class is a
+# UserError), or a file they named that is missing or unreadable, a full disk (OSError). Each becomes one error
+# line with exit code 2; anything else is a bug (main): exit code 1, its traceback in a file.
+USER_ERRORS = (UserError, OSError)
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}  # a write refused
@@ -46,7 +46,7 @@ def fail(err: Exception, where: Path | None = None) -> None:
     being written): Python's own form of it names no file for a failed write."""
     if os.environ.get("MMTRANSFER_DEBUG"):
         raise err
-    message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
+    message = str(err)
     if isinstance(err, OSError) and err.strerror and (err.filename or (where and err.errno in _DISK_ERRNOS)):
         message = f"{err.filename or where}: {err.strerror[0].lower()}{err.strerror[1:]}"
     elif type(err).__name__ == "SafetensorError":  # safetensors' own error for a failed write is no OSError

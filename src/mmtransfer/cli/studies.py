@@ -19,6 +19,7 @@ from mmtransfer import study as engine
 from mmtransfer.artifact import check_out
 from mmtransfer.cli.fitting import check_header
 from mmtransfer.config import ConfigError, check_files, load_config, read_rules_file
+from mmtransfer.errors import UserError
 from mmtransfer.outputs import write_json
 
 cache_app = typer.Typer(help="The cache of frozen encoders' features: show it, free it.", no_args_is_help=True)
@@ -156,7 +157,7 @@ def _recommend(engine, results: dict, spec, out: Path, auto: Path, apply: Path |
     """study --auto: the best strategy on the validation labels, said with its interval; --apply fits it."""
     best = engine.recommend(results, spec)
     if best is None:
-        ui.fail(ValueError(f"no strategy finished; see the logs in {out / 'cells'}"))
+        ui.fail(UserError(f"no strategy finished; see the logs in {out / 'cells'}"))
     m = best[spec.metric]
     line = (f"recommended: {best['arm']}: validation {spec.metric} {100 * m['mean']:.1f} %"
             + (f" [{100 * m['low']:.1f}, {100 * m['high']:.1f}]" if m["low"] is not None else "")

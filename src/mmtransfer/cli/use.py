@@ -13,6 +13,7 @@ import typer
 from mmtransfer import artifact
 from mmtransfer import cli as ui
 from mmtransfer.display import Grid
+from mmtransfer.errors import UserError
 from mmtransfer.runfolder import CONFIG, RunFolder
 
 
@@ -93,7 +94,7 @@ def predict(
     from mmtransfer.inference import predict as run_predict
 
     if on_bad_rows not in ("error", "skip"):
-        ui.fail(ValueError(f"--on-bad-rows: got {on_bad_rows!r}; expected error or skip"))
+        ui.fail(UserError(f"--on-bad-rows: got {on_bad_rows!r}; expected error or skip"))
     try:
         run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
         _notes(run)
@@ -138,7 +139,7 @@ def export(
     from mmtransfer.export import export_onnx
 
     if format_ != "onnx":
-        ui.fail(ValueError(f"--format: got {format_!r}; supported: onnx"))
+        ui.fail(UserError(f"--format: got {format_!r}; supported: onnx"))
     try:
         run = artifact.load(run_dir, allow_unfinished=allow_unfinished)
         _notes(run)

@@ -50,6 +50,7 @@ from mmtransfer.encoders.hf import build_hf
 from mmtransfer.encoders.info import EncoderInfo, Preset
 from mmtransfer.encoders.rnn import RecurrentEncoder, as_sequence, sequence_features
 from mmtransfer.encoders.tabular import TabularMLP, TokenEncoder
+from mmtransfer.errors import UserError
 from mmtransfer.modalities.base import InputSpec
 
 
@@ -82,11 +83,11 @@ def _with_tokens(spec: InputSpec, build: Callable[..., nn.Module], output_dim: i
 
 def _cnn(shape: tuple[int, ...], output_dim: int, readout: str = "auto", **kwargs) -> ConvEncoder:
     if len(shape) not in (2, 3):
-        raise ValueError(f"cnn encoder expects an input of shape (C, L) or (C, H, W), got {shape}")
+        raise UserError(f"cnn encoder expects an input of shape (C, L) or (C, H, W), got {shape}")
     kernel = kwargs.get("kernel_size", 3)
     if kernel > min(shape[1:]):  # a kernel wider than the input sees mostly padding, at the cost of its square
         size = " x ".join(str(n) for n in shape[1:])
-        raise ValueError(f"kernel_size {kernel}: larger than the input ({size}); at most {min(shape[1:])}")
+        raise UserError(f"kernel_size {kernel}: larger than the input ({size}); at most {min(shape[1:])}")
     if readout == "auto":  # where a stroke or a formant is matters in 2-D; 1-D inputs vary in length
         readout = "grid" if len(shape) == 3 else "mean"
     return ConvEncoder(shape[0], output_dim, dims=len(shape) - 1, readout=readout, input_size=shape[1:], **kwargs)
@@ -100,16 +101,16 @@ def _rnn(shape: tuple[int, ...], output_dim: int, **kwargs) -> RecurrentEncoder:
 def _attention(shape: tuple[int, ...], output_dim: int, **kwargs) -> AttentionEncoder:
     steps, features = sequence_features(shape)
     if steps > kwargs.get("max_len", 512):
-        raise ValueError(f"attention encoder: input has {steps} steps, more than max_len={kwargs['max_len']}")
+        raise UserError(f"attention encoder: input has {steps} steps, more than max_len={kwargs['max_len']}")
     return AttentionEncoder(features, output_dim, **kwargs)
 
 
 def build_cnn(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
     """(C, H, W) gives a 2-D CNN, (C, L) a 1-D CNN; text gives a 1-D CNN over token embeddings."""
     if spec.kind == "tokens" and kwargs.get("kernel_size", 3) % 2 == 0:
-        raise ValueError("cnn over text needs an odd kernel_size, so that padding can be masked exactly")
+        raise UserError("cnn over text needs an odd kernel_size, so that padding can be masked exactly")
     if spec.kind == "tokens" and kwargs.get("readout", "auto") == "grid":
-        raise ValueError("cnn over text needs readout max, mean or auto, so that padding is left out exactly")
+        raise UserError("cnn over text needs readout max, mean or auto, so that padding is left out exactly")
     if spec.kind == "tokens" and kwargs.get("readout", "auto") == "auto":
         kwargs["readout"] = "max"  # did a phrase occur anywhere in the text
     return _with_tokens(spec, _cnn, output_dim, **kwargs)
@@ -125,12 +126,12 @@ def build_attention(spec: InputSpec, output_dim: int, **kwargs) -> nn.Module:
 
 def build_mlp(spec: InputSpec, output_dim: int, **kwargs) -> TabularMLP:
     if spec.kind != "tabular" or len(spec.shape) != 1:
-        raise ValueError(f"mlp encoder expects table columns (tabular [F]), got {spec.kind} {spec.shape}")
+        raise UserError(f"mlp encoder expects table columns (tabular [F]), got {spec.kind} {spec.shape}")
     return TabularMLP(spec.shape[0], output_dim, categorical=spec.categorical, **kwargs)
 
 
 def _no_builder(spec: InputSpec, output_dim: int | None, **kwargs) -> nn.Module:
-    raise ValueError("an encoder of no registered type (custom) is a module only Python can supply")
+    raise UserError("an encoder of no registered type (custom) is a module only Python can supply")
 
 
 # A network trained from scratch needs no metadata beyond its builder: the defaults of EncoderInfo describe it.

@@ -30,7 +30,7 @@ from torch import nn
 
 from mmtransfer.config import AisfxConfig
 from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, Preset, pretrained_or_file
-from mmtransfer.errors import UserError
+from mmtransfer.errors import MissingFile, UserError
 from mmtransfer.modalities.base import InputSpec
 
 SAMPLE_RATE = 44100
@@ -349,17 +349,17 @@ def build_aisfx(
 ) -> AisfxEncoder:
     """The encoder for an audio column of waveforms at 44.1 kHz; ``weights``: another aisfx checkpoint file."""
     if spec.kind != "waveform" or len(spec.shape) != 2 or spec.shape[0] != 1:
-        raise ValueError(
+        raise UserError(
             f"aisfx: expects waveforms [1, samples] (the audio column's features: waveform), got {spec.kind} "
             f"{list(spec.shape)}"
         )
     rate = getattr(spec, "sample_rate", None)
     if rate not in (None, SAMPLE_RATE):
-        raise ValueError(f"aisfx: the audio column is at {rate} Hz; the pretrained weights need sample_rate: 44100")
+        raise UserError(f"aisfx: the audio column is at {rate} Hz; the pretrained weights need sample_rate: 44100")
     if spec.shape[1] <= N_FFT // 2:
-        raise ValueError(f"aisfx: clips of {spec.shape[1]} samples; expected more than {N_FFT // 2}")
+        raise UserError(f"aisfx: clips of {spec.shape[1]} samples; expected more than {N_FFT // 2}")
     if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"aisfx: no weights file {weights}")
+        raise MissingFile(f"aisfx: no weights file {weights}")
     net = pretrained_net(weights) if (pretrained or weights) else EmbeddingNet()
     return AisfxEncoder(net, output_dim, pool=pool, hop=hop)
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmtransfer.encoders.rnn import as_sequence
+from mmtransfer.errors import UserError
 
 
 class AttentionPool(nn.Module):
@@ -21,7 +22,7 @@ class AttentionPool(nn.Module):
     def __init__(self, dim: int, mode: str = "query"):
         super().__init__()
         if mode not in ("attention", "query", "mean"):
-            raise ValueError(f"AttentionPool: mode must be attention, query or mean, got {mode!r}")
+            raise UserError(f"AttentionPool: mode must be attention, query or mean, got {mode!r}")
         self.mode = mode
         self.scale = 1.0 / math.sqrt(dim)
         self.query = nn.Parameter(torch.zeros(dim)) if mode == "query" else None
@@ -63,7 +64,7 @@ class AttentionEncoder(nn.Module):
     ):
         super().__init__()
         if d_model % num_heads:
-            raise ValueError(f"AttentionEncoder: d_model={d_model} is not divisible by num_heads={num_heads}")
+            raise UserError(f"AttentionEncoder: d_model={d_model} is not divisible by num_heads={num_heads}")
         self.input_proj = nn.Linear(input_size, d_model)
         self.pos = nn.Embedding(max_len, d_model)  # learned positions
         nn.init.normal_(self.pos.weight, std=0.02)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmtransfer.errors import UserError
+
 
 class ConvEncoder(nn.Module):
     """Conv -> BatchNorm -> ReLU (-> max-pool) blocks, a readout, a projection to ``output_dim``.
@@ -36,7 +38,7 @@ class ConvEncoder(nn.Module):
     ):
         super().__init__()
         if dims not in (1, 2):
-            raise ValueError(f"ConvEncoder: dims must be 1 or 2, got {dims}")
+            raise UserError(f"ConvEncoder: dims must be 1 or 2, got {dims}")
         conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
         self.dims = dims
         self.pool = pool
@@ -54,13 +56,13 @@ class ConvEncoder(nn.Module):
             )
             c = out
         if readout not in ("mean", "max", "grid"):
-            raise ValueError(f"ConvEncoder: readout must be mean, max or grid, got {readout!r}")
+            raise UserError(f"ConvEncoder: readout must be mean, max or grid, got {readout!r}")
         self.readout = readout
         self.cells: tuple[int, ...] = ()
         features = c
         if readout == "grid":
             if input_size is None or len(input_size) != dims:
-                raise ValueError(f"ConvEncoder: readout grid needs the input's {dims} spatial size(s)")
+                raise UserError(f"ConvEncoder: readout grid needs the input's {dims} spatial size(s)")
             size = self.output_size(input_size)
             self.cells = tuple(min(grid, n) for n in size)
             features = c * int(torch.Size(self.cells).numel())

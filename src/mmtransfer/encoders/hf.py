@@ -19,6 +19,7 @@ from torch import nn
 
 from mmtransfer.config import HFConfig
 from mmtransfer.encoders.info import EncoderInfo, Preset, per_channel
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import PACKAGED_MINILM, from_pretrained, offline, resolve_model_path, why_not_loaded  # noqa: F401 (resolve_model_path moved to hub)
 from mmtransfer.modalities.base import InputSpec
 
@@ -40,40 +41,45 @@ def build_hf(
 
     ``weights=False`` builds the architecture from the folder's config.json alone (a run folder's assets),
     for weights loaded next."""
-    from transformers import AutoConfig, AutoModel  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoConfig, AutoModel  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"hf encoder {path!r} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     if spec.kind not in KINDS:
-        raise ValueError(f"hf encoder: inputs of kind {spec.kind!r} are not supported; supported: {', '.join(KINDS)}")
+        raise UserError(f"hf encoder: inputs of kind {spec.kind!r} are not supported; supported: {', '.join(KINDS)}")
     if pooling not in ("mean", "cls", "pooler"):
-        raise ValueError(f"hf encoder: pooling {pooling!r} unknown; allowed: mean, cls, pooler")
+        raise UserError(f"hf encoder: pooling {pooling!r} unknown; allowed: mean, cls, pooler")
     if spec.kind == "waveform" and pooling != "mean":
-        raise ValueError("hf encoder: audio models have no class token or pooler; use pooling: mean")
+        raise UserError("hf encoder: audio models have no class token or pooler; use pooling: mean")
     if spec.kind == "tokens" and spec.tokenizer is None:
         # Ids from a word vocabulary built on our train set mean nothing to a pretrained embedding table.
-        raise ValueError(f"hf encoder {path!r}: the text column needs the model's tokenizer (tokenizer: {path})")
+        raise UserError(f"hf encoder {path!r}: the text column needs the model's tokenizer (tokenizer: {path})")
     folder = resolve_model_path(path)
     note = " (local_files_only is on: nothing is downloaded)" if local_files_only else ""
     if Path(folder).is_dir() and not (Path(folder) / "config.json").is_file():
-        raise FileNotFoundError(f"hf encoder: no config.json in the model folder {folder}{note}")
+        raise MissingFile(f"hf encoder: no config.json in the model folder {folder}{note}")
     what, loader = "hf encoder", AutoModel if weights else AutoConfig
     try:  # never code from the folder (from_pretrained refuses a folder that asks for it)
         model = from_pretrained(loader, folder, what=what, local_files_only=local_files_only)
         if not weights:
             model = AutoModel.from_config(model, trust_remote_code=False)
     except OSError as err:
-        raise FileNotFoundError(f"hf encoder: {why_not_loaded(folder, err, local_files_only)}") from None
+        raise MissingFile(f"hf encoder: {why_not_loaded(folder, err, local_files_only)}") from None
 
     config, projection = model.config, None
     if hasattr(config, "text_config") and hasattr(config, "vision_config"):  # CLIP-like: two towers
         if tower not in ("text", "vision"):
-            raise ValueError(f"hf encoder {path!r} has a text and a vision tower; set tower: text or vision")
+            raise UserError(f"hf encoder {path!r} has a text and a vision tower; set tower: text or vision")
         if (tower == "text") != (spec.kind == "tokens"):
-            raise ValueError(f"hf encoder {path!r}: the {tower} tower cannot take {spec.kind} inputs")
+            raise UserError(f"hf encoder {path!r}: the {tower} tower cannot take {spec.kind} inputs")
         config = getattr(config, f"{tower}_config")
         projection = getattr(model, "text_projection" if tower == "text" else "visual_projection", None)
         model = getattr(model, f"{tower}_model")
     elif tower is not None:
-        raise ValueError(f"hf encoder {path!r} has a single tower; remove tower: {tower}")
+        raise UserError(f"hf encoder {path!r} has a single tower; remove tower: {tower}")
     _check_input(spec, config, path)
     hidden = projection.out_features if projection is not None else _hidden_size(config)
     return HFEncoder(model, hidden, output_dim, spec, pooling=pooling, projection=projection)
@@ -84,7 +90,7 @@ def _hidden_size(config) -> int:
         return int(config.hidden_size)
     if getattr(config, "hidden_sizes", None):
         return int(config.hidden_sizes[-1])
-    raise ValueError(f"hf encoder: cannot tell the feature size of a {type(config).__name__}")
+    raise UserError(f"hf encoder: cannot tell the feature size of a {type(config).__name__}")
 
 
 def _check_input(spec: InputSpec, config, path: str) -> None:
@@ -92,16 +98,16 @@ def _check_input(spec: InputSpec, config, path: str) -> None:
     if spec.kind == "tokens":
         vocab, positions = getattr(config, "vocab_size", None), getattr(config, "max_position_embeddings", None)
         if vocab and spec.vocab_size and spec.vocab_size > vocab:
-            raise ValueError(f"hf encoder {path!r}: tokenizer has {spec.vocab_size} ids, the model only {vocab}")
+            raise UserError(f"hf encoder {path!r}: tokenizer has {spec.vocab_size} ids, the model only {vocab}")
         if positions and spec.shape[0] > positions:
-            raise ValueError(f"hf encoder {path!r}: max_length {spec.shape[0]} > the model's {positions} positions")
+            raise UserError(f"hf encoder {path!r}: max_length {spec.shape[0]} > the model's {positions} positions")
     elif spec.kind == "image":
         size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
         expected = (size, size) if isinstance(size, int) else tuple(size) if size else None
         if channels and spec.shape[0] != channels:
-            raise ValueError(f"hf encoder {path!r}: images have {spec.shape[0]} channels, the model wants {channels}")
+            raise UserError(f"hf encoder {path!r}: images have {spec.shape[0]} channels, the model wants {channels}")
         if expected and tuple(spec.shape[1:]) != expected:
-            raise ValueError(f"hf encoder {path!r}: images are {tuple(spec.shape[1:])}, the model wants {expected}")
+            raise UserError(f"hf encoder {path!r}: images are {tuple(spec.shape[1:])}, the model wants {expected}")
 
 
 class HFEncoder(nn.Module):
@@ -158,7 +164,7 @@ class HFEncoder(nn.Module):
         """Token states -> one vector: masked mean over real tokens, the first token, or the model's pooler."""
         if self.pooling == "pooler":
             if getattr(out, "pooler_output", None) is None:
-                raise ValueError(f"hf encoder: {type(self.backbone).__name__} has no pooler; use pooling: mean")
+                raise UserError(f"hf encoder: {type(self.backbone).__name__} has no pooler; use pooling: mean")
             return out.pooler_output
         states = out.last_hidden_state
         if self.pooling == "cls":
@@ -254,7 +260,12 @@ def _size(value) -> tuple[tuple[int, int] | None, int | None]:
 
 def save_assets(cfg: HFConfig, folder: Path, what: str) -> None:
     """The model's config.json into ``folder``: with it, the architecture is rebuilt without the model folder."""
-    from transformers import AutoConfig  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoConfig  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"hf encoder {cfg.path!r} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     with offline(cfg.local_files_only):
         config = from_pretrained(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmtransfer.errors import UserError
+
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -35,7 +37,7 @@ def sequence_features(input_shape: tuple[int, ...]) -> tuple[int, int]:
     if len(input_shape) == 2:
         c, length = input_shape
         return length, c
-    raise ValueError(f"sequence encoders expect an input of shape (C, L) or (C, H, W), got {input_shape}")
+    raise UserError(f"sequence encoders expect an input of shape (C, L) or (C, H, W), got {input_shape}")
 
 
 class RecurrentEncoder(nn.Module):
@@ -59,7 +61,7 @@ class RecurrentEncoder(nn.Module):
     ):
         super().__init__()
         if cell not in _CELLS:
-            raise ValueError(f"RecurrentEncoder: cell must be one of {sorted(_CELLS)}, got {cell!r}")
+            raise UserError(f"RecurrentEncoder: cell must be one of {sorted(_CELLS)}, got {cell!r}")
         self.cell = cell
         self.rnn = _CELLS[cell](
             input_size,

@@ -15,6 +15,7 @@ from torch import nn
 from mmtransfer.checkpoint import load_state_file
 from mmtransfer.config import TimmConfig
 from mmtransfer.encoders.info import NO_WEIGHTS, EncoderInfo, per_channel, pretrained_or_file
+from mmtransfer.errors import MissingFile, UserError
 from mmtransfer.hub import offline
 from mmtransfer.modalities.base import InputSpec
 
@@ -50,16 +51,16 @@ def build_timm(
     try:
         import timm  # an optional extra, imported where used (it imports torchvision: seconds)
     except Exception as err:  # ImportError, or torchvision failing to load beside this torch
-        raise ValueError(
+        raise UserError(
             f"timm encoder: timm does not import here ({type(err).__name__}: {err}); "
             "install the timm extra with a torchvision that matches torch, or use type: cnn or hf"
         ) from None
     if spec.kind not in ("image", "spectrogram"):
-        raise ValueError(f"timm encoder: expects images [C, H, W], got {spec.kind} {spec.shape}")
+        raise UserError(f"timm encoder: expects images [C, H, W], got {spec.kind} {spec.shape}")
     kwargs: dict = {"num_classes": 0, "in_chans": spec.shape[0]}
     if weights is not None:
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"timm encoder: no weights file {weights}")
+            raise MissingFile(f"timm encoder: no weights file {weights}")
         if Path(weights).suffix != ".safetensors":  # read it safely first: timm's own reader may unpickle anything
             load_state_file(weights)
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
@@ -68,10 +69,10 @@ def build_timm(
             backbone = timm.create_model(name, pretrained=pretrained or weights is not None, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"timm encoder: unknown model {name!r}") from None
+            raise UserError(f"timm encoder: unknown model {name!r}") from None
         raise
     except OSError as err:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"timm encoder: no local weights for {name!r} (local_files_only is on, nothing is downloaded); "
             f"give weights: a file, or pretrained: false ({err})"
         ) from None

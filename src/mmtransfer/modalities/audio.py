@@ -21,6 +21,7 @@ import torch
 
 from mmtransfer import store
 from mmtransfer.config import AudioColumn
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import from_pretrained, offline, resolve_model_path
 from mmtransfer.modalities.base import BadValue, InputSpec, resolve_path
 from mmtransfer.outputs import atomic_path
@@ -131,16 +132,16 @@ class AudioModality:
         self._window = torch.hann_window(self.cfg.n_fft)
         # AudioColumn checks each field alone; these combinations would fail (or go silently flat) only at collate
         if self.samples < 1:
-            raise ValueError(f"column {name!r}: seconds * sample_rate = {self.samples} samples; expected at least 1")
+            raise UserError(f"column {name!r}: seconds * sample_rate = {self.samples} samples; expected at least 1")
         if self.cfg.features == "logmel" and not self.cfg.extractor:
             if self.samples <= self.cfg.n_fft // 2:  # torch.stft's reflect padding needs this
-                raise ValueError(
+                raise UserError(
                     f"column {name!r}: {self.samples} samples is too short for n_fft={self.cfg.n_fft}; "
                     f"expected more than n_fft / 2 samples"
                 )
             empty = int((self._fb.sum(0) == 0).sum())
             if empty:
-                raise ValueError(
+                raise UserError(
                     f"column {name!r}: n_mels={self.cfg.n_mels} is too many for n_fft={self.cfg.n_fft} at "
                     f"{self.cfg.sample_rate} Hz ({empty} mel bands get no FFT bin); lower n_mels or raise n_fft"
                 )
@@ -242,19 +243,23 @@ class AudioModality:
     def extract(self, examples: list[torch.Tensor]) -> torch.Tensor:
         """The pretrained model's own feature extractor, loaded offline once, on a list of clips."""
         if self._extractor is None:
-            from transformers import AutoFeatureExtractor  # imported here: transformers takes seconds to import
+            try:
+                from transformers import AutoFeatureExtractor  # imported here: transformers takes seconds to import
+            except ImportError:  # the hf extra is not installed
+                raise MissingPackage(
+                    f"audio column {self.name}: the extractor needs transformers, which is not installed: "
+                    "pip install 'mmtransfer[hf]'"
+                ) from None
 
             folder = resolve_model_path(self.cfg.extractor)
             try:
                 with offline():
                     self._extractor = from_pretrained(AutoFeatureExtractor, folder, what="audio extractor")
             except (OSError, ValueError) as err:
-                raise FileNotFoundError(
-                    f"audio column {self.name}: no feature extractor at {folder!r}: {err}"
-                ) from None
+                raise MissingFile(f"audio column {self.name}: no feature extractor at {folder!r}: {err}") from None
             rate = getattr(self._extractor, "sampling_rate", self.cfg.sample_rate)
             if rate != self.cfg.sample_rate:
-                raise ValueError(
+                raise UserError(
                     f"audio column {self.name}: the extractor of {folder} expects {rate} Hz, set sample_rate: {rate}"
                 )
         waves = [e.numpy() for e in examples]

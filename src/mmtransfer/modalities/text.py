@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mmtransfer.config import TextColumn
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import from_pretrained, offline, resolve_model_path, why_not_loaded
 from mmtransfer.modalities.base import BadValue, InputSpec
 
@@ -63,7 +64,7 @@ class TextModality:
 
     def set_vocab(self, vocab: list[str]) -> None:
         if vocab[:2] != [PAD, UNK]:
-            raise ValueError(f"text column {self.name!r}: a word vocabulary starts with {PAD}, {UNK}; got {vocab[:2]}")
+            raise UserError(f"text column {self.name!r}: a word vocabulary starts with {PAD}, {UNK}; got {vocab[:2]}")
         self.vocab = list(vocab)
         self._ids = {word: i for i, word in enumerate(self.vocab)}
 
@@ -118,7 +119,12 @@ def load_tokenizer(name: str, lowercase: bool = True):
 
     A folder holding only ``vocab.txt`` is read as a BERT WordPiece vocabulary.
     """
-    from transformers import AutoTokenizer, BertTokenizer  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoTokenizer, BertTokenizer  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"text tokenizer {name!r} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     folder = resolve_model_path(name)
     path = Path(folder)
@@ -132,7 +138,7 @@ def load_tokenizer(name: str, lowercase: bool = True):
             with offline():
                 tokenizer = from_pretrained(AutoTokenizer, folder, what="text tokenizer", local_files_only=True)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"text tokenizer {name!r}: {why_not_loaded(folder, err, True)}") from None
+        raise MissingFile(f"text tokenizer {name!r}: {why_not_loaded(folder, err, True)}") from None
     if tokenizer.pad_token is None:  # GPT-style tokenizers have none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     _check_vocabulary(tokenizer, name)
@@ -148,6 +154,4 @@ def _check_vocabulary(tokenizer, name: str) -> None:
         return
     ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
     if ids and all(i == tokenizer.unk_token_id for i in ids):
-        raise ValueError(
-            f"text tokenizer {name!r} maps its own vocabulary words ({words[:3]}) to {tokenizer.unk_token}"
-        )
+        raise UserError(f"text tokenizer {name!r} maps its own vocabulary words ({words[:3]}) to {tokenizer.unk_token}")

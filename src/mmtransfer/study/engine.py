@@ -22,6 +22,7 @@ from pathlib import Path
 from mmtransfer.artifact import versions
 from mmtransfer.config import RunConfig, check_files
 from mmtransfer.display import make_console
+from mmtransfer.errors import MissingPackage
 from mmtransfer.runfolder import SPLITS, RunFolder
 from mmtransfer.study.plan import (
     METRICS,
@@ -357,7 +358,7 @@ class _Ray:
         try:  # Ray is an optional extra, and heavy: imported only for --backend ray
             import ray
         except ImportError:
-            raise ValueError("--backend ray needs Ray: pip install 'mmtransfer[ray]'") from None
+            raise MissingPackage("--backend ray needs Ray: pip install 'mmtransfer[ray]'") from None
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
         self.ray, self.remote, self.pending = ray, ray.remote(num_cpus=threads)(run_cell), []

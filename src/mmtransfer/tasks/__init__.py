@@ -12,6 +12,7 @@ A new task is one file with a :class:`Task` subclass and one line here (or :func
 from __future__ import annotations
 
 from mmtransfer.config import TASK_NAMES
+from mmtransfer.errors import UserError
 from mmtransfer.tasks.base import Task, TaskStateError
 from mmtransfer.tasks.classification import Classification
 from mmtransfer.tasks.infer import MANY, infer_task, parse_number, parse_set, strata
@@ -51,7 +52,7 @@ def unregister(name: str) -> None:
 def task_class(name: str) -> type[Task]:
     """The registered task ``name`` (a ValueError naming the registered ones otherwise)."""
     if name not in TASKS:
-        raise ValueError(f"task {name!r:.60}: expected one of {', '.join(TASKS)}")
+        raise UserError(f"task {name!r:.60}: expected one of {', '.join(TASKS)}")
     return TASKS[name]
 
 

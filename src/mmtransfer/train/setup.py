@@ -13,6 +13,7 @@ from torch import nn
 
 from mmtransfer.config import StrategyConfig, TrainConfig
 from mmtransfer.data import Examples, make_loader
+from mmtransfer.train.objectives import TrainingError
 from mmtransfer.transfer import strategies
 from mmtransfer.transfer.freeze import count_parameters, is_frozen, trainable_names
 
@@ -64,7 +65,7 @@ def process_state(cpu: bool = False) -> PartialState:
 def fit_accelerator(cfg: TrainConfig) -> Accelerator:
     """The Accelerator of a fit: ``cfg``'s precision and gradient accumulation; fp16 refused on the CPU."""
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
-        raise ValueError("train.precision fp16 needs a GPU; on the CPU use bf16")
+        raise TrainingError("train.precision fp16 needs a GPU; on the CPU use bf16")
     return make_accelerator(cfg.cpu, cfg.precision, cfg.grad_accumulation)
 
 
@@ -74,7 +75,9 @@ def fit_batch_size(cfg: TrainConfig, n_train: int, processes: int, log: Console 
     if n_train >= cfg.batch_size or processes != 1:
         return cfg
     if cfg.batch_size != TrainConfig.model_fields["batch_size"].default:  # chosen: a mistake to say
-        raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the {n_train} training examples; lower it")
+        raise TrainingError(
+            f"train.batch_size {cfg.batch_size} is larger than the {n_train} training examples; lower it"
+        )
     if log is not None:
         log.print(
             f"note: {n_train} training examples, fewer than the default batch of {cfg.batch_size}: "
@@ -106,10 +109,10 @@ def what_trains(model: nn.Module, strategy: StrategyConfig, processes: int) -> t
     strategies.prepare(model, strategy)
     allowed = set(trainable_names(model))  # a strategy only freezes: what is frozen now stays frozen
     if not allowed:
-        raise ValueError("fit: every parameter is frozen; nothing to train")
+        raise TrainingError("fit: every parameter is frozen; nothing to train")
     if processes > 1 and strategies.changes_over_epochs(strategy):
         # DDP registers the parameters that train when it wraps the model; one unfrozen later would not sync.
-        raise ValueError(f"fit: strategy {strategy.name} changes what trains between epochs; run it on one process")
+        raise TrainingError(f"fit: strategy {strategy.name} changes what trains between epochs; run it on one process")
     return allowed, changing_names(model, allowed)
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmtransfer import resume as resume_mod
+from mmtransfer.errors import UserError
 
 
 def load_changing(model: nn.Module, tensors: dict[str, torch.Tensor], changing: list[str], what: str) -> None:
@@ -18,7 +19,7 @@ def load_changing(model: nn.Module, tensors: dict[str, torch.Tensor], changing: 
     stay as they are. A missing entry is an error naming it."""
     missing = [k for k in changing if k not in tensors]
     if missing:
-        raise ValueError(f"{what} do not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise UserError(f"{what} do not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     model.load_state_dict({k: tensors[k] for k in changing}, strict=False)
 
 
@@ -155,6 +156,9 @@ def start_state(state: FitState, state_dir, resume: bool, main: bool, model, opt
         resume_mod.clean_leftovers(Path(state_dir))
     if resume:
         if state_path is None or not state_path.is_file():
-            raise ValueError(f"nothing to resume: no {resume_mod.CHECKPOINT} in {state_dir}")
-        state.load(state_path, model, optimizer, scheduler, generator, changing)
+            raise UserError(f"nothing to resume: no {resume_mod.CHECKPOINT} in {state_dir}")
+        try:
+            state.load(state_path, model, optimizer, scheduler, generator, changing)
+        except KeyError as err:  # a readable checkpoint whose metadata lacks a field: hand-made, or another version's
+            raise UserError(f"{state_path}: not a training checkpoint this version can resume (no {err})") from None
     return state_path if main else None

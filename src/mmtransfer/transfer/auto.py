@@ -32,6 +32,7 @@ from mmtransfer.cache import add_cached_features
 from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import StrategyConfig
 from mmtransfer.data import LabelUse, make_loader
+from mmtransfer.errors import UserError
 from mmtransfer.runfolder import RunFolder
 from mmtransfer.train import (
     FitResult,
@@ -70,7 +71,7 @@ def train_with_strategy(model, data, cfg, out: Path, console, *, objective, resu
     if name == "lp_ft":
         reason = probe.solvable(model, data.task)
         if reason is not None:
-            raise ValueError(f"train.strategy.name lp_ft starts from a solved linear probe, and here {reason}")
+            raise UserError(f"train.strategy.name lp_ft starts from a solved linear probe, and here {reason}")
         return run.lp_ft()
     if name == "linear_probe":
         reason = probe.solvable(model, data.task)

@@ -19,6 +19,7 @@ from torch import nn
 
 from mmtransfer.config import DistillConfig, TrainConfig
 from mmtransfer.data import Examples, Split, batches
+from mmtransfer.errors import UserError
 from mmtransfer.model import Classifier
 from mmtransfer.train import FeatureMatch, fit
 from mmtransfer.transfer.graft import GraftReport, graft
@@ -94,7 +95,7 @@ def distill(
     teacher = embed_all(source, data)
     student_dim = embed_all(target, data.subset(list(range(min(2, len(data)))))).shape[-1]
     if student_dim != teacher.shape[-1]:
-        raise ValueError(
+        raise UserError(
             f"distill: target embedding has {student_dim} values, source {teacher.shape[-1]}; "
             "set the same model.embed_dim for both so the source head can be grafted"
         )

@@ -6,6 +6,8 @@ import fnmatch
 
 from torch import nn
 
+from mmtransfer.errors import UserError
+
 
 def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     """Freeze every parameter whose name matches a pattern; return the sorted trainable names.
@@ -19,7 +21,7 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
             roots = sorted({n.rsplit(".", 1)[0] for n in names})
-            raise ValueError(f"freeze pattern {pattern!r} matches no parameter; modules with parameters: {roots}")
+            raise UserError(f"freeze pattern {pattern!r} matches no parameter; modules with parameters: {roots}")
     for name, param in model.named_parameters():
         if any(fnmatch.fnmatchcase(name, p) for p in patterns):
             param.requires_grad_(False)

@@ -62,7 +62,7 @@ def compile_rules(rules: Mapping[str, str] | list[tuple[str, str]] | None) -> li
         names = re.findall(r"\{(\w+)\}", pattern)
         wanted = set(re.findall(r"\{(\w+)\}", replacement))
         if len(names) != len(set(names)) or not wanted <= set(names):
-            raise ValueError(
+            raise GraftError(
                 f"graft rule {pattern!r} -> {replacement!r}: each {{placeholder}} may appear once in the pattern, "
                 f"and the replacement may only use the pattern's ({', '.join(names) or 'none'})"
             )
@@ -170,7 +170,7 @@ def plan_graft(
     (['weight'], {'copied': 1, 'adapted': 0, 'skipped': 0, 'new': 1})
     """
     if any("lora_A" in k for k in source_state):
-        raise ValueError(
+        raise GraftError(
             f"graft source {source_name} holds LoRA adapters (lora_A / lora_B beside base_layer weights); "
             "merge them into the base weights first (W + alpha / r * B @ A), or load the run with load_run"
         )
@@ -199,7 +199,7 @@ def plan_graft(
 
     unmatched = [p for p in exclude if p not in used_patterns]
     if unmatched:
-        raise ValueError(
+        raise GraftError(
             f"exclude pattern(s) {unmatched} match no tensor of the target (nor a source tensor matched to one); "
             f"target tensors are named like {next(iter(target_state), '(none)')!r}"
         )

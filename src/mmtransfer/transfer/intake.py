@@ -11,6 +11,7 @@ from rich.console import Console
 from mmtransfer import artifact
 from mmtransfer.config import RunConfig
 from mmtransfer.data import Dataset
+from mmtransfer.errors import UserError
 from mmtransfer.model import Classifier
 from mmtransfer.runfolder import CONFIG, RunFolder
 from mmtransfer.tasks import get_task, task_class
@@ -30,7 +31,7 @@ def transfer_in(
         run = artifact.load(source)
         source_model, source_classes = run.model, run.classes
         if source_classes != data.classes:
-            raise ValueError(f"transfer.source {source}: classes {source_classes} differ from {data.classes}")
+            raise UserError(f"transfer.source {source}: classes {source_classes} differ from {data.classes}")
         # Distil on every train input, labelled or not: the labels are never read.
         unlabelled = data.train_pool
         report, stats = transfer_across(

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mmtransfer.data import batches
+from mmtransfer.errors import UserError
 from mmtransfer.fusion import ConcatFusion
 from mmtransfer.tasks import DEFAULT, TASKS, task_class
 
@@ -86,10 +87,10 @@ def solve_probe(
     x = _numpy(features).astype(np.float64)
     y = _numpy(labels)
     if x.ndim != 2 or len(x) != len(y):
-        raise ValueError(f"solve_probe: features {x.shape} and labels {y.shape} do not pair up row by row")
+        raise UserError(f"solve_probe: features {x.shape} and labels {y.shape} do not pair up row by row")
     solver = task_class(task).probe
     if solver is None:
-        raise ValueError(f"solve_probe: a {task} target has no solved probe ({_probed()})")
+        raise UserError(f"solve_probe: a {task} target has no solved probe ({_probed()})")
     _check_finite(x, row_ids)
     import sklearn.linear_model  # noqa: F401  (loads SciPy's BLAS, so that the limit below reaches it)
     from threadpoolctl import threadpool_limits
@@ -111,7 +112,7 @@ def _check_finite(x: np.ndarray, row_ids: np.ndarray | None) -> None:
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
         first = f"table row {row_ids[bad[0]]}" if row_ids is not None else f"row {bad[0]}"
-        raise ValueError(
+        raise UserError(
             f"linear probe: the embeddings of {len(bad)} of {len(x)} labelled rows are NaN or infinite (the first: "
             f"{first}); check those rows' inputs (a value far outside the others?)"
         )
@@ -140,7 +141,7 @@ def _logistic(x, y, seed, groups, cs, num_classes, class_weight) -> ProbeResult:
 
     present, counts = np.unique(y, return_counts=True)
     if len(present) < 2:
-        raise ValueError(f"solve_probe: every label is class {present[0]}; a probe needs two classes at least")
+        raise UserError(f"solve_probe: every label is class {present[0]}; a probe needs two classes at least")
     num_classes = num_classes or int(present.max()) + 1
     k = min(5, int(counts.min()))
     if groups is not None:

@@ -21,6 +21,7 @@ from mmtransfer.artifact import read_labels, verify
 from mmtransfer.checkpoint import load_state_file, load_weights
 from mmtransfer.encoders.hf import resolve_model_path
 from mmtransfer.encoders.timm_backbone import build_timm
+from mmtransfer.errors import MissingFile, MissingPackage, UserError
 from mmtransfer.hub import ModelFolderError, from_pretrained, why_not_loaded
 from mmtransfer.modalities.base import InputSpec
 from mmtransfer.runfolder import CONFIG, LABELS, RunFolder
@@ -58,12 +59,17 @@ def load_source(source, *, local_files_only: bool = True) -> Source:
     if path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         return Source(load_state_file(path), str(path))
     if path.exists():
-        raise ValueError(f"{path}: not a run folder, Hugging Face folder, .safetensors or .pt/.pth/.bin file")
-    raise FileNotFoundError(f"graft source not found: {text} (use hf:ID for a cached hub id, timm:NAME for timm)")
+        raise UserError(f"{path}: not a run folder, Hugging Face folder, .safetensors or .pt/.pth/.bin file")
+    raise MissingFile(f"graft source not found: {text} (use hf:ID for a cached hub id, timm:NAME for timm)")
 
 
 def _hf(name: str, local_files_only: bool) -> Source:
-    from transformers import AutoModel  # imported here: transformers takes seconds to import
+    try:
+        from transformers import AutoModel  # imported here: transformers takes seconds to import
+    except ImportError:  # the hf extra is not installed
+        raise MissingPackage(
+            f"graft source hf:{name} needs transformers, which is not installed: pip install 'mmtransfer[hf]'"
+        ) from None
 
     path = resolve_model_path(name)
     try:
@@ -71,7 +77,7 @@ def _hf(name: str, local_files_only: bool) -> Source:
     except ModelFolderError:
         raise
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"graft source hf:{name}: {why_not_loaded(path, err, local_files_only)}") from None
+        raise MissingFile(f"graft source hf:{name}: {why_not_loaded(path, err, local_files_only)}") from None
     return Source(dict(model.state_dict()), f"hf:{path}")
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from mmtransfer.config import StrategyConfig
 from mmtransfer.encoders import encoder_info
+from mmtransfer.errors import MissingPackage, UserError
 
 # The attention query and value projections: BERT, RoBERTa, ViT (query, value); CLIP, wav2vec 2.0 (q_proj, v_proj).
 DEFAULT_LORA_TARGETS = ("query", "value", "q_proj", "v_proj")
@@ -79,7 +80,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
             add(f"encoders.{input_name}.{i}", len(parts) - i, part)
         missed = sorted(n for n, _ in encoder.named_parameters(prefix=f"encoders.{input_name}") if n not in taken)
         if missed:
-            raise ValueError(f"encoder {input_name!r}: layer_groups() leaves out parameters {missed}")
+            raise UserError(f"encoder {input_name!r}: layer_groups() leaves out parameters {missed}")
     tops = [name for name, _ in model.named_children() if name != "encoders" and name not in HEAD_SIDE]
     for name in [*tops, *HEAD_SIDE]:
         module = getattr(model, name, None)
@@ -122,7 +123,7 @@ def trainable_in_epoch(
     """Names of the parameters the strategy trains in ``epoch`` (1-based), within ``allowed``; changes nothing."""
     lora_prefixes = tuple(f"{prefix}." for prefix in lora_backbones(model))
     if strategy.name == "lora" and not any(is_lora(n) for n, _ in model.named_parameters()):
-        raise ValueError("strategy lora: the model has no LoRA adapters; call prepare(model, strategy) first")
+        raise UserError("strategy lora: the model has no LoRA adapters; call prepare(model, strategy) first")
     names: set[str] = set()
     for group in layer_groups(model):
         if strategy.name == "lora":
@@ -153,7 +154,7 @@ def schedule(
     """
     names = trainable_in_epoch(model, strategy, epoch, allowed)
     if not names:
-        raise ValueError(f"strategy {strategy.name}: nothing to train in epoch {epoch}")
+        raise UserError(f"strategy {strategy.name}: nothing to train in epoch {epoch}")
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
     return names
@@ -177,7 +178,7 @@ def check_cached(trainable: Collection[str], inputs: Collection[str], strategy: 
         if key.endswith(".features"):
             name = key.removesuffix(".features")
             if any(n.startswith(f"encoders.{name}.") for n in trainable):
-                raise ValueError(
+                raise UserError(
                     f"strategy {strategy.name} trains encoder {name!r} in epoch {epoch}, but its features are "
                     "cached and it never runs; cache features only for encoders frozen in every epoch (linear_probe)"
                 )
@@ -236,7 +237,7 @@ def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
     backbones = lora_backbones(model)
     if not backbones:
         kinds = {n: type(e).__name__ for n, e in sorted((getattr(model, "encoders", None) or {}).items())}
-        raise ValueError(
+        raise UserError(
             f"strategy lora adapts the transformer layers of Hugging Face encoders (type: hf); this model has "
             f"none (encoders: {kinds}); use full, discriminative or gradual_unfreeze"
         )
@@ -244,7 +245,7 @@ def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
         from peft import LoraConfig, inject_adapter_in_model  # an optional extra: imported where used
         from peft.tuners.lora import LoraLayer
     except ImportError:
-        raise ImportError("strategy lora needs PEFT: pip install peft") from None
+        raise MissingPackage("strategy lora needs PEFT: pip install peft") from None
     wanted = set(strategy.lora_targets or DEFAULT_LORA_TARGETS)
     for prefix, backbone in backbones.items():
         if any(isinstance(m, LoraLayer) for m in backbone.modules()):
@@ -252,7 +253,7 @@ def apply_lora(model: nn.Module, strategy: StrategyConfig) -> list[str]:
         found = {n.rsplit(".", 1)[-1] for n, _ in backbone.named_modules() if n.rsplit(".", 1)[-1] in wanted}
         if not found:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if isinstance(m, nn.Linear)})
-            raise ValueError(
+            raise UserError(
                 f"strategy lora: {prefix} has no layer named {sorted(wanted)}; its linear layers are named "
                 f"{linear} (set train.strategy.lora_targets)"
             )
