@@ -28,8 +28,8 @@ SETTINGS = {
 
 def test_every_registered_encoder_is_tested():
     # hf needs a saved Hugging Face model (tests/test_hf.py builds tiny ones); timm: tests/test_timm.py;
-    # efficientnet_lite: tests/test_efficientnet.py
-    assert set(SETTINGS) | {"mlp", "hf", "timm", "efficientnet_lite"} == set(ENCODERS)
+    # efficientnet_lite: tests/test_efficientnet.py; aisfx: tests/test_aisfx.py
+    assert set(SETTINGS) | {"mlp", "hf", "timm", "efficientnet_lite", "aisfx"} == set(ENCODERS)
 
 
 def example(spec: InputSpec, n: int = 5) -> torch.Tensor:
