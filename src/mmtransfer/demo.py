@@ -27,7 +27,7 @@ from mmtransfer.display import Grid, make_console
 from mmtransfer.outputs import write_json, write_text
 from mmtransfer.runfolder import RunFolder
 from mmtransfer.study import Study, StudyConfig, mean_interval
-from mmtransfer.transfer.graft import GraftReport, TensorRecord
+from mmtransfer.transfer.report import GraftReport, TensorRecord
 
 # preset scratch: the demo's networks are the small ones, trained here (digits are 8x8: no ImageNet backbone)
 CNN = ModelConfig(encoders={"image": CNNConfig(channels=[32, 64], stride=1, pool=True)}, embed_dim=64, preset="scratch")

@@ -15,7 +15,6 @@ import typer
 
 from mmtransfer import cache
 from mmtransfer import cli as ui
-from mmtransfer import study as engine
 from mmtransfer.artifact import check_out
 from mmtransfer.cli.fitting import check_header
 from mmtransfer.config import ConfigError, check_files, load_config, read_rules_file
@@ -119,6 +118,9 @@ def study(
     split, never the test split; the best is recommended, and --apply RUN fits it.
     """
     import sys
+
+    # the study engine (numpy, statistics, reports) loads when a study runs, not for every command's --help
+    from mmtransfer import study as engine
 
     if (study_file is None) == (auto is None):
         ui.fail(ConfigError("give a study file, or --auto CONFIG (not both)"))

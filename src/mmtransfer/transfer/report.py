@@ -6,12 +6,12 @@ Shown as a table on the console, saved as JSON and Markdown in a run folder (``t
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
 from rich.text import Text
 
 from mmtransfer.display import Grid
@@ -50,7 +50,7 @@ class GraftReport:
         """Elements per state (a tensor of shape [10, 64] counts 640)."""
         out = dict.fromkeys(STATES, 0)
         for r in self.records:
-            out[r.state] += int(torch.Size(r.shape).numel())
+            out[r.state] += math.prod(r.shape)
         return out
 
     def totals(self) -> str:
