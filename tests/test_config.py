@@ -60,7 +60,10 @@ def test_wrong_value_names_allowed_values():
 
 
 def test_unknown_encoder_type():
-    msg = "model.encoders.image: type 'vgg' unknown; allowed: cnn, rnn, attention, hf, timm, efficientnet_lite, aisfx, mlp"
+    msg = (
+        "model.encoders.image: type 'vgg' unknown; allowed: cnn, rnn, attention, hf, timm, efficientnet_lite, "
+        "aisfx, mlp"
+    )
     with pytest.raises(ConfigError, match=msg):
         load_config(None, ["model.encoders.image.type=vgg"])
 
