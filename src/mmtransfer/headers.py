@@ -112,10 +112,10 @@ def check_names(names: list[str], count: int, path, cfg: DataConfig) -> None:
         )
 
 
-def check_columns(columns: list[str], cfg: DataConfig, name: str) -> None:
+def check_columns(columns: list[str], cfg: DataConfig, name: str, also: list[tuple[str, str, str]] = ()) -> None:
     """The columns a data config names (label, columns, ignore, split_column) must be in the table: a missing one
-    is an error naming it, the nearest column, and the table's columns."""
-    wanted = [("label column", cfg.label, "data.label")]
+    is an error naming it, the nearest column, and the table's columns. ``also``: more (what, column, field)."""
+    wanted = [("label column", cfg.label, "data.label"), *also]
     wanted += [("column", c, f"data.columns.{c}") for c in cfg.columns]
     wanted += [("column", c, "data.ignore") for c in cfg.ignore]
     if cfg.split_column:

@@ -15,8 +15,9 @@ from rich.console import Console
 
 from mmtransfer import artifact
 from mmtransfer.backbones import binder
+from mmtransfer.checkpoint import save_weights
 from mmtransfer.config import CustomConfig, RunConfig
-from mmtransfer.data import Dataset, LabelUse, load_dataset, split_budget
+from mmtransfer.data import Dataset, LabelUse, Pairing, load_dataset, split_budget
 from mmtransfer.display import make_console
 from mmtransfer.errors import MissingFile, UserError
 from mmtransfer.inference import labelled_rows
@@ -24,9 +25,9 @@ from mmtransfer.limits import check_machine
 from mmtransfer.model import Classifier, build_model, check_encoder_names, default_encoder
 from mmtransfer.runfolder import RunFolder
 from mmtransfer.tasks import get_task
-from mmtransfer.train import evaluate, logits_of, process_state, scalar_metrics
+from mmtransfer.train import FitResult, evaluate, logits_of, process_state, scalar_metrics
 from mmtransfer.transfer import strategies
-from mmtransfer.transfer.auto import train_with_strategy
+from mmtransfer.transfer.auto import Trained, train_with_strategy
 from mmtransfer.transfer.freeze import freeze
 from mmtransfer.transfer.intake import graft_from_config, transfer_in  # noqa: F401 (graft_from_config: the CLI's)
 
@@ -95,8 +96,9 @@ def _fit_run(
 ) -> dict:
     folder = RunFolder(out)
     data = load_dataset(
-        cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model), test=test
-    )
+        cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model), test=test,
+        paired=pairing(cfg),
+    )  # fmt: skip
     in_place_of_test = None
     if data.test is None:  # no test rows held out (Predictor.fit): score the selection rows, else the train rows
         in_place_of_test = "val" if data.val is not None else "train"
@@ -126,7 +128,14 @@ def _fit_run(
 
     strategies.prepare(model, cfg.train.strategy)  # lora adapters go in after grafting, before training
     # a solved probe, LP-FT, auto's choice between them, or the strategy's epochs (mmtransfer.transfer.auto)
-    trained = train_with_strategy(model, data, cfg, out, console, objective=None, resume=resume, state=state)
+    if len(data.train) == 0:  # data.k_per_class=0: what the teacher taught is the model
+        console.print("no labelled row: the model is the student the teacher taught, not trained further",
+                      markup=False, highlight=False)  # fmt: skip
+        trained = Trained(FitResult(best_epoch=0, best_val_loss=None, epochs_run=0, seconds=0.0))
+        if state.is_main_process:
+            save_weights(model.state_dict(), folder.weights)
+    else:
+        trained = train_with_strategy(model, data, cfg, out, console, objective=None, resume=resume, state=state)
     # the task's post-fit step: a temperature (classification), thresholds (multilabel), a plot (regression)
     fitted = task.after_fit(lambda split: logits_of(model, split, cpu=cfg.train.cpu), data, cfg, folder, console,
                             write=state.is_main_process)  # fmt: skip
@@ -234,9 +243,18 @@ def resolve_run(cfg: RunConfig, *, source=None, console: Console | None = None) 
     """The config a fit of ``cfg`` would run, every auto setting resolved (it reads and checks the data, as a fit
     does first; nothing is trained or written)."""
     data = load_dataset(
-        cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model)
-    )
+        cfg.data, console=console, validation=cfg.train.validation, source=source, binder=binder(cfg.model),
+        paired=pairing(cfg),
+    )  # fmt: skip
     return resolved_config(cfg, data)
+
+
+def pairing(cfg: RunConfig) -> Pairing | None:
+    """The teacher's and the student's columns of a cross-modal distillation, where the config has one."""
+    distill = cfg.transfer.distill
+    if distill is None or distill.teacher_column is None:
+        return None
+    return Pairing(distill.teacher_column, distill.student_column)
 
 
 def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) -> RunConfig:
@@ -252,6 +270,8 @@ def resolved_config(cfg: RunConfig, data: Dataset, modules: dict | None = None) 
     for name, module in (modules or {}).items():
         encoders[name] = CustomConfig(name=f"{type(module).__module__}.{type(module).__qualname__}")
     data_update = {"task": data.task}
+    if data.ignored is not None:  # a teacher's column (and with a student column, the others) never read
+        data_update["ignore"] = data.ignored
     if data.columns:
         data_update["columns"] = dict(data.columns)
     return cfg.model_copy(

@@ -142,7 +142,11 @@ def check_header(cfg, where: str) -> None:
             return  # read_table names the line
         except OSError as err:
             raise ConfigError(f"{where}: data.table {cfg.data.table}: cannot read: {err.strerror or err}") from None
-        check_columns(columns, cfg.data, cfg.data.table)
+        distill = cfg.transfer.distill
+        paired = [(f"{who} column", column, f"transfer.distill.{who}_column")
+                  for who, column in (("teacher", distill and distill.teacher_column),
+                                      ("student", distill and distill.student_column)) if column]  # fmt: skip
+        check_columns(columns, cfg.data, cfg.data.table, also=paired)
 
 
 def _interrupted(out: Path, config: Path | None, data: Path | None, label: str | None, sets: list[str]) -> None:

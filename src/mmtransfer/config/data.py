@@ -238,10 +238,12 @@ class DataConfig(_Strict):
     )
     k_per_class: int | None = Field(
         None,
-        ge=1,
+        ge=0,
         le=limits.MAX_PER_CLASS,
         description="Label budget: k labelled examples per class in all, drawn from the train split; with "
-        "train.validation auto, the labels that select the model (early stopping) come out of these k.",
+        "train.validation auto, the labels that select the model (early stopping) come out of these k. 0: no "
+        "label at all, only with cross-modal distillation (transfer.distill.teacher_column): the model is what "
+        "the teacher taught, not trained further.",
     )
     label_fraction: float | None = Field(
         None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from mmtransfer.config.base import ConfigError, _Strict
 from mmtransfer.config.data import DataConfig
@@ -24,6 +24,24 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+    @model_validator(mode="after")
+    def _labels_or_teacher(self):
+        distill = self.transfer.distill
+        paired = distill is not None and distill.teacher_column is not None
+        if self.data.k_per_class == 0 and not paired:
+            raise ValueError(
+                "data.k_per_class=0 trains with no label: only a teacher can (transfer.source with "
+                "transfer.distill.teacher_column, a column of the same rows the teacher reads)"
+            )
+        if paired and self.transfer.source is None:
+            raise ValueError("transfer.distill.teacher_column: set transfer.source, the run that teaches")
+        if paired and self.data.table is None:
+            raise ValueError(
+                "transfer.distill.teacher_column names a column of data.table; a folder or a built-in dataset "
+                "holds no second column of the same rows"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -273,7 +291,8 @@ def _describe(error: dict[str, Any]) -> str:
         key = ctx["discriminator"].strip("'")
         return f"  {field}: needs a {key!r} field"
     if error["type"] == "value_error":  # a check across fields: its message says it all
-        return f"  {field}: {error['msg'].removeprefix('Value error, ')}"
+        msg = error["msg"].removeprefix("Value error, ")
+        return f"  {field}: {msg}" if field else f"  {msg}"  # across sections: the message names the fields
     got = repr(error.get("input"))
     got = got if len(got) <= 200 else got[:200] + f"... ({len(got):,} characters)"
     return f"  {field}: got {got}; {error['msg'].lower()}"

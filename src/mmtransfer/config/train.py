@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmtransfer import limits
 from mmtransfer.config.base import Seed, _Strict
@@ -129,6 +129,48 @@ class DistillConfig(_Strict):
     epochs: int = Field(40, ge=1, le=limits.MAX_EPOCHS)
     lr: float = Field(3e-3, gt=0, le=10)
     batch_size: int = Field(64, ge=1, le=limits.MAX_BATCH)
+    teacher_column: str | None = Field(
+        None,
+        description="Cross-modal distillation: the table column the source run (the teacher) reads in place of "
+        "its own input, beside this run's in the same row (an image and a recording of the same thing). The "
+        "teacher's outputs on it train this run on every train row, no label read; this run never reads the "
+        "column. None: the teacher reads the same inputs as this run (feature distillation).",
+    )
+    student_column: str | None = Field(
+        None,
+        description="With teacher_column: the one column this run reads (the others are ignored); none: every "
+        "input column but the teacher's.",
+    )
+    match: Literal["auto", "probs", "embedding", "both"] = Field(
+        "auto",
+        description="What the student matches: the teacher's temperature-softened class probabilities (probs, "
+        "Hinton et al. 2015; the student's head trains with it), its fused embedding (embedding: MSE, then the "
+        "teacher's head grafted by label name; needs the same model.embed_dim), or both. auto: probs with a "
+        "teacher_column, else embedding.",
+    )
+    temperature: float = Field(
+        4.0,
+        gt=0,
+        le=100,
+        description="probs: the softmax temperature of teacher and student (the loss is scaled by T^2).",
+    )
+
+    @model_validator(mode="after")
+    def _two_columns(self):
+        if self.teacher_column is not None and self.teacher_column == self.student_column:
+            raise ValueError(
+                f"teacher_column and student_column are both {self.teacher_column!r}: the teacher and the student "
+                "read different columns of the same rows"
+            )
+        if self.student_column is not None and self.teacher_column is None:
+            raise ValueError("student_column goes with teacher_column (the column the teacher reads)")
+        return self
+
+    def resolved_match(self) -> str:
+        """What is matched: ``match``, with auto resolved (probs across columns, else the embedding)."""
+        if self.match != "auto":
+            return self.match
+        return "probs" if self.teacher_column is not None else "embedding"
 
 
 class TransferConfig(_Strict):

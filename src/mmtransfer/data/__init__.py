@@ -32,11 +32,14 @@ from mmtransfer.data.splits import (
     stratified_halves,
     stratified_split,
 )
+from mmtransfer.data.table import PairedColumn, Pairing
 
 __all__ = [
     "Dataset",
     "Examples",
     "LabelUse",
+    "PairedColumn",
+    "Pairing",
     "Split",
     "_digits",
     "_mnist1d",

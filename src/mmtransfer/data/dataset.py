@@ -70,6 +70,8 @@ class Dataset:
     preprocessor: Any = None  # tables: the fitted TablePreprocessor, which new rows go through
     columns: dict = field(default_factory=dict)  # tables: every input column as bound, no setting left auto
     encoders: dict = field(default_factory=dict)  # tables: the encoder model.preset chose for a column, by input
+    paired: Any = None  # a Pairing's teacher column: its cells by table row, and where relative paths resolve
+    ignored: list[str] | None = None  # data.ignore as applied, where a Pairing added columns to it
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:

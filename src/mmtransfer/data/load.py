@@ -18,7 +18,7 @@ from mmtransfer.data.splits import (
     stratified_halves,
     stratified_split,
 )
-from mmtransfer.data.table import load_table_dataset
+from mmtransfer.data.table import Pairing, load_table_dataset
 from mmtransfer.modalities.base import DataError
 from mmtransfer.tasks import strata, task_class
 
@@ -31,6 +31,7 @@ def load_dataset(
     source=None,
     binder: Binder | None = None,
     test: bool = True,
+    paired: Pairing | None = None,
 ) -> Dataset:
     """Load the table of ``cfg.table`` or a built-in dataset, with seeded splits, the label budget applied
     (``k_per_class`` or ``label_fraction``) and the selection labels chosen as ``validation`` says
@@ -44,9 +45,10 @@ def load_dataset(
     ``source`` is a table given directly (a DataFrame, or a path) instead of ``cfg.table``. ``binder``
     (:func:`mmtransfer.backbones.binder` of the run's model config) binds each table column to the encoder that
     will read it, and so resolves the settings left auto (an image column's size under a pretrained backbone);
-    without it the modalities' own defaults apply. Without ``test``
-    a table holds no test rows out (``data.test`` is None unless its split column names some); a built-in
-    dataset keeps its test split.
+    without it the modalities' own defaults apply. ``paired`` (a table's) names a teacher's column, never an
+    input here (:class:`~mmtransfer.data.table.Pairing`); ``k_per_class=0`` then leaves no labelled row.
+    Without ``test`` a table holds no test rows out (``data.test`` is None unless its split column names some);
+    a built-in dataset keeps its test split.
     """
     if validation not in ("auto", "none", "split"):
         raise ValueError(f"validation must be auto, none or split, got {validation!r}")
@@ -59,7 +61,7 @@ def load_dataset(
     halved = cfg.pool != "all"  # halve every non-test row first, then hold out validation within the half
     if cfg.table is not None or cfg.folder is not None or source is not None:
         data = load_table_dataset(
-            cfg, source, console=console, hold_out=hold_out and not halved, binder=binder, test=test
+            cfg, source, console=console, hold_out=hold_out and not halved, binder=binder, test=test, paired=paired
         )
     else:
         data = _builtin(cfg, hold_out=hold_out and not halved)
@@ -73,7 +75,10 @@ def load_dataset(
             f"data.k_per_class={cfg.k_per_class}: a {data.task} target has no single class per row to draw k of; "
             "give the budget as data.label_fraction"
         )
-    if budget is not None:
+    if cfg.k_per_class == 0:  # no label: what a teacher taught is the model (cross-modal distillation)
+        data.train, data.val, used = data.train.subset([]), None, "none"
+        note = "no label trains or selects the model: the teacher's outputs on the paired column taught it"
+    elif budget is not None:
         if cfg.k_per_class is not None:
             labelled = k_per_class(data.train, cfg.k_per_class, seed=cfg.seed, classes=data.classes)
         else:

@@ -13,13 +13,14 @@ a quoted cell may span lines).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from mmtransfer.config import ColumnConfig, DataConfig
+from mmtransfer.config import ColumnConfig, DataConfig, did_you_mean
 from mmtransfer.data.columns import Binder, bind, bind_columns, print_binding
 from mmtransfer.data.dataset import Dataset
 from mmtransfer.data.labels import check_labels, check_target, read_target, refuse_or_skip
@@ -29,6 +30,26 @@ from mmtransfer.data.splits import assign_splits
 from mmtransfer.modalities.base import BadCell, DataError
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """Two columns of the same rows read by two models (cross-modal distillation): the teacher's column is kept
+    as read and is never an input of this run; the student's, where named, is this run's only input."""
+
+    teacher: str
+    student: str | None = None
+
+
+@dataclass
+class PairedColumn:
+    """The teacher's column of a paired table: its cells by table row, and the folder relative paths resolve
+    against."""
+
+    name: str
+    values: np.ndarray
+    base: Path
+    table: str
+
+
 def load_table_dataset(
     cfg: DataConfig,
     source: str | Path | pd.DataFrame | None = None,
@@ -36,15 +57,21 @@ def load_table_dataset(
     hold_out: bool = True,
     binder: Binder | None = None,
     test: bool = True,
+    paired: Pairing | None = None,
 ) -> Dataset:
     """Read, bind, check and fit a table into a :class:`~mmtransfer.data.Dataset` whose splits are
     :class:`~mmtransfer.data.preprocess.RowSplit`: image and audio cells are decoded batch by batch, never all at
     once. ``data.preprocessor`` is the fitted :class:`~mmtransfer.data.preprocess.TablePreprocessor`. Without
-    ``test`` no test rows are drawn, and ``data.test`` is None unless a split column names some."""
+    ``test`` no test rows are drawn, and ``data.test`` is None unless a split column names some. ``paired``
+    keeps a teacher's column out of the inputs (``data.paired`` holds its cells)."""
     df, base, name, cfg = read_source(cfg, source)
     if len(df) == 0:
         raise DataError(f"{name}: no rows (only a header?); nothing to train on")
     _say_skipped_files(df, console)
+    ignored = None
+    if paired is not None:
+        cfg = paired_config(list(df.columns), cfg, paired, name)
+        ignored = list(cfg.ignore)
     columns, how = bind_columns(df, cfg, name)
     binding = (binder or bind)(columns)  # every auto setting resolved once, from the encoder reading it
     columns = binding.columns
@@ -76,12 +103,40 @@ def load_table_dataset(
     )
     data.preprocessor = pre
     data.task = target.task
+    if paired is not None:
+        values = df[paired.teacher].to_numpy(dtype=object)
+        data.paired, data.ignored = PairedColumn(paired.teacher, values, Path(base), name), ignored
     data.columns, data.encoders = columns, binding.encoders
     data.preprocessing = {
         **pre.state(),
         "skipped_rows": [{"row": b.row, "column": b.column, "reason": b.reason, "file": b.file} for b in bad],
     }
     return data
+
+
+def paired_config(columns: list, cfg: DataConfig, paired: Pairing, name: str) -> DataConfig:
+    """The data config the student reads a paired table with: the teacher's column ignored, and with a student
+    column named, every other column but the label and the split column. Both columns must be in the table."""
+    for field_name, column in (("teacher_column", paired.teacher), ("student_column", paired.student)):
+        if column is not None and column not in columns:
+            hint = did_you_mean(column, [str(c) for c in columns])
+            raise DataError(f"{name}: no column {column!r} (transfer.distill.{field_name}){hint or ';'} its "
+                            f"columns: {', '.join(map(str, columns))}")  # fmt: skip
+    roles = dict.fromkeys(cfg.columns, "in data.columns")
+    roles.update({cfg.label: "the label", cfg.split_column: "the split column"})
+    role = roles.get(paired.teacher)
+    if role is not None:
+        raise DataError(
+            f"{name}: transfer.distill.teacher_column {paired.teacher!r} is {role}; the teacher's column is "
+            "read by the teacher only, never by this run"
+        )
+    ignore = [*cfg.ignore, paired.teacher]
+    if paired.student is not None:
+        keep = {paired.student, cfg.label, cfg.split_column}
+        ignore += [c for c in columns if c not in keep and c not in ignore]
+        columns_cfg = {c: v for c, v in cfg.columns.items() if c == paired.student}
+        return cfg.model_copy(update={"ignore": ignore, "columns": columns_cfg})
+    return cfg.model_copy(update={"ignore": ignore})
 
 
 def _say_skipped_files(df: pd.DataFrame, console: Console | None) -> None:

@@ -48,6 +48,7 @@ from mmtransfer.train.objectives import (
     Multilabel,
     Objective,
     Regression,
+    SoftTargets,
     TrainingError,
     balanced_weights,
     default_objective,
@@ -74,7 +75,8 @@ from mmtransfer.train.state import FitResult, FitState, load_changing, start_sta
 
 __all__ = [
     "EVAL_BATCH", "Classification", "FeatureMatch", "FitResult", "FitState", "Multilabel", "Objective",
-    "Regression", "RunLog", "TrainingError", "balanced_weights", "changing_names", "epoch_line", "evaluate",
+    "Regression", "RunLog", "SoftTargets", "TrainingError", "balanced_weights", "changing_names", "epoch_line",
+    "evaluate",
     "fit", "inference", "load_changing", "logits_of", "make_accelerator", "on_cpu", "process_state",
     "progress_bar", "save_weights", "scalar_metrics", "train_mode", "warmup_cosine",
 ]  # fmt: skip

@@ -16,6 +16,7 @@ __all__ = [
     "Multilabel",
     "Objective",
     "Regression",
+    "SoftTargets",
     "TrainingError",
     "balanced_weights",
     "default_objective",
@@ -35,6 +36,28 @@ class FeatureMatch(Objective):
 
     def loss(self, model, inputs, targets):
         return nn.functional.mse_loss(model(inputs), targets)
+
+
+class SoftTargets(Objective):
+    """Distillation from a teacher's outputs (Hinton, Vinyals & Dean 2015): the KL divergence from the teacher's
+    temperature-softened class probabilities (the first ``classes`` values of each target row) to the student's,
+    scaled by T^2 so that its gradients keep their size whatever T; where the rows hold more (``embedding``), the
+    rest is the teacher's embedding, matched by mean squared error against the rest of the student's output."""
+
+    validates = False
+
+    def __init__(self, temperature: float, classes: int, embedding: bool = False):
+        self.temperature, self.classes, self.embedding = temperature, classes, embedding
+
+    def loss(self, model, inputs, targets):
+        out, c, t = model(inputs), self.classes, self.temperature
+        loss = out.new_zeros(())
+        if c:
+            log_student = nn.functional.log_softmax(out[:, :c] / t, dim=-1)
+            loss = nn.functional.kl_div(log_student, targets[:, :c], reduction="batchmean") * t * t
+        if self.embedding:
+            loss = loss + nn.functional.mse_loss(out[:, c:], targets[:, c:])
+        return loss
 
 
 def default_objective(model: nn.Module, labels: torch.Tensor, class_weights: str | None) -> Objective:

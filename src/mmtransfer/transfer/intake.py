@@ -16,7 +16,7 @@ from mmtransfer.model import Classifier
 from mmtransfer.runfolder import CONFIG, RunFolder
 from mmtransfer.tasks import get_task, task_class
 from mmtransfer.train import evaluate, scalar_metrics
-from mmtransfer.transfer.distill import transfer_across
+from mmtransfer.transfer.distill import teach_across, transfer_across
 from mmtransfer.transfer.graft import GraftReport, graft
 from mmtransfer.transfer.sources import load_source
 
@@ -27,7 +27,9 @@ def transfer_in(
     """Move the source's knowledge into ``model``; print the report; return what is to be written."""
     source = Path(cfg.transfer.source)
     record: dict = {"source": str(source)}
-    if cfg.transfer.distill is not None:
+    if cfg.transfer.distill is not None and cfg.transfer.distill.teacher_column is not None:
+        report = _taught(cfg, model, data, source, record, console)
+    elif cfg.transfer.distill is not None:
         run = artifact.load(source)
         source_model, source_classes = run.model, run.classes
         if source_classes != data.classes:
@@ -60,6 +62,42 @@ def transfer_in(
         console.print(f"before any training: test accuracy {record['before_training']['accuracy']:.4f}",
                       markup=False, highlight=False)  # fmt: skip
     return record, report
+
+
+def _taught(cfg: RunConfig, model: Classifier, data: Dataset, source: Path, record: dict, console) -> GraftReport:
+    """Cross-modal distillation: the source run reads the paired column and teaches ``model`` on every train
+    row; with an embedding to match, the teacher's head is grafted by label name first."""
+    distill = cfg.transfer.distill
+    teacher = artifact.load(source)
+    column = distill.teacher_column
+    match = distill.resolved_match()
+    report = graft(
+        teacher.model,
+        model,
+        select=["head.*"] if match in ("embedding", "both") else [],
+        unselected_reason=f"trained by distillation from the teacher's outputs on column {column!r}",
+        source_classes=teacher.classes,
+        target_classes=data.classes,
+        exclude=cfg.transfer.exclude,
+    )
+    stats = teach_across(
+        teacher, model, data, distill, on_bad_rows=cfg.data.on_bad_rows, seed=cfg.train.seed,
+        progress=cfg.train.progress, cpu=cfg.train.cpu, console=console,
+    )  # fmt: skip
+    record["distill"] = stats.to_dict()
+    skipped = f" ({stats.left_out} pair(s) left out: a bad cell in {column!r})" if stats.left_out else ""
+    agreement = ""
+    if match != "embedding":
+        agreement = (f": the student's top class agrees with the teacher's on {100 * stats.agreement_before:.1f} "
+                     f"-> {100 * stats.agreement_after:.1f} % of them, KL {stats.kl_before:.3f} -> "
+                     f"{stats.kl_after:.3f}")  # fmt: skip
+    console.print(
+        f"taught by {source} reading column {column!r} ({match}, T={stats.temperature:g}) on {stats.pairs} "
+        f"unlabelled pairs in {stats.seconds:.1f} s{skipped}{agreement}",
+        markup=False,
+        highlight=False,
+    )
+    return report
 
 
 def graft_from_config(cfg: RunConfig, model: Classifier, data: Dataset, *, dry_run: bool = False) -> GraftReport:
