@@ -85,13 +85,13 @@ def main() -> None:
             calibration = [s["calibration"] for s in states if "calibration" in s]
             missing = len(states) - len(calibration)
             if not calibration:
-                ece.append([engine.budget_label(b), arm, "not fitted", "-", "-", f"{missing} of {len(files)}"])
+                ece.append([engine.budget_label(b), arm, "not fitted", "-", "-", f"{missing} of {len(states)}"])
                 continue
             before = [100 * c["test"]["ece_before"] for c in calibration]
             after = [100 * c["test"]["ece_after"] for c in calibration]
             temps = [c["temperature"] for c in calibration]
             ece.append([engine.budget_label(b), arm, f"{np.mean(temps):.2f}", f"{np.mean(before):.2f}",
-                        f"{np.mean(after):.2f}", f"{missing} of {len(files)}"])  # fmt: skip
+                        f"{np.mean(after):.2f}", f"{missing} of {len(states)}"])  # fmt: skip
     console.print(Grid("test recall per class (%), mean ± std over seeds", ["budget", "arm", "labels",
                        *[f"recall {c}" for c in classes]], rows))  # fmt: skip
     console.print(Grid("calibration on the test split: temperature fitted on the validation labels; expected "

@@ -114,7 +114,7 @@ def test_a_study_too_large_is_refused_at_once_naming_seeds_and_cells(tmp_path):
         ("seeds: 1000000\narms: {a: {}}\n", "seeds: 1,000,000 seeds: at least 1 and at most 1,000"),
         ("seeds: [0, 0]\narms: {a: {}}\n", "seeds: a seed is listed twice"),
         ("seeds: [-1]\narms: {a: {}}\n", "each seed from 0 to 4,294,967,295"),
-        ("budgets: [100000000]\narms: {a: {}}\n", "budget 100000000: an int from 1 to 10,000,000"),
+        ("budgets: [100000000]\narms: {a: {}}\n", "budget 100000000: an int from 0 to 10,000,000"),
         (
             f"seeds: 1000\nbudgets: {list(range(1, 12))}\narms: {{a: {{}}}}\n",
             "11,000 runs (1 arms x 11 budgets, x 1000 seeds): at most 10,000 in one study",

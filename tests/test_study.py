@@ -140,7 +140,7 @@ def test_a_failing_arm_is_reported_and_the_others_finish(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"budgets": [0]}, "budgets: budget 0"),
+        ({"budgets": [0]}, "data.k_per_class=0 trains with no label: only a teacher can"),
         ({"reference": "nope"}, "reference 'nope' is not an arm"),
         ({"arms": {"a b": {}}}, "arm name 'a b'"),
         ({"arms": {"scratch": {}, "fast": {"train.lr": "fast"}}}, "arm fast, budget k=5, seed 0"),

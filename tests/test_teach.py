@@ -19,6 +19,7 @@ from mmtransfer.config import (
     TrainConfig,
     TransferConfig,
     load_config,
+    validate,
 )
 from mmtransfer.errors import UserError
 from mmtransfer.runfolder import RunFolder
@@ -184,3 +185,14 @@ def test_a_teacher_must_know_the_students_classes(paired, tmp_path):
     with pytest.raises(UserError, match=r"does not know the class\(es\) \['purple'\]"):
         fit_run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "weights.safetensors").exists()
+
+
+def test_the_readme_student_config_is_valid():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = re.search(r"```text\n(# student\.yaml:.*?)```", readme, re.S).group(1)
+    cfg = validate(yaml.safe_load(body))
+    assert cfg.data.k_per_class == 0 and cfg.transfer.distill.teacher_column == "image"
+    assert cfg.transfer.distill.resolved_match() == "probs"

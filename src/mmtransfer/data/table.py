@@ -130,7 +130,7 @@ def paired_config(columns: list, cfg: DataConfig, paired: Pairing, name: str) ->
             f"{name}: transfer.distill.teacher_column {paired.teacher!r} is {role}; the teacher's column is "
             "read by the teacher only, never by this run"
         )
-    ignore = [*cfg.ignore, paired.teacher]
+    ignore = [*cfg.ignore, *([] if paired.teacher in cfg.ignore else [paired.teacher])]
     if paired.student is not None:
         keep = {paired.student, cfg.label, cfg.split_column}
         ignore += [c for c in columns if c not in keep and c not in ignore]

@@ -34,7 +34,8 @@ class StudyConfig(BaseModel):
     budgets: list[Budget] = Field(
         default_factory=lambda: ["all"],
         description="Label budgets: an int is k labelled examples per class, a float in (0, 1) a share of the "
-        "train labels, 'all' every one. The labels that select the best epoch come out of the same budget.",
+        "train labels, 'all' every one. The labels that select the best epoch come out of the same budget. 0: no "
+        "label at all, for arms taught by a teacher column (transfer.distill.teacher_column).",
     )
     seeds: int | list[int] = Field(
         3,
@@ -68,10 +69,11 @@ class StudyConfig(BaseModel):
         if not budgets:
             raise ValueError("give at least one budget")
         for b in budgets:
-            small, large = isinstance(b, int) and b < 1, isinstance(b, int) and b > limits.MAX_PER_CLASS
+            small, large = isinstance(b, int) and b < 0, isinstance(b, int) and b > limits.MAX_PER_CLASS
             if isinstance(b, bool) or small or large or (isinstance(b, float) and not 0 < b < 1):
                 raise ValueError(
-                    f"budget {b!r}: an int from 1 to {limits.MAX_PER_CLASS:,} (per class), a float in (0, 1) or 'all'"
+                    f"budget {b!r}: an int from 0 to {limits.MAX_PER_CLASS:,} (per class; 0: no label, for arms a "
+                    "teacher teaches), a float in (0, 1) or 'all'"
                 )
         if len({budget_name(b) for b in budgets}) != len(budgets):
             raise ValueError("a budget is listed twice")
