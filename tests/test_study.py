@@ -493,3 +493,19 @@ def test_auto_compares_lp_ft_where_the_model_starts_from_pretrained_features(tmp
     assert "lp_ft" not in engine.auto_study(config)[0].arms
     config.write_text("model: {encoders: {image: {type: efficientnet_lite, pretrained: false}}}\n")
     assert "lp_ft" not in engine.auto_study(config)[0].arms  # digits, and an EfficientNet without its weights
+
+
+def test_a_cell_runs_the_config_its_arm_gives_with_the_settings_left_to_the_encoder(tmp_path):
+    """A study cell's config reaches its process with only the fields it sets, so what a column leaves to its
+    encoder (an audio column under aisfx: 44.1 kHz waveforms) is resolved as a fit of the same config does."""
+    from mmtransfer.config import RunConfig
+
+    (tmp_path / "t.csv").write_text("audio,label\na.wav,x\n")
+    base = {"data": {"table": "t.csv", "columns": {"audio": {"modality": "audio", "seconds": 5.0}}}}
+    spec = engine.StudyConfig(base=base, budgets=[5], seeds=1, arms={"a": {"model.encoders.audio": {"type": "aisfx"}}})
+    study = engine.Study(spec, base, tmp_path, tmp_path / "s")
+    cfg_json = study._job({"arm": "a", "budget": 5, "budget_name": "k5", "seed": 0}, 1)[0]
+    column = RunConfig.model_validate(cfg_json).data.columns["audio"]
+    assert column.model_fields_set == {"modality", "seconds"}
+    resolved = column.resolved({"sample_rate": 44100, "features": "waveform", "seconds": 2.0})
+    assert (resolved.sample_rate, resolved.features, resolved.seconds) == (44100, "waveform", 5.0)

@@ -234,8 +234,11 @@ class Study:
         """run_cell's arguments for cell ``c`` (a source run is always scored on its test split, unablated)."""
         arm = "source" not in c
         ablate = self.study.ablation and not self.selection_only
-        return (self.configs[cell_id(c)].model_dump(mode="json"), str(self.out / "cells" / cell_id(c)), c,
-                ablate and arm, self.selection_only and arm, threads)  # fmt: skip
+        # only the fields the cell's config sets: a setting left to its default stays one, so the encoder that
+        # reads a column still resolves it (an audio column under aisfx: 44.1 kHz waveforms), as in a fit
+        cfg_json = self.configs[cell_id(c)].model_dump(mode="json", exclude_unset=True)
+        return (cfg_json, str(self.out / "cells" / cell_id(c)), c, ablate and arm, self.selection_only and arm,
+                threads)  # fmt: skip
 
     def _log_record(self, record: dict) -> None:
         """The record into cells.jsonl, and a line with its count and the time left."""
