@@ -509,3 +509,15 @@ def test_a_cell_runs_the_config_its_arm_gives_with_the_settings_left_to_the_enco
     assert column.model_fields_set == {"modality", "seconds"}
     resolved = column.resolved({"sample_rate": 44100, "features": "waveform", "seconds": 2.0})
     assert (resolved.sample_rate, resolved.features, resolved.seconds) == (44100, "waveform", 5.0)
+
+
+def test_confusion_matrices_of_seeds_with_different_classes_add_up_by_name():
+    from mmtransfer.study.report import summed_confusion
+
+    runs = [
+        {"classes": ["a", "b"], "test": {"confusion": [[3, 1], [0, 4]]}},
+        {"classes": ["a", "c", "b"], "test": {"confusion": [[1, 0, 0], [0, 2, 1], [0, 0, 5]]}},
+    ]
+    classes, matrix = summed_confusion(runs)
+    assert classes == ["a", "b", "c"]
+    assert matrix.tolist() == [[4, 1, 0], [0, 9, 0], [0, 1, 2]]

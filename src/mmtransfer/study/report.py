@@ -322,13 +322,26 @@ def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Pat
         runs = [r for r in records if r["arm"] == arm and r["budget_name"] == budget_name(largest)]
         if not runs or any("confusion" not in r["test"] for r in runs):  # a regression target: no classes
             continue
-        matrix = np.sum([np.asarray(r["test"]["confusion"]) for r in runs], axis=0)
+        classes, matrix = summed_confusion(runs)
         title = f"{arm}, {budget_label(largest)}: confusion summed over {len(runs)} seeds"
-        fig = confusion_figure(matrix, runs[0]["classes"], title)
+        fig = confusion_figure(matrix, classes, title)
         paths.append(out / f"confusion_{arm}.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def summed_confusion(runs: list[dict]) -> tuple[list[str], np.ndarray]:
+    """(classes, matrix): the runs' test confusion matrices summed class by class, by name; a run whose table
+    lacks a class (a seed's own table) adds nothing to that class's row and column."""
+    classes = sorted({c for r in runs for c in r["classes"]}, key=lambda c: min(
+        r["classes"].index(c) for r in runs if c in r["classes"]))  # fmt: skip
+    where = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for r in runs:
+        index = np.array([where[c] for c in r["classes"]])
+        matrix[np.ix_(index, index)] += np.asarray(r["test"]["confusion"], dtype=np.int64)
+    return classes, matrix
 
 
 def _tick(b: Budget, per_class: float) -> str:
