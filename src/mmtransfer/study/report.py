@@ -333,9 +333,9 @@ def write_plots(records: list[dict], summary: dict, study: StudyConfig, out: Pat
 
 def summed_confusion(runs: list[dict]) -> tuple[list[str], np.ndarray]:
     """(classes, matrix): the runs' test confusion matrices summed class by class, by name; a run whose table
-    lacks a class (a seed's own table) adds nothing to that class's row and column."""
-    classes = sorted({c for r in runs for c in r["classes"]}, key=lambda c: min(
-        r["classes"].index(c) for r in runs if c in r["classes"]))  # fmt: skip
+    lacks a class (a seed's own table) adds nothing to that class's row and column. Classes come in the order
+    first seen, run by run, so the order does not depend on hashing."""
+    classes = list(dict.fromkeys(c for r in runs for c in r["classes"]))  # first seen, run by run
     where = {c: i for i, c in enumerate(classes)}
     matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for r in runs:
