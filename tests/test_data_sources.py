@@ -87,3 +87,26 @@ def test_predictor_validation_rows_from_two_folders_get_absolute_paths(tmp_path)
     train, valid = photo_folder(tmp_path / "a", ("train",)), photo_folder(tmp_path / "b", ("test",))
     joined = _table(train, valid, RunConfig())
     assert all(p.startswith(str(tmp_path.resolve())) for p in joined["image"])
+
+
+def test_a_tables_split_column_of_train_and_test_splits_it_and_is_no_input(tmp_path):
+    from mmtransfer.config import validate
+    from mmtransfer.display import make_console
+    from mmtransfer.runs import fit_run
+
+    rng = np.random.default_rng(0)
+    n = 60
+    table = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n), "label": ["a", "b"] * (n // 2),
+                          "split": ["test" if i % 5 == 0 else "Train" for i in range(n)]})  # fmt: skip
+    table.to_csv(tmp_path / "t.csv", index=False)
+    assert read_source(DataConfig(table=str(tmp_path / "t.csv")))[3].split_column == "split"
+    cfg = validate({"data": {"table": str(tmp_path / "t.csv")}, "train": {"epochs": 1, "progress": False}})
+    metrics = fit_run(cfg, tmp_path / "run", make_console(quiet=True))
+    assert metrics["test"]["n"] == 12  # exactly the rows marked test
+    assert "split" not in (tmp_path / "run" / "preprocessing.json").read_text()
+    # a column named split that holds anything else is an input, as before; so is one the config names
+    table["split"] = ["p", "q"] * (n // 2)
+    table.to_csv(tmp_path / "t2.csv", index=False)
+    assert read_source(DataConfig(table=str(tmp_path / "t2.csv")))[3].split_column is None
+    named = DataConfig(table=str(tmp_path / "t.csv"), columns={"split": {"modality": "tabular"}})
+    assert read_source(named)[3].split_column is None

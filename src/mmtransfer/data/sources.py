@@ -216,8 +216,19 @@ def read_folder(folder: str | Path, label: str = "label") -> tuple[pd.DataFrame,
 
 def read_source(cfg: DataConfig, source=None) -> tuple[pd.DataFrame, Path, str, DataConfig]:
     """The table a data config names (``table`` or ``folder``, or ``source`` given), and the config to use
-    with it: a folder with split subfolders brings its own split column."""
+    with it: a folder with split subfolders, or a table with a column ``split`` of train / val / test values,
+    brings its own split column."""
     found = open_source(source, cfg)
-    if found.kind == "folder" and "split" in found.df.columns and cfg.split_column is None:
-        cfg = cfg.model_copy(update={"split_column": "split"})
+    folder_splits = found.kind == "folder" and "split" in found.df.columns
+    if cfg.split_column is None and (folder_splits or _names_splits(found.df, cfg)):
+        cfg = cfg.model_copy(update={"split_column": "split"})  # the binding's lines say "split: the split column"
     return found.df, found.base, found.name, cfg
+
+
+def _names_splits(df: pd.DataFrame, cfg: DataConfig) -> bool:
+    """A table's column ``split`` that the config leaves alone holds only train / val / test: it splits the rows
+    (as a folder's split subfolders do), and is not read as an input. Naming it in ``data.columns`` reads it."""
+    if "split" not in df.columns or "split" in cfg.columns or "split" in cfg.ignore or cfg.label == "split":
+        return False
+    values = df["split"].astype(str).str.strip().str.lower()
+    return bool(len(values)) and bool(values.isin({"train", "val", "valid", "validation", "test"}).all())
