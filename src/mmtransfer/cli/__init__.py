@@ -117,7 +117,7 @@ def main() -> None:
 _fail = fail  # the name the commands used before they moved into modules
 
 # Each module registers its commands on app when imported (after app, the consoles and fail exist).
-from mmtransfer.cli import fitting, use, studies  # noqa: E402, I001 (this order is --help's)
+from mmtransfer.cli import fitting, use, serving, studies  # noqa: E402, F401, I001 (this order is --help's)
 from mmtransfer.cli.fitting import _data_overrides  # noqa: E402,F401 (tests use it)
 from mmtransfer.cli.use import pretrained_sources  # noqa: E402,F401 (tests use it)
 

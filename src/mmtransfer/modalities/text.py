@@ -94,6 +94,12 @@ class TextModality:
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return ids
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is before it is cut to ``max_length`` (a tokenizer's special tokens counted)."""
+        if self.tokenizer is not None:
+            return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        return [len(self.words(text)) for text in texts]
+
     def spec(self) -> InputSpec:
         if self.tokenizer is None:
             return InputSpec("tokens", (self.cfg.max_length,), vocab_size=len(self.vocab), pad_id=0)

@@ -115,6 +115,14 @@ class Task:
         best = decoded.argmax(-1).tolist()
         return [[classes[b], *[f"{v:.6g}" for v in p.tolist()]] for b, p in zip(best, decoded, strict=True)]
 
+    def answers(self, decoded: np.ndarray, classes: list[str]) -> list[dict]:
+        """``serve``'s answer per row, as JSON: the predicted class and each class's (calibrated) probability."""
+        best = decoded.argmax(-1).tolist()
+        return [
+            {"prediction": classes[b], "probabilities": dict(zip(classes, map(float, p.tolist()), strict=True))}
+            for b, p in zip(best, decoded, strict=True)
+        ]
+
     def predictions(self, decoded: np.ndarray, classes: list[str]) -> np.ndarray:
         """``Predictor.predict``'s values from decoded outputs [N, ...]."""
         return np.asarray(classes, dtype=object)[decoded.argmax(1)] if len(decoded) else np.zeros(0, dtype=object)

@@ -69,6 +69,12 @@ class Multilabel(Task):
         sets = self.chosen(decoded, classes)
         return [[self.separator.join(s), *[f"{v:.6g}" for v in p.tolist()]] for s, p in zip(sets, decoded, strict=True)]
 
+    def answers(self, decoded, classes):
+        return [
+            {"prediction": chosen, "probabilities": dict(zip(classes, map(float, p.tolist()), strict=True))}
+            for chosen, p in zip(self.chosen(decoded, classes), decoded, strict=True)
+        ]
+
     def predictions(self, decoded, classes):
         sets = np.empty(len(decoded), dtype=object)  # one list per row, whatever their lengths
         for i, chosen in enumerate(self.chosen(decoded, classes)):

@@ -69,6 +69,10 @@ class Regression(Task):
     def rows(self, decoded, classes):
         return [[f"{float(v):.6g}"] for v in decoded]  # the value in the target's units
 
+    def answers(self, decoded, classes):
+        """The number in the target's units (those of the label column it trained on, named)."""
+        return [{"prediction": float(v), "target": self.label} for v in np.asarray(decoded).reshape(-1)]
+
     def predictions(self, decoded, classes):
         return np.asarray(decoded).reshape(-1)
 
