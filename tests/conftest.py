@@ -50,6 +50,18 @@ def run_cli(*args, cwd, env: dict[str, str] | None = None) -> subprocess.Complet
         return subprocess.CompletedProcess(argv, code, out.getvalue().decode(), err.getvalue().decode())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_stay_in_pytests_folder(tmp_path_factory):
+    """tempfile's folders (a Predictor's run folder when given no path, serve's upload folders) under pytest's
+    own temporary folder, which it prunes, rather than about 20 run folders left in /tmp by each run of the suite."""
+    import tempfile
+
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
+    yield
+    tempfile.tempdir = saved
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
