@@ -246,6 +246,9 @@ def test_answers_of_each_task():
 def test_cli_refuses_a_missing_run_and_a_port_in_use(fitted_runs, tmp_path):
     done = run_cli("serve", tmp_path / "nothing", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "no such run folder" in done.stderr
+    (tmp_path / "a.csv").write_text("x\n")
+    done = run_cli("serve", tmp_path / "a.csv", cwd=tmp_path)
+    assert done.returncode == 2 and "a.csv: a file, not a run folder" in done.stderr
     taken = listen("127.0.0.1", 0)
     try:
         done = run_cli("serve", fitted_runs["cnn"], "--port", taken.getsockname()[1], cwd=tmp_path)

@@ -72,7 +72,7 @@ def serve(
     settings = Settings(max_batch, max_wait_ms, max_queue, int(max_body_mb * 2**20), data_root, truncate_text)
     try:
         if not run_dir.is_dir():
-            raise UserError(f"{run_dir}: no such run folder")
+            raise UserError(f"{run_dir}: " + ("a file, not a run folder" if run_dir.exists() else "no such run folder"))
         run_server(run_dir, settings, host, port, threads=threads, allow_unfinished=allow_unfinished,
                    on_ready=ready)  # fmt: skip
     except ui.USER_ERRORS as err:
