@@ -165,6 +165,8 @@ def test_bad_requests_get_one_line_each_and_the_server_goes_on(fitted_runs, tmp_
         assert not_b64["error"].startswith("row 3, column 'picture': not base64")
         assert number["error"].startswith("row 4, column 'picture': expected the image in base64")
         assert mixed.json()["ignored_columns"] == ["pic"]
+        empty = httpx.post(f"{url}/predict", json={"rows": [{"picture": None}, {"picture": photo}]}).json()
+        assert empty["predictions"][0]["error"] == "row 0, column 'picture': every input of this row is empty"
         served = httpx.post(f"{url}/predict", json={"picture": {"path": "img/0.png"}})
         assert served.status_code == 422 and "started without --data-root" in served.json()["error"]
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
@@ -290,3 +292,14 @@ def test_a_run_of_built_in_data_is_refused_with_one_line(small_run, tmp_path):
     done = run_cli("serve", tmp_path / "digits", "--port", "0", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "built-in digits data" in done.stderr and "serve a run fitted on a table or folder" in done.stderr
+
+
+def test_predict_sets_aside_a_row_whose_every_input_is_empty_as_serve_does(fitted_runs, tmp_path):
+    from mmtransfer.inference import read_rows
+
+    rows = table_rows(fitted_runs, 3)[["picture", "label"]]
+    rows["picture"] = [str(fitted_runs["_table"].parent / p) for p in rows["picture"]]
+    rows.loc[1, "picture"] = None
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    read = read_rows(artifact.load(fitted_runs["cnn"]), tmp_path / "rows.csv", on_bad_rows="skip")
+    assert [(b.row, b.column, b.reason) for b in read.rejected] == [(1, "picture", "every input of this row is empty")]

@@ -84,11 +84,7 @@ def read_rows(
         label_ids, unreadable = run.model.task.parse_labels(texts, run.classes)
         if need_labels:
             bad += [BadCell(int(ids[i]), label, reason) for i, reason in unreadable]
-    if not pre.tab_cols:
-        flagged = {b.row for b in bad}
-        for i, row in enumerate(ids):
-            if row not in flagged and not any(cells.present[c][i] for c in pre.columns):
-                bad.append(BadCell(int(row), ", ".join(pre.columns), "every input of this row is empty"))
+    bad += pre.empty_rows(cells, {b.row for b in bad})
     bad.sort(key=lambda b: (b.row, b.column))
     if bad and on_bad_rows == "error":
         _refuse(bad, name, skippable)

@@ -113,6 +113,15 @@ class TablePreprocessor:
                 mod.fit([cells.values[col][r] for r in here])
         self.fitted = True
 
+    def empty_rows(self, cells: Cells, flagged: Collection = ()) -> list[BadCell]:
+        """A bad cell for each row (by the table's row id) outside ``flagged`` that gives the model nothing: every
+        input empty, and no number column whose filled-in value it could read."""
+        if self.tab_cols:
+            return []
+        return [BadCell(int(row), ", ".join(self.columns), "every input of this row is empty")
+                for i, row in enumerate(cells.row_ids)
+                if row not in flagged and not any(cells.present[c][i] for c in self.columns)]  # fmt: skip
+
     def check_fitted(self, cells: Cells, rows: np.ndarray) -> list[BadCell]:
         """The cells of ``rows`` that the fitted state cannot turn into finite inputs: a number standardised with
         the train mean and std to inf (``1e300`` in a val row of a column that trained on 0 to 10)."""

@@ -26,7 +26,7 @@ from mmtransfer import artifact
 from mmtransfer.errors import MissingPackage, UserError
 from mmtransfer.runfolder import RunFolder
 from mmtransfer.serve.engine import Batcher, Busy, Engine, Settings
-from mmtransfer.serve.rows import BadRequest, Upload, form_row, json_rows
+from mmtransfer.serve.rows import BadRequest, form_row, json_rows
 from mmtransfer.version import __version__
 
 log = logging.getLogger("mmtransfer.serve")
@@ -152,8 +152,7 @@ def create_app(run, settings: Settings | None = None):
                                               max_part_size=settings.max_body)  # fmt: skip
                 except HTTPException as err:
                     raise BadRequest(f"malformed multipart form: {err.detail}") from None
-                items = [(k, Upload(await v.read(), v.filename or "") if isinstance(v, UploadFile) else v)
-                         for k, v in form.multi_items()]  # fmt: skip
+                items = [(k, await v.read() if isinstance(v, UploadFile) else v) for k, v in form.multi_items()]
                 rows = [form_row(items)]
             elif kind in ("application/json", "text/json", ""):
                 rows = json_rows(body, columns)

@@ -56,7 +56,7 @@ class Engine:
                 f"{run.path}: this run was trained on the built-in {run.cfg.data.dataset} data and reads no "
                 "table columns, so a request has nothing to give it; serve a run fitted on a table or folder"
             )
-        self.run, self.pre, self.settings = run, pre, settings
+        self.pre, self.settings = pre, settings
         self.model, self.task, self.classes = run.model, run.model.task, run.classes
         for mod in pre.modalities.values():  # a request's files live for one batch: nothing to cache on disk
             if getattr(mod.cfg, "cache", False):
@@ -96,12 +96,9 @@ class Engine:
     def _predict(self, flat, readable: list[int], cells: list[dict], answers: dict, folder: Path) -> int:
         df = pd.DataFrame(cells, columns=list(self.kinds), index=readable)
         checked, bad = self.pre.check(df, folder, "request")
+        bad += self.pre.empty_rows(checked, {b.row for b in bad})  # as predict: a row must give the model something
         for b in bad:  # the file named is the request's own temporary copy: not said
             answers.setdefault(b.row, {"error": str(RowError(flat[b.row][1], b.column, b.reason))})
-        if not self.pre.tab_cols:  # as predict: a row must give the model something
-            for p, k in enumerate(readable):
-                if k not in answers and not any(checked.present[c][p] for c in self.kinds):
-                    answers[k] = {"error": str(RowError(flat[k][1], None, "every input of this row is empty"))}
         self._check_lengths(flat, readable, checked, answers)
         positions = np.array([p for p, k in enumerate(readable) if k not in answers], dtype=np.int64)
         if len(positions) == 0:

@@ -16,7 +16,6 @@ import base64
 import binascii
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from mmtransfer.config import did_you_mean
@@ -40,14 +39,6 @@ class RowError(Exception):
         super().__init__(f"row {row}" + (f", column {column!r}" if column is not None else "") + f": {reason}")
 
 
-@dataclass
-class Upload:
-    """A file part of a multipart request: its bytes and the name the client gave it."""
-
-    data: bytes
-    filename: str = ""
-
-
 def json_rows(body: bytes, columns: list[str]) -> list[dict]:
     """The rows of a JSON body (see the module's docstring)."""
     try:
@@ -68,7 +59,7 @@ def json_rows(body: bytes, columns: list[str]) -> list[dict]:
 
 
 def form_row(items: list[tuple[str, object]]) -> dict:
-    """A multipart form's (field, value) pairs as one row: file parts as :class:`Upload`, other fields as text (a
+    """A multipart form's (field, value) pairs as one row: file parts as their bytes, other fields as text (a
     number column parses it as ``predict`` parses a table's cells)."""
     row = {}
     for key, value in items:
@@ -103,8 +94,8 @@ class Reader:
         if value is None:
             return None
         if kind in FILE_KINDS:
-            if isinstance(value, Upload):
-                return _write(folder, i, col, value.data)
+            if isinstance(value, bytes):  # a multipart file part (JSON gives no bytes)
+                return _write(folder, i, col, value)
             if isinstance(value, str):
                 try:
                     data = base64.b64decode(value, validate=True)
@@ -115,7 +106,7 @@ class Reader:
             if isinstance(value, dict) and set(value) == {"path"}:
                 return str(self._under_root(i, col, value["path"]))
             raise RowError(i, col, f'expected the {kind} in base64, or {{"path": ...}}; got {_kind(value)}')
-        if isinstance(value, Upload):
+        if isinstance(value, bytes):
             raise RowError(i, col, f"a file was uploaded for a {kind} column; send its value as a form field")
         if kind == "text" and not isinstance(value, str):
             raise RowError(i, col, f"expected text, got {_kind(value)}")
